@@ -1,0 +1,1 @@
+//! notafs core (being written)
