@@ -1,1 +1,68 @@
-//! notafs core (being written)
+//! notafs: a copy-on-write filesystem for a few large files, living directly
+//! on a block device, where every commit is one atomic root swap.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use notafs_blockdev::memory::MemoryDevice;
+//! use notafs_core::{Fs, FormatOptions, OpenOptions};
+//!
+//! let dev = Arc::new(MemoryDevice::new(4096, 4096).unwrap());
+//! let fs = Fs::format(dev.clone(), &FormatOptions::default()).unwrap();
+//! fs.create_dir("index").unwrap();
+//! let f = fs.create("index/data").unwrap();
+//! f.append(b"hello ").unwrap();
+//! f.append(b"world").unwrap();
+//! let g = fs.commit().unwrap();
+//!
+//! let fs = Fs::open(dev, &OpenOptions::default()).unwrap();
+//! assert_eq!(fs.generation(), g);
+//! assert_eq!(fs.snapshot().read_to_vec("index/data").unwrap(), b"hello world");
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![forbid(unsafe_code)]
+
+mod allocator;
+mod btree;
+mod cache;
+pub mod check;
+mod checksum;
+#[doc(hidden)]
+pub mod codec;
+mod data;
+pub mod digest;
+mod error;
+mod extent_tree;
+mod file;
+mod file_table;
+mod fs;
+mod node;
+pub mod path;
+mod root_ring;
+mod snapshot;
+pub mod superblock;
+
+pub use error::{Error, Result};
+pub use file::{Cursor, File, MAX_FILE_SIZE};
+pub use file_table::{FileType, ROOT_INO};
+#[cfg(feature = "fault-injection")]
+pub use fs::{current_faults, Faults};
+pub use fs::{
+    DirEntry, FormatOptions, Fs, FsInfo, GenerationInfo, Metadata, OpenOptions, SlotStatus,
+    DEFAULT_CACHE_BYTES,
+};
+pub use root_ring::RootSlot;
+pub use snapshot::{Snapshot, SnapshotFile};
+pub use superblock::Superblock;
+
+/// Internals exposed for fsck, the crash harness and corruption tests.
+pub mod raw {
+    pub use crate::allocator::{entries_per_node, read_list, ExtentSet, FreeList};
+    pub use crate::btree::{Child, Kind, Node, NodeIo, Tree, MAX_HEIGHT};
+    pub use crate::checksum::{blake, crc};
+    pub use crate::extent_tree::{Extent, Extents};
+    pub use crate::file_table::{EntryKey, Files, Inode};
+    pub use crate::node::{
+        Header, Layout, Ptr, KIND_EXTENTS, KIND_FILES, KIND_FREELIST, NODE_HEADER,
+    };
+    pub use crate::root_ring::SLOT_LEN;
+}

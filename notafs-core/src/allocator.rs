@@ -1,0 +1,425 @@
+//! Free space: extents of free blocks, persisted copy-on-write as a list of
+//! nodes written fresh by every commit.
+//!
+//! The one rule that makes the root swap safe: **a block freed by commit `g`
+//! is not reused before commit `g + N`** (N = root slots). Commit `c`
+//! overwrites the slot of generation `c - N`, so while it runs, generations
+//! `c - N .. c - 1` are all still on disk and must stay intact; a block freed
+//! by `g` was last referenced by `g - 1`, so it is safe exactly when
+//! `g - 1 < c - N`. Blocks allocated and freed within one transaction were
+//! never referenced by any root and are reusable at once. Readers holding a
+//! snapshot pin their generation and delay reuse further.
+//!
+//! Free-space list node (kind 3):
+//! ```text
+//! offset  size  field
+//! ------  ----  -----------------------------------------------------------
+//!      0    32  node header (count = entries in this node)
+//!     32     8  next node: block (0 = last)
+//!     40     4  next node: CRC-32C
+//!     44     4  reserved (0)
+//!     48  24*n  entries: start u64 | length u64 | tag u64
+//!               tag 0 = free; tag g > 0 = freed by commit g, reusable from
+//!               commit g + N on
+//! ```
+//! The list is ordered by (tag, start); extents never overlap.
+use std::collections::BTreeMap;
+
+use crate::node::{self, Header, Layout, Ptr, KIND_FREELIST, NODE_HEADER};
+use crate::{Error, Result};
+
+/// A set of block ranges, merged on insert.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExtentSet {
+    map: BTreeMap<u64, u64>,
+    total: u64,
+}
+
+impl ExtentSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Blocks in the set.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Number of extents.
+    pub fn extents(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.map.iter().map(|(s, l)| (*s, *l))
+    }
+
+    /// Whether any block of `[start, start+len)` is in the set.
+    pub fn overlaps(&self, start: u64, len: u64) -> bool {
+        let end = start + len;
+        if let Some((s, l)) = self.map.range(..end).next_back() {
+            return s + l > start;
+        }
+        false
+    }
+
+    /// Whether all of `[start, start+len)` is in the set.
+    pub fn contains(&self, start: u64, len: u64) -> bool {
+        match self.map.range(..=start).next_back() {
+            Some((s, l)) => s + l >= start + len,
+            None => false,
+        }
+    }
+
+    /// Add a range; it must not overlap the set.
+    pub fn insert(&mut self, start: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if self.overlaps(start, len) {
+            return Err(Error::corrupt(format!("blocks {start}+{len} freed twice")));
+        }
+        let mut s = start;
+        let mut l = len;
+        if let Some((&ps, &pl)) = self.map.range(..start).next_back() {
+            if ps + pl == start {
+                self.map.remove(&ps);
+                s = ps;
+                l += pl;
+            }
+        }
+        if let Some(&nl) = self.map.get(&(start + len)) {
+            self.map.remove(&(start + len));
+            l += nl;
+        }
+        self.map.insert(s, l);
+        self.total += len;
+        Ok(())
+    }
+
+    /// Remove a range that is entirely in the set.
+    pub fn remove(&mut self, start: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (s, l) = match self.map.range(..=start).next_back() {
+            Some((s, l)) if s + l >= start + len => (*s, *l),
+            _ => return Err(Error::corrupt(format!("blocks {start}+{len} are not free"))),
+        };
+        self.map.remove(&s);
+        if s < start {
+            self.map.insert(s, start - s);
+        }
+        if s + l > start + len {
+            self.map.insert(start + len, s + l - start - len);
+        }
+        self.total -= len;
+        Ok(())
+    }
+
+    /// Ranges of `[start, start+len)` that are in the set.
+    pub fn intersect(&self, start: u64, len: u64) -> Vec<(u64, u64)> {
+        let end = start + len;
+        let mut out = Vec::new();
+        let first = self
+            .map
+            .range(..=start)
+            .next_back()
+            .map(|(s, _)| *s)
+            .unwrap_or(start);
+        for (&s, &l) in self.map.range(first..end) {
+            let a = s.max(start);
+            let b = (s + l).min(end);
+            if a < b {
+                out.push((a, b - a));
+            }
+        }
+        out
+    }
+
+    /// The first extent of at least `n` blocks, else the largest one.
+    fn find(&self, n: u64) -> Option<(u64, u64)> {
+        let mut best: Option<(u64, u64)> = None;
+        for (&s, &l) in &self.map {
+            if l >= n {
+                return Some((s, l));
+            }
+            if best.is_none_or(|(_, bl)| l > bl) {
+                best = Some((s, l));
+            }
+        }
+        best
+    }
+}
+
+/// The allocator state of one transaction.
+#[derive(Clone, Debug)]
+pub struct Allocator {
+    /// Reusable now.
+    pub free: ExtentSet,
+    /// Freed by an earlier commit (key), not yet reusable.
+    pub pending: BTreeMap<u64, ExtentSet>,
+    /// Allocated by this transaction (not referenced by any root).
+    pub fresh: ExtentSet,
+    /// Committed blocks freed by this transaction.
+    pub freed: ExtentSet,
+    /// Blocks only a commit's metadata may use.
+    pub reserve: u64,
+}
+
+impl Allocator {
+    /// Blocks neither free nor pending.
+    pub fn pending_total(&self) -> u64 {
+        self.pending.values().map(|s| s.total()).sum::<u64>() + self.freed.total()
+    }
+
+    /// Move pending extents freed by commits `<= upto` to the free set.
+    pub fn release(&mut self, upto: u64) -> Result<()> {
+        let keep = self.pending.split_off(&(upto + 1));
+        let ready = std::mem::replace(&mut self.pending, keep);
+        for (_, set) in ready {
+            for (s, l) in set.iter() {
+                self.free.insert(s, l)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocate up to `n` blocks, preferring to start at `hint` (so appends
+    /// continue their last extent), else the first extent that holds all `n`,
+    /// else the largest. `metadata` may dip into the commit reserve.
+    pub fn alloc(&mut self, n: u64, hint: Option<u64>, metadata: bool) -> Result<(u64, u64)> {
+        let avail = if metadata {
+            self.free.total()
+        } else {
+            self.free.total().saturating_sub(self.reserve)
+        };
+        if n == 0 || avail == 0 {
+            return Err(Error::NoSpace);
+        }
+        let want = n.min(avail);
+        let mut pick = None;
+        if let Some(h) = hint {
+            if let Some((s, l)) = self.free.map.range(..=h).next_back().map(|(s, l)| (*s, *l)) {
+                if s + l > h {
+                    pick = Some((h, want.min(s + l - h)));
+                }
+            }
+        }
+        let (start, len) = match pick {
+            Some(p) => p,
+            None => {
+                let (s, l) = self.free.find(want).ok_or(Error::NoSpace)?;
+                (s, want.min(l))
+            }
+        };
+        self.free.remove(start, len)?;
+        self.fresh.insert(start, len)?;
+        Ok((start, len))
+    }
+
+    /// Allocate exactly `n` contiguous blocks (tree nodes).
+    pub fn alloc_exact(&mut self, n: u64, metadata: bool) -> Result<u64> {
+        let avail = if metadata {
+            self.free.total()
+        } else {
+            self.free.total().saturating_sub(self.reserve)
+        };
+        if avail < n {
+            return Err(Error::NoSpace);
+        }
+        let start = self
+            .free
+            .map
+            .iter()
+            .find(|(_, l)| **l >= n)
+            .map(|(s, _)| *s)
+            .ok_or(Error::NoSpace)?;
+        self.free.remove(start, n)?;
+        self.fresh.insert(start, n)?;
+        Ok(start)
+    }
+
+    /// Free `[start, start+len)`: fresh blocks become free at once, committed
+    /// ones wait in `freed` for this commit's generation.
+    pub fn free(&mut self, start: u64, len: u64) -> Result<()> {
+        let fresh_parts = self.fresh.intersect(start, len);
+        let mut cursor = start;
+        for (s, l) in fresh_parts {
+            if s > cursor {
+                self.freed.insert(cursor, s - cursor)?;
+            }
+            self.fresh.remove(s, l)?;
+            self.free.insert(s, l)?;
+            cursor = s + l;
+        }
+        if cursor < start + len {
+            self.freed.insert(cursor, start + len - cursor)?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of the free-list node body before the entries.
+const LIST_PREFIX: usize = 16;
+const ENTRY_LEN: usize = 24;
+
+/// Entries that fit in one free-list node.
+pub fn entries_per_node(layout: &Layout) -> usize {
+    (layout.node_size as usize - NODE_HEADER - LIST_PREFIX) / ENTRY_LEN
+}
+
+/// All (start, len, tag) entries the list for this state must hold, with
+/// this transaction's frees tagged `generation`.
+pub fn list_entries(a: &Allocator, generation: u64) -> Vec<(u64, u64, u64)> {
+    let mut v: Vec<(u64, u64, u64)> = a.free.iter().map(|(s, l)| (s, l, 0)).collect();
+    for (g, set) in &a.pending {
+        v.extend(set.iter().map(|(s, l)| (s, l, *g)));
+    }
+    v.extend(a.freed.iter().map(|(s, l)| (s, l, generation)));
+    v
+}
+
+/// Encode the list into nodes at `blocks` (already allocated), writing from
+/// the tail so each node can carry its successor's checksum. Returns the head.
+pub fn encode_list(
+    layout: &Layout,
+    entries: &[(u64, u64, u64)],
+    blocks: &[u64],
+    generation: u64,
+    out: &mut Vec<(u64, Vec<u8>)>,
+) -> Result<Ptr> {
+    let per = entries_per_node(layout);
+    if blocks.len() * per < entries.len() {
+        return Err(Error::corrupt("internal: free list does not fit"));
+    }
+    let mut next = Ptr::NULL;
+    for (i, &block) in blocks.iter().enumerate().rev() {
+        let chunk: &[(u64, u64, u64)] = entries
+            .get(i * per..entries.len().min((i + 1) * per))
+            .unwrap_or(&[]);
+        let mut buf = vec![0u8; layout.node_size as usize];
+        let h = Header {
+            kind: KIND_FREELIST,
+            level: 0,
+            count: chunk.len() as u16,
+            address: block,
+            generation,
+            owner: 0,
+        };
+        node::write_header(&mut buf, &h);
+        let mut o = NODE_HEADER;
+        buf[o..o + 8].copy_from_slice(&next.block.to_le_bytes());
+        buf[o + 8..o + 12].copy_from_slice(&next.crc.to_le_bytes());
+        o += LIST_PREFIX;
+        for (s, l, t) in chunk {
+            buf[o..o + 8].copy_from_slice(&s.to_le_bytes());
+            buf[o + 8..o + 16].copy_from_slice(&l.to_le_bytes());
+            buf[o + 16..o + 24].copy_from_slice(&t.to_le_bytes());
+            o += ENTRY_LEN;
+        }
+        next = Ptr {
+            block,
+            crc: crate::checksum::crc(&buf),
+        };
+        out.push((block, buf));
+    }
+    Ok(next)
+}
+
+/// Decoded free-space list of a generation: its nodes and entries.
+pub struct FreeList {
+    pub nodes: Vec<u64>,
+    pub entries: Vec<(u64, u64, u64)>,
+}
+
+/// Read and validate the free-space list starting at `head` (`count` nodes).
+pub fn read_list(
+    io: &crate::btree::NodeIo,
+    head: Ptr,
+    count: u32,
+    generation: u64,
+) -> Result<FreeList> {
+    let layout = &io.layout;
+    let max_nodes = (layout.data_end - layout.data_start) / layout.node_blocks;
+    if count as u64 > max_nodes {
+        return Err(Error::corrupt(format!(
+            "free list of {count} nodes cannot fit"
+        )));
+    }
+    let mut nodes = Vec::with_capacity(count as usize);
+    let mut entries = Vec::new();
+    let mut ptr = head;
+    // Counting down from the declared length bounds the walk: a cycle
+    // cannot make it loop.
+    for i in 0..count {
+        if ptr.is_null() {
+            return Err(Error::corrupt(format!(
+                "free list ends after {i} of {count} nodes"
+            )));
+        }
+        let (h, data) = io.read_raw(ptr, KIND_FREELIST, Some(0), 0)?;
+        let per = entries_per_node(layout);
+        if h.count as usize > per {
+            return Err(Error::corrupt(format!(
+                "free list node at {} holds {} entries",
+                ptr.block, h.count
+            )));
+        }
+        let o = NODE_HEADER;
+        let next = Ptr {
+            block: crate::codec::le64(&data, o),
+            crc: crate::codec::le32(&data, o + 8),
+        };
+        let mut p = o + LIST_PREFIX;
+        for _ in 0..h.count {
+            let s = crate::codec::le64(&data, p);
+            let l = crate::codec::le64(&data, p + 8);
+            let t = crate::codec::le64(&data, p + 16);
+            if !layout.run_in_range(s, l) {
+                return Err(Error::corrupt(format!(
+                    "free extent {s}+{l} outside the data area"
+                )));
+            }
+            if t > generation {
+                return Err(Error::corrupt(format!(
+                    "free extent {s}+{l} tagged with future generation {t}"
+                )));
+            }
+            entries.push((s, l, t));
+            p += ENTRY_LEN;
+        }
+        nodes.push(ptr.block);
+        ptr = next;
+    }
+    if !ptr.is_null() {
+        return Err(Error::corrupt("free list longer than its declared length"));
+    }
+    Ok(FreeList { nodes, entries })
+}
+
+/// Build an allocator from a list's entries (validating overlaps).
+pub fn allocator_from(list: &FreeList, reserve: u64) -> Result<Allocator> {
+    let mut a = Allocator {
+        free: ExtentSet::new(),
+        pending: BTreeMap::new(),
+        fresh: ExtentSet::new(),
+        freed: ExtentSet::new(),
+        reserve,
+    };
+    let mut all = ExtentSet::new();
+    for &(s, l, t) in &list.entries {
+        all.insert(s, l)
+            .map_err(|_| Error::corrupt(format!("free extent {s}+{l} overlaps another")))?;
+        if t == 0 {
+            a.free.insert(s, l)?;
+        } else {
+            a.pending.entry(t).or_default().insert(s, l)?;
+        }
+    }
+    Ok(a)
+}

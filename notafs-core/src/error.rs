@@ -1,0 +1,87 @@
+//! Errors of the filesystem.
+use notafs_blockdev::BlockError;
+
+/// Result alias of notafs-core.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in notafs-core. Variants name the condition a
+/// caller can act on; `Corrupt` carries a human-readable description of what
+/// was found on disk and where.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("device error: {0}")]
+    Device(#[from] BlockError),
+    #[error("not a notafs filesystem: {0}")]
+    NotNotafs(String),
+    #[error("unsupported filesystem: {0}")]
+    Unsupported(String),
+    #[error("corrupt filesystem: {0}")]
+    Corrupt(String),
+    #[error("no valid root: {0}")]
+    NoValidRoot(String),
+    #[error("generation {0} is not retained on this device")]
+    NoSuchGeneration(u64),
+    #[error("no such file or directory: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    Exists(String),
+    #[error("not a directory: {0}")]
+    NotADirectory(String),
+    #[error("is a directory: {0}")]
+    IsADirectory(String),
+    #[error("directory not empty: {0}")]
+    DirectoryNotEmpty(String),
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: &'static str },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("no space left on device")]
+    NoSpace,
+    #[error("filesystem is read-only")]
+    ReadOnly,
+    #[error("filesystem stopped accepting writes after a device failure; reopen it")]
+    Failed,
+    #[error("checksum mismatch in {what} at block {block}")]
+    Checksum { what: &'static str, block: u64 },
+    #[error("file handle is stale: the file was removed")]
+    Stale,
+}
+
+impl Error {
+    pub(crate) fn corrupt(msg: impl Into<String>) -> Self {
+        Error::Corrupt(msg.into())
+    }
+
+    /// Map to the closest `errno`, for FUSE and the CLIs.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::NotFound(_) => 2,                                     // ENOENT
+            Error::Exists(_) => 17,                                      // EEXIST
+            Error::NotADirectory(_) => 20,                               // ENOTDIR
+            Error::IsADirectory(_) => 21,                                // EISDIR
+            Error::DirectoryNotEmpty(_) => 39,                           // ENOTEMPTY
+            Error::InvalidPath { .. } | Error::InvalidArgument(_) => 22, // EINVAL
+            Error::NoSpace => 28,                                        // ENOSPC
+            Error::ReadOnly => 30,                                       // EROFS
+            Error::Stale => 116,                                         // ESTALE
+            _ => 5,                                                      // EIO
+        }
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        std::io::Error::new(io_kind(&e), e)
+    }
+}
+
+fn io_kind(e: &Error) -> std::io::ErrorKind {
+    use std::io::ErrorKind as K;
+    match e {
+        Error::NotFound(_) => K::NotFound,
+        Error::Exists(_) => K::AlreadyExists,
+        Error::InvalidPath { .. } | Error::InvalidArgument(_) => K::InvalidInput,
+        Error::ReadOnly => K::PermissionDenied,
+        _ => K::Other,
+    }
+}

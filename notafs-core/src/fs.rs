@@ -1,0 +1,1388 @@
+//! The filesystem handle: format, open, transactions and commit.
+//!
+//! One writer transaction is open at all times; every change (create, write,
+//! rename, remove, ...) goes into it, and [`Fs::commit`] makes all of them
+//! durable at once with a single root-slot write. Readers that want committed
+//! data take a [`Snapshot`](crate::Snapshot), which never waits for the
+//! writer.
+//!
+//! Commit protocol (see `docs/FORMAT.md`):
+//! 1. write buffered file data and every modified tree node to free blocks;
+//! 2. write the new free-space list;
+//! 3. **barrier**;
+//! 4. write root slot `g mod N`;
+//! 5. **flush**. Only then does `commit` return Ok.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use notafs_blockdev::{BlockDevice, WriteReq};
+use tracing::{debug, info, warn};
+
+use crate::allocator::{self, Allocator};
+use crate::btree::{NodeIo, Tree};
+use crate::cache::NodeCache;
+use crate::extent_tree::{Extent, Extents};
+use crate::file_table::{EntryKey, FileType, Files, Inode, ROOT_INO};
+use crate::node::{Layout, Ptr};
+use crate::root_ring::RootSlot;
+use crate::superblock::{self, Superblock};
+use crate::{path, Error, Result};
+
+/// Default cache size: 32 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
+
+/// Options for [`Fs::format`].
+#[derive(Clone, Debug)]
+pub struct FormatOptions {
+    /// Volume label (at most 64 bytes of UTF-8).
+    pub label: String,
+    /// UUID; random when None.
+    pub uuid: Option<[u8; 16]>,
+    /// Root slots N (2..=64): the number of generations kept.
+    pub root_slots: u32,
+    /// Tree node size in bytes (default: max(4096, block size)).
+    pub node_size: Option<u32>,
+    /// Creation time in seconds (default: now, or `SOURCE_DATE_EPOCH`).
+    pub time: Option<u64>,
+}
+
+impl Default for FormatOptions {
+    fn default() -> Self {
+        FormatOptions {
+            label: String::new(),
+            uuid: None,
+            root_slots: 8,
+            node_size: None,
+            time: None,
+        }
+    }
+}
+
+/// Options for [`Fs::open`].
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Refuse all changes.
+    pub read_only: bool,
+    /// Open this retained generation instead of the newest (read-only).
+    pub generation: Option<u64>,
+    /// Bytes of RAM for cached nodes and buffered writes.
+    pub cache_bytes: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            read_only: false,
+            generation: None,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// A retained generation, as listed by [`Fs::generations`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GenerationInfo {
+    pub generation: u64,
+    pub time_ns: u64,
+    pub inodes: u64,
+    pub used_blocks: u64,
+    pub free_blocks: u64,
+    pub pending_blocks: u64,
+}
+
+/// What a root slot looked like at open, for `info` and fsck.
+#[derive(Clone, Debug)]
+pub struct SlotStatus {
+    pub index: u32,
+    /// The decoded slot, or why it is unusable.
+    pub state: std::result::Result<RootSlot, String>,
+    /// Whether its trees' roots verified (only for decodable slots).
+    pub roots_ok: Option<std::result::Result<(), String>>,
+}
+
+/// Space and identity figures of an open filesystem.
+#[derive(Clone, Debug)]
+pub struct FsInfo {
+    pub superblock: Superblock,
+    pub generation: u64,
+    pub block_size: u32,
+    pub block_count: u64,
+    pub free_blocks: u64,
+    pub pending_blocks: u64,
+    pub used_blocks: u64,
+    pub inodes: u64,
+    pub read_only: bool,
+    /// Which superblock copy was used (0 = primary, else the backup's block).
+    pub superblock_source: u64,
+}
+
+/// Metadata of a file or directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metadata {
+    pub ino: u64,
+    pub kind: FileType,
+    pub size: u64,
+    pub mtime_ns: u64,
+}
+
+impl Metadata {
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileType::Dir
+    }
+    pub fn is_file(&self) -> bool {
+        self.kind == FileType::File
+    }
+}
+
+/// A directory entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub meta: Metadata,
+}
+
+#[cfg(feature = "fault-injection")]
+static FAULTS: Mutex<Faults> = Mutex::new(Faults {
+    skip_barrier: false,
+    root_before_data: false,
+    reuse_freed_immediately: false,
+    skip_verify: false,
+    forget_last_extent: false,
+});
+
+/// The faults in force (crash-harness use only).
+#[cfg(feature = "fault-injection")]
+pub fn current_faults() -> Faults {
+    *FAULTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Switches that break the commit protocol on purpose, for the crash
+/// harness to prove it notices. Only with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Do not issue the barrier between the data and the root slot.
+    pub skip_barrier: bool,
+    /// Write the root slot before the data and nodes.
+    pub root_before_data: bool,
+    /// Reuse blocks freed by this commit at once (as the OCaml notafs does).
+    pub reuse_freed_immediately: bool,
+    /// Do not verify checksums on read.
+    pub skip_verify: bool,
+    /// Drop the last buffered run of each file at commit.
+    pub forget_last_extent: bool,
+}
+
+/// Per-inode state of a transaction: the inode, its extent tree with
+/// in-memory changes, and its buffered partial blocks.
+pub(crate) struct InodeState {
+    pub key: EntryKey,
+    pub inode: Inode,
+    pub ext: Tree<Extents>,
+    pub buf: BTreeMap<u64, Vec<u8>>,
+}
+
+pub(crate) struct Txn {
+    pub files: Tree<Files>,
+    pub next_ino: u64,
+    pub inode_count: u64,
+    pub alloc: Allocator,
+    /// Allocator as of the last commit, for abort.
+    pub base_alloc: Allocator,
+    /// Inodes with changes not yet in `files`.
+    pub inodes: HashMap<u64, InodeState>,
+    /// Keys of inodes that have open handles.
+    pub handles: HashMap<u64, EntryKey>,
+    pub buffered_bytes: usize,
+    pub changed: bool,
+}
+
+pub(crate) struct Committed {
+    pub slot: RootSlot,
+    pub free_list: Vec<u64>,
+}
+
+pub(crate) struct Inner {
+    pub dev: Arc<dyn BlockDevice>,
+    pub sb: Superblock,
+    pub sb_source: u64,
+    pub io: NodeIo,
+    pub read_only: bool,
+    pub committed: RwLock<Committed>,
+    pub txn: Mutex<Txn>,
+    pub pins: Mutex<BTreeMap<u64, usize>>,
+    pub failed: AtomicBool,
+    pub cache_bytes: usize,
+    pub slots: Vec<SlotStatus>,
+}
+
+/// An open notafs filesystem. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Fs {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Creation time honouring `SOURCE_DATE_EPOCH` for reproducible images.
+fn source_time() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| now_ns() / 1_000_000_000)
+}
+
+impl Fs {
+    /// Create a new, empty filesystem on `dev`, overwriting both superblock
+    /// copies and every root slot, and open it. Constant time: the data area
+    /// is not touched.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use notafs_blockdev::memory::MemoryDevice;
+    /// use notafs_core::{Fs, FormatOptions};
+    /// let dev = Arc::new(MemoryDevice::new(4096, 1024).unwrap());
+    /// let fs = Fs::format(dev, &FormatOptions::default()).unwrap();
+    /// let f = fs.create("hello.txt").unwrap();
+    /// f.write_at(0, b"hi").unwrap();
+    /// assert_eq!(fs.commit().unwrap(), 2);
+    /// ```
+    pub fn format(dev: Arc<dyn BlockDevice>, opts: &FormatOptions) -> Result<Fs> {
+        let sb = Self::plan(dev.as_ref(), opts)?;
+        let bs = sb.block_size as usize;
+        // Wipe the ring first: a slot of an earlier filesystem must never be
+        // mistaken for ours (its UUID would differ, but zeros are clearer).
+        let zeros = vec![0u8; bs * sb.ring_slots as usize];
+        dev.write(sb.ring_start, &zeros)?;
+        // The first generation: empty table, free list = the whole data area.
+        let layout = Layout::from_superblock(&sb);
+        let io = NodeIo {
+            dev: dev.clone(),
+            cache: Arc::new(NodeCache::new(64)),
+            layout,
+        };
+        let mut alloc = Allocator {
+            free: allocator::ExtentSet::new(),
+            pending: BTreeMap::new(),
+            fresh: allocator::ExtentSet::new(),
+            freed: allocator::ExtentSet::new(),
+            reserve: 0,
+        };
+        alloc
+            .free
+            .insert(layout.data_start, layout.data_end - layout.data_start)?;
+        let generation = 1;
+        let node = alloc.alloc_exact(layout.node_blocks, true)?;
+        let entries = allocator::list_entries(&alloc, generation);
+        let mut out = Vec::new();
+        let head = allocator::encode_list(&layout, &entries, &[node], generation, &mut out)?;
+        for (b, buf) in &out {
+            dev.write(*b, buf)?;
+        }
+        let slot = RootSlot {
+            generation,
+            uuid: sb.uuid,
+            time_ns: sb.created.saturating_mul(1_000_000_000),
+            files: Ptr::NULL,
+            files_height: 0,
+            freelist: head,
+            freelist_nodes: 1,
+            next_ino: ROOT_INO + 1,
+            inode_count: 0,
+            used_blocks: sb.block_count - alloc.free.total(),
+            free_blocks: alloc.free.total(),
+            pending_blocks: 0,
+        };
+        dev.barrier()?;
+        dev.write(sb.ring_start + 1, &slot.encode(sb.block_size))?;
+        // Superblocks last: until they are written the device is not a
+        // notafs filesystem at all, so a crash during format leaves either
+        // the old content's signature gone or a complete new filesystem.
+        dev.barrier()?;
+        dev.write(sb.backup_address(), &sb.encode(sb.backup_address()))?;
+        dev.write(0, &sb.encode(0))?;
+        dev.flush()?;
+        info!(
+            blocks = sb.block_count,
+            block_size = sb.block_size,
+            "formatted"
+        );
+        Fs::open(dev, &OpenOptions::default())
+    }
+
+    /// The superblock `format` would write on `dev` (for dry runs).
+    pub fn plan(dev: &dyn BlockDevice, opts: &FormatOptions) -> Result<Superblock> {
+        let geo = dev.geometry();
+        if !notafs_blockdev::Geometry::valid_block_size(geo.block_size) {
+            return Err(Error::InvalidArgument(format!(
+                "device block size {}",
+                geo.block_size
+            )));
+        }
+        let node_size = opts
+            .node_size
+            .unwrap_or(superblock::MIN_NODE_SIZE.max(geo.block_size));
+        if !node_size.is_power_of_two()
+            || node_size < superblock::MIN_NODE_SIZE.max(geo.block_size)
+            || node_size > 1 << 20
+        {
+            return Err(Error::InvalidArgument(format!(
+                "node size {node_size} must be a power of two in {}..=1048576",
+                superblock::MIN_NODE_SIZE.max(geo.block_size)
+            )));
+        }
+        if !(superblock::MIN_ROOT_SLOTS..=superblock::MAX_ROOT_SLOTS).contains(&opts.root_slots) {
+            return Err(Error::InvalidArgument(format!(
+                "{} root slots: must be 2..=64",
+                opts.root_slots
+            )));
+        }
+        if opts.label.len() > superblock::LABEL_LEN || opts.label.contains('\0') {
+            return Err(Error::InvalidArgument(
+                "label longer than 64 bytes or containing NUL".into(),
+            ));
+        }
+        let min = superblock::min_blocks(opts.root_slots, node_size / geo.block_size);
+        if geo.block_count < min {
+            return Err(Error::InvalidArgument(format!(
+                "device of {} blocks is too small: at least {min} blocks of {} bytes are needed",
+                geo.block_count, geo.block_size
+            )));
+        }
+        let uuid = match opts.uuid {
+            Some(u) => u,
+            None => {
+                let mut u: [u8; 16] = rand::random();
+                u[6] = (u[6] & 0x0f) | 0x40;
+                u[8] = (u[8] & 0x3f) | 0x80;
+                u
+            }
+        };
+        Ok(Superblock {
+            version_major: superblock::VERSION_MAJOR,
+            version_minor: superblock::VERSION_MINOR,
+            compat: 0,
+            ro_compat: 0,
+            incompat: 0,
+            uuid,
+            block_size: geo.block_size,
+            node_size,
+            block_count: geo.block_count,
+            ring_start: 1,
+            ring_slots: opts.root_slots,
+            created: opts.time.unwrap_or_else(source_time),
+            label: opts.label.clone(),
+        })
+    }
+
+    /// Read the superblock: the primary copy, else the backup in the last
+    /// block. Returns the superblock and the address of the copy used.
+    pub fn read_superblock(dev: &dyn BlockDevice) -> Result<(Superblock, u64)> {
+        let geo = dev.geometry();
+        if geo.block_count < 2 {
+            return Err(Error::NotNotafs(format!(
+                "device of {} blocks is too small",
+                geo.block_count
+            )));
+        }
+        let mut buf = vec![0u8; geo.block_size as usize];
+        let primary = dev
+            .read(0, &mut buf)
+            .map_err(Error::from)
+            .and_then(|_| Superblock::decode(&buf, 0, geo.block_size, geo.block_count));
+        let e = match primary {
+            Ok(sb) => return Ok((sb, 0)),
+            Err(e @ Error::Unsupported(_)) => return Err(e),
+            Err(e) => e,
+        };
+        let last = geo.block_count - 1;
+        let backup = dev
+            .read(last, &mut buf)
+            .map_err(Error::from)
+            .and_then(|_| Superblock::decode(&buf, last, geo.block_size, geo.block_count));
+        match backup {
+            Ok(sb) if sb.block_count == geo.block_count => {
+                warn!("primary superblock unusable ({e}); using the backup copy");
+                Ok((sb, last))
+            }
+            Ok(_) => Err(e),
+            Err(Error::NotNotafs(_)) => Err(e),
+            Err(e2 @ Error::Unsupported(_)) => Err(e2),
+            Err(_) => Err(e),
+        }
+    }
+
+    /// Decode every root slot and verify the roots of the decodable ones.
+    pub(crate) fn scan_slots(
+        io: &NodeIo,
+        sb: &Superblock,
+    ) -> Result<Vec<(SlotStatus, Option<allocator::FreeList>)>> {
+        let bs = sb.block_size as usize;
+        let mut ring = vec![0u8; bs * sb.ring_slots as usize];
+        io.dev.read(sb.ring_start, &mut ring)?;
+        let mut out = Vec::new();
+        for i in 0..sb.ring_slots {
+            let raw = &ring[i as usize * bs..(i as usize + 1) * bs];
+            let state = RootSlot::decode(raw, i, sb.ring_slots, &sb.uuid).map_err(|e| match e {
+                Error::Corrupt(m) => m,
+                e => e.to_string(),
+            });
+            let mut list = None;
+            let roots_ok = state.as_ref().ok().map(|s| {
+                Self::verify_roots(io, s)
+                    .map(|l| list = Some(l))
+                    .map_err(|e| e.to_string())
+            });
+            out.push((
+                SlotStatus {
+                    index: i,
+                    state,
+                    roots_ok,
+                },
+                list,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Verify the tree roots a slot points to and read its free list.
+    fn verify_roots(io: &NodeIo, s: &RootSlot) -> Result<allocator::FreeList> {
+        if !s.files.is_null() {
+            io.read_raw(
+                s.files,
+                crate::node::KIND_FILES,
+                Some(s.files_height - 1),
+                0,
+            )?;
+        }
+        let list = allocator::read_list(io, s.freelist, s.freelist_nodes, s.generation)?;
+        let listed: u64 = list.entries.iter().map(|e| e.1).sum();
+        if listed > io.layout.data_end - io.layout.data_start {
+            return Err(Error::corrupt("free list lists more blocks than exist"));
+        }
+        Ok(list)
+    }
+
+    /// Open the filesystem on `dev` at its newest valid generation (or the
+    /// one asked for). Reads the superblock, the ring and the free list:
+    /// nothing proportional to the data.
+    pub fn open(dev: Arc<dyn BlockDevice>, opts: &OpenOptions) -> Result<Fs> {
+        let (sb, sb_source) = Self::read_superblock(dev.as_ref())?;
+        let layout = Layout::from_superblock(&sb);
+        let cache_nodes = (opts.cache_bytes / 2) / sb.node_size as usize;
+        let io = NodeIo {
+            dev: dev.clone(),
+            cache: Arc::new(NodeCache::new(cache_nodes)),
+            layout,
+        };
+        let scanned = Self::scan_slots(&io, &sb)?;
+        let mut candidates: Vec<(RootSlot, allocator::FreeList)> = Vec::new();
+        let mut slots = Vec::new();
+        for (st, list) in scanned {
+            if let (Ok(s), Some(Ok(())), Some(l)) = (&st.state, &st.roots_ok, list) {
+                candidates.push((*s, l));
+            }
+            slots.push(st);
+        }
+        candidates.sort_by(|a, b| b.0.generation.cmp(&a.0.generation));
+        if candidates.is_empty() {
+            let why: Vec<String> = slots
+                .iter()
+                .map(|s| match (&s.state, &s.roots_ok) {
+                    (Err(e), _) => format!("slot {}: {e}", s.index),
+                    (Ok(r), Some(Err(e))) => {
+                        format!("slot {} (generation {}): {e}", s.index, r.generation)
+                    }
+                    (Ok(r), _) => format!("slot {} (generation {}): ok", s.index, r.generation),
+                })
+                .collect();
+            return Err(Error::NoValidRoot(why.join("; ")));
+        }
+        let newest = candidates[0].0.generation;
+        let pick = match opts.generation {
+            None => 0,
+            Some(g) => candidates
+                .iter()
+                .position(|c| c.0.generation == g && g + sb.ring_slots as u64 > newest)
+                .ok_or(Error::NoSuchGeneration(g))?,
+        };
+        let read_only =
+            opts.read_only || pick != 0 || sb.ro_compat & !superblock::RO_COMPAT_KNOWN != 0;
+        let (slot, list) = candidates.swap_remove(pick);
+        if pick == 0
+            && slots.iter().any(|s| {
+                s.state
+                    .as_ref()
+                    .is_ok_and(|r| r.generation > slot.generation)
+            })
+        {
+            warn!(
+                generation = slot.generation,
+                "newer root slots did not verify; fell back"
+            );
+        }
+        let mut alloc = allocator::allocator_from(&list, 0)?;
+        let upto = (slot.generation + 1).saturating_sub(sb.ring_slots as u64);
+        alloc.release(upto)?;
+        let files = Tree::<Files>::from_disk(slot.files, slot.files_height, 0)?;
+        let txn = Txn {
+            files,
+            next_ino: slot.next_ino,
+            inode_count: slot.inode_count,
+            base_alloc: alloc.clone(),
+            alloc,
+            inodes: HashMap::new(),
+            handles: HashMap::new(),
+            buffered_bytes: 0,
+            changed: false,
+        };
+        debug!(generation = slot.generation, "opened");
+        Ok(Fs {
+            inner: Arc::new(Inner {
+                dev,
+                sb,
+                sb_source,
+                io,
+                read_only,
+                committed: RwLock::new(Committed {
+                    slot,
+                    free_list: list.nodes,
+                }),
+                txn: Mutex::new(txn),
+                pins: Mutex::new(BTreeMap::new()),
+                failed: AtomicBool::new(false),
+                cache_bytes: opts.cache_bytes.max(1 << 20),
+                slots,
+            }),
+        })
+    }
+
+    /// Turn protocol-breaking faults on or off for the whole process
+    /// (crash-harness use only: every filesystem opened afterwards has them).
+    #[cfg(feature = "fault-injection")]
+    pub fn set_faults(f: Faults) {
+        *FAULTS.lock().unwrap_or_else(|e| e.into_inner()) = f;
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn faults(&self) -> Faults {
+        current_faults()
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    #[inline(always)]
+    fn faults(&self) -> NoFaults {
+        NoFaults::default()
+    }
+
+    pub(crate) fn txn(&self) -> MutexGuard<'_, Txn> {
+        self.inner.txn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn io(&self) -> &NodeIo {
+        &self.inner.io
+    }
+
+    pub(crate) fn verify_reads(&self) -> bool {
+        !self.faults().skip_verify
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.inner.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if self.inner.failed.load(Ordering::SeqCst) {
+            return Err(Error::Failed);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_writable_pub(&self) -> Result<()> {
+        self.check_writable()
+    }
+
+    /// Bytes of partial blocks buffered before they are written early.
+    pub(crate) fn buffer_limit(&self) -> usize {
+        self.inner.cache_bytes / 2
+    }
+
+    /// Set the commit reserve before allocating data blocks.
+    pub(crate) fn reserve_for_data(&self, t: &mut Txn) -> Result<()> {
+        t.alloc.reserve = self.commit_reserve(t, 0);
+        Ok(())
+    }
+
+    pub(crate) fn fail_write<T>(&self, e: Error) -> Result<T> {
+        self.fail(e)
+    }
+
+    /// Mark the filesystem failed after a device write error.
+    fn fail<T>(&self, e: Error) -> Result<T> {
+        if let Error::Device(_) = &e {
+            self.inner.failed.store(true, Ordering::SeqCst);
+            warn!("device failure, refusing further writes: {e}");
+        }
+        Err(e)
+    }
+
+    /// The superblock.
+    pub fn superblock(&self) -> &Superblock {
+        &self.inner.sb
+    }
+
+    /// The device this filesystem lives on.
+    pub fn device(&self) -> &Arc<dyn BlockDevice> {
+        &self.inner.dev
+    }
+
+    /// Last committed generation.
+    pub fn generation(&self) -> u64 {
+        self.committed_slot().generation
+    }
+
+    pub(crate) fn committed_slot(&self) -> RootSlot {
+        self.inner
+            .committed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .slot
+    }
+
+    /// Whether the filesystem was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    /// What each root slot held at open time.
+    pub fn slot_status(&self) -> &[SlotStatus] {
+        &self.inner.slots
+    }
+
+    /// Retained generations, newest first (those whose slot and roots
+    /// verified at open, plus commits made since).
+    pub fn generations(&self) -> Vec<GenerationInfo> {
+        let cur = self.committed_slot();
+        let n = self.inner.sb.ring_slots as u64;
+        let mut v: Vec<GenerationInfo> = Vec::new();
+        let fresh = self
+            .inner
+            .slots
+            .iter()
+            .filter_map(|s| match (&s.state, &s.roots_ok) {
+                (Ok(r), Some(Ok(()))) => Some(*r),
+                _ => None,
+            });
+        let mut all: BTreeMap<u64, RootSlot> = fresh.map(|r| (r.generation, r)).collect();
+        all.insert(cur.generation, cur);
+        for (g, r) in all.iter().rev() {
+            if *g + n <= cur.generation || *g > cur.generation {
+                continue;
+            }
+            v.push(GenerationInfo {
+                generation: *g,
+                time_ns: r.time_ns,
+                inodes: r.inode_count,
+                used_blocks: r.used_blocks,
+                free_blocks: r.free_blocks,
+                pending_blocks: r.pending_blocks,
+            });
+        }
+        v
+    }
+
+    /// Space figures (of the transaction in progress).
+    pub fn info(&self) -> FsInfo {
+        let t = self.txn();
+        let free = t.alloc.free.total();
+        let pending = t.alloc.pending_total();
+        FsInfo {
+            superblock: self.inner.sb.clone(),
+            generation: self.generation(),
+            block_size: self.inner.sb.block_size,
+            block_count: self.inner.sb.block_count,
+            free_blocks: free,
+            pending_blocks: pending,
+            used_blocks: self.inner.sb.block_count - free - pending,
+            inodes: t.inode_count,
+            read_only: self.inner.read_only,
+            superblock_source: self.inner.sb_source,
+        }
+    }
+
+    /// Whether the transaction holds uncommitted changes.
+    pub fn has_changes(&self) -> bool {
+        self.txn().changed
+    }
+
+    // ----- namespace -------------------------------------------------------
+
+    /// Resolve `p` in the transaction: (key, inode), or None for the root.
+    pub(crate) fn lookup(t: &Txn, io: &NodeIo, p: &str) -> Result<Option<(EntryKey, Inode)>> {
+        let comps = path::components(p)?;
+        let mut parent = ROOT_INO;
+        let mut found = None;
+        for (i, c) in comps.iter().enumerate() {
+            let key = EntryKey {
+                parent,
+                name: (*c).to_string(),
+            };
+            let ino = match t.files.get(io, &key)? {
+                Some(ino) => ino,
+                None => return Err(Error::NotFound(p.to_string())),
+            };
+            let ino = match t.inodes.get(&ino.ino) {
+                Some(st) => st.inode,
+                None => ino,
+            };
+            if i + 1 < comps.len() && ino.kind != FileType::Dir {
+                return Err(Error::NotADirectory(p.to_string()));
+            }
+            parent = ino.ino;
+            found = Some((key, ino));
+        }
+        Ok(found)
+    }
+
+    /// Key under which `p` would be created, checking its parent directory.
+    fn new_key(t: &Txn, io: &NodeIo, p: &str) -> Result<EntryKey> {
+        let comps = path::components(p)?;
+        let Some((name, dirs)) = comps.split_last() else {
+            return Err(Error::Exists("/".into()));
+        };
+        let parent = if dirs.is_empty() {
+            ROOT_INO
+        } else {
+            let dir = dirs.join("/");
+            match Self::lookup(t, io, &dir)? {
+                Some((_, i)) if i.kind == FileType::Dir => i.ino,
+                Some(_) => return Err(Error::NotADirectory(dir)),
+                None => ROOT_INO,
+            }
+        };
+        Ok(EntryKey {
+            parent,
+            name: (*name).to_string(),
+        })
+    }
+
+    fn drain_freed(t: &mut Txn, layout: &Layout) -> Result<()> {
+        let freed = std::mem::take(&mut t.files.freed);
+        for b in freed {
+            t.alloc.free(b, layout.node_blocks)?;
+        }
+        Ok(())
+    }
+
+    fn create_inode(&self, p: &str, kind: FileType) -> Result<(EntryKey, Inode)> {
+        self.check_writable()?;
+        let io = self.io().clone();
+        let mut t = self.txn();
+        let key = Self::new_key(&t, &io, p)?;
+        if t.files.get(&io, &key)?.is_some() {
+            return Err(Error::Exists(p.to_string()));
+        }
+        let inode = Inode {
+            ino: t.next_ino,
+            kind,
+            size: 0,
+            mtime_ns: now_ns(),
+            extents: Ptr::NULL,
+            extent_height: 0,
+        };
+        self.reserve_check(&mut t, 4)?;
+        t.files.insert(&io, key.clone(), inode)?;
+        Self::drain_freed(&mut t, &io.layout)?;
+        t.next_ino += 1;
+        t.inode_count += 1;
+        t.changed = true;
+        Ok((key, inode))
+    }
+
+    /// Create an empty file; fails if `p` exists.
+    pub fn create(&self, p: &str) -> Result<crate::File> {
+        let (key, inode) = self.create_inode(p, FileType::File)?;
+        self.txn().handles.insert(inode.ino, key);
+        Ok(crate::File::new(self.clone(), inode.ino))
+    }
+
+    /// Open an existing file, or create it when `create` is set; with
+    /// `truncate`, drop its content.
+    pub fn open_file_with(&self, p: &str, create: bool, truncate: bool) -> Result<crate::File> {
+        let found = {
+            let t = self.txn();
+            match Self::lookup(&t, self.io(), p) {
+                Ok(f) => f,
+                Err(Error::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            }
+        };
+        match found {
+            None if path::components(p)?.is_empty() => Err(Error::IsADirectory(p.to_string())),
+            None if create => self.create(p),
+            None => Err(Error::NotFound(p.to_string())),
+            Some((_, i)) if i.kind == FileType::Dir => Err(Error::IsADirectory(p.to_string())),
+            Some((key, i)) => {
+                self.txn().handles.insert(i.ino, key);
+                let f = crate::File::new(self.clone(), i.ino);
+                if truncate {
+                    f.set_len(0)?;
+                }
+                Ok(f)
+            }
+        }
+    }
+
+    /// Open an existing file.
+    pub fn open_file(&self, p: &str) -> Result<crate::File> {
+        self.open_file_with(p, false, false)
+    }
+
+    /// Create a directory; its parent must exist.
+    pub fn create_dir(&self, p: &str) -> Result<()> {
+        self.create_inode(p, FileType::Dir).map(|_| ())
+    }
+
+    /// Create a directory and its missing parents.
+    pub fn create_dir_all(&self, p: &str) -> Result<()> {
+        let comps = path::components(p)?;
+        for i in 1..=comps.len() {
+            let sub = comps[..i].join("/");
+            match self.stat(&sub) {
+                Ok(m) if m.is_dir() => continue,
+                Ok(_) => return Err(Error::NotADirectory(sub)),
+                Err(Error::NotFound(_)) => self.create_dir(&sub)?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Metadata of `p` as the transaction sees it.
+    pub fn stat(&self, p: &str) -> Result<Metadata> {
+        let t = self.txn();
+        match Self::lookup(&t, self.io(), p)? {
+            None => Ok(Metadata {
+                ino: ROOT_INO,
+                kind: FileType::Dir,
+                size: 0,
+                mtime_ns: self.committed_slot().time_ns,
+            }),
+            Some((_, i)) => Ok(meta_of(&i)),
+        }
+    }
+
+    /// Whether `p` exists.
+    pub fn exists(&self, p: &str) -> Result<bool> {
+        match self.stat(p) {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Entries of directory `p`, sorted by name.
+    pub fn read_dir(&self, p: &str) -> Result<Vec<DirEntry>> {
+        let t = self.txn();
+        let dir = match Self::lookup(&t, self.io(), p)? {
+            None => ROOT_INO,
+            Some((_, i)) if i.kind == FileType::Dir => i.ino,
+            Some(_) => return Err(Error::NotADirectory(p.to_string())),
+        };
+        let mut v = list_dir(&t.files, self.io(), dir)?;
+        for e in v.iter_mut() {
+            if let Some(st) = t.inodes.get(&e.meta.ino) {
+                e.meta = meta_of(&st.inode);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Remove a file or an empty directory.
+    pub fn remove(&self, p: &str) -> Result<()> {
+        self.check_writable()?;
+        let io = self.io().clone();
+        let mut t = self.txn();
+        let (key, inode) = Self::lookup(&t, &io, p)?
+            .ok_or_else(|| Error::InvalidArgument("cannot remove the root directory".into()))?;
+        if inode.kind == FileType::Dir && !list_dir(&t.files, &io, inode.ino)?.is_empty() {
+            return Err(Error::DirectoryNotEmpty(p.to_string()));
+        }
+        self.free_inode_data(&mut t, &io, inode)?;
+        t.files.remove(&io, &key)?;
+        Self::drain_freed(&mut t, &io.layout)?;
+        t.handles.remove(&inode.ino);
+        t.inode_count -= 1;
+        t.changed = true;
+        Ok(())
+    }
+
+    /// Remove `p` and everything below it.
+    pub fn remove_all(&self, p: &str) -> Result<()> {
+        let m = self.stat(p)?;
+        if m.is_dir() {
+            for e in self.read_dir(p)? {
+                let child = format!("{}/{}", p.trim_end_matches('/'), e.name);
+                self.remove_all(&child)?;
+            }
+        }
+        if path::components(p)?.is_empty() {
+            return Ok(());
+        }
+        self.remove(p)
+    }
+
+    /// Free every data block and extent node of `inode`.
+    fn free_inode_data(&self, t: &mut Txn, io: &NodeIo, inode: Inode) -> Result<()> {
+        if inode.kind != FileType::File {
+            return Ok(());
+        }
+        let tree = match t.inodes.remove(&inode.ino) {
+            Some(st) => {
+                t.buffered_bytes -= st.buf.len() * io.layout.block_size as usize;
+                for b in &st.ext.freed {
+                    t.alloc.free(*b, io.layout.node_blocks)?;
+                }
+                st.ext
+            }
+            None => Tree::<Extents>::from_disk(inode.extents, inode.extent_height, inode.ino)?,
+        };
+        let mut runs = Vec::new();
+        tree.scan(io, None, &mut |_, e| {
+            runs.push((e.pblock, e.len()));
+            Ok(true)
+        })?;
+        let mut nodes = Vec::new();
+        tree.walk(io, &mut |p, _, _, _, _| {
+            if let Some(p) = p {
+                nodes.push(p.block);
+            }
+            Ok(())
+        })?;
+        for (s, l) in runs {
+            t.alloc.free(s, l)?;
+        }
+        for b in nodes {
+            t.alloc.free(b, io.layout.node_blocks)?;
+        }
+        Ok(())
+    }
+
+    /// Rename `from` to `to` atomically, replacing `to` if it is a file (or
+    /// an empty directory when `from` is a directory).
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.check_writable()?;
+        let io = self.io().clone();
+        let mut t = self.txn();
+        let (fkey, finode) = Self::lookup(&t, &io, from)?
+            .ok_or_else(|| Error::InvalidArgument("cannot rename the root directory".into()))?;
+        let tkey = Self::new_key(&t, &io, to)?;
+        if fkey == tkey {
+            return Ok(());
+        }
+        // A directory cannot move below itself.
+        if finode.kind == FileType::Dir {
+            let mut p = tkey.parent;
+            let mut depth = 0;
+            while p != ROOT_INO {
+                if p == finode.ino {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot move {from} inside itself"
+                    )));
+                }
+                p = parent_of(&t.files, &io, p)?;
+                depth += 1;
+                if depth > path::MAX_DEPTH {
+                    return Err(Error::corrupt("directory chain too deep"));
+                }
+            }
+        }
+        if let Some(existing) = t.files.get(&io, &tkey)? {
+            let existing = t
+                .inodes
+                .get(&existing.ino)
+                .map(|s| s.inode)
+                .unwrap_or(existing);
+            match (finode.kind, existing.kind) {
+                (FileType::File, FileType::Dir) => return Err(Error::IsADirectory(to.to_string())),
+                (FileType::Dir, FileType::File) => {
+                    return Err(Error::NotADirectory(to.to_string()))
+                }
+                (FileType::Dir, FileType::Dir)
+                    if !list_dir(&t.files, &io, existing.ino)?.is_empty() =>
+                {
+                    return Err(Error::DirectoryNotEmpty(to.to_string()))
+                }
+                _ => {}
+            }
+            self.free_inode_data(&mut t, &io, existing)?;
+            t.handles.remove(&existing.ino);
+            t.inode_count -= 1;
+        }
+        self.reserve_check(&mut t, 8)?;
+        let rec = t
+            .files
+            .remove(&io, &fkey)?
+            .ok_or_else(|| Error::NotFound(from.to_string()))?;
+        t.files.insert(&io, tkey.clone(), rec)?;
+        Self::drain_freed(&mut t, &io.layout)?;
+        if let Some(st) = t.inodes.get_mut(&finode.ino) {
+            st.key = tkey.clone();
+        }
+        if let Some(k) = t.handles.get_mut(&finode.ino) {
+            *k = tkey;
+        }
+        t.changed = true;
+        Ok(())
+    }
+
+    // ----- commit ----------------------------------------------------------
+
+    /// Blocks a commit may need beyond what is already reserved: nodes made
+    /// dirty so far, the file table path, the free list, and `extra` nodes.
+    fn commit_reserve(&self, t: &Txn, extra: u64) -> u64 {
+        let l = &self.inner.io.layout;
+        let dirty: usize = t.files.dirty_nodes
+            + t.inodes
+                .values()
+                .map(|s| s.ext.dirty_nodes + 2)
+                .sum::<usize>();
+        let per = allocator::entries_per_node(l) as u64;
+        let list_entries = t.alloc.free.extents() as u64
+            + t.alloc
+                .pending
+                .values()
+                .map(|s| s.extents() as u64)
+                .sum::<u64>()
+            + t.alloc.freed.extents() as u64
+            + 8;
+        let list_nodes = list_entries.div_ceil(per) + 1;
+        let height = t.files.height as u64 + 1;
+        (dirty as u64 + list_nodes + 2 * height + 8 + extra) * l.node_blocks
+    }
+
+    /// Refuse an operation that would eat into what the commit needs.
+    fn reserve_check(&self, t: &mut Txn, extra_nodes: u64) -> Result<()> {
+        let r = self.commit_reserve(t, extra_nodes);
+        t.alloc.reserve = r;
+        if t.alloc.free.total() < r {
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Make every change since the last commit durable at once. Returns the
+    /// new generation. On a device error the filesystem refuses further
+    /// writes (reopen it: the last commit is intact).
+    pub fn commit(&self) -> Result<u64> {
+        self.check_writable()?;
+        let mut t = self.txn();
+        match self.commit_locked(&mut t) {
+            Ok(g) => Ok(g),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn commit_locked(&self, t: &mut Txn) -> Result<u64> {
+        let io = self.io().clone();
+        let layout = io.layout;
+        let (prev, old_list) = {
+            let c = self
+                .inner
+                .committed
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            (c.slot, c.free_list.clone())
+        };
+        let generation = prev.generation + 1;
+        let faults = self.faults();
+        t.alloc.reserve = 0;
+
+        // 1. Buffered data, then extent trees into the file table.
+        let inos: Vec<u64> = t.inodes.keys().copied().collect();
+        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+        for ino in &inos {
+            crate::file::flush_buffer(self, t, *ino, faults.forget_last_extent)?;
+        }
+        for ino in inos {
+            let Some(mut st) = t.inodes.remove(&ino) else {
+                continue;
+            };
+            let alloc = &mut t.alloc;
+            let ptr = st.ext.write(
+                &io,
+                generation,
+                &mut || alloc.alloc_exact(layout.node_blocks, true),
+                &mut out,
+            )?;
+            for b in std::mem::take(&mut st.ext.freed) {
+                t.alloc.free(b, layout.node_blocks)?;
+            }
+            st.inode.extents = ptr;
+            st.inode.extent_height = st.ext.height;
+            t.files.insert(&io, st.key.clone(), st.inode)?;
+            Self::drain_freed(t, &layout)?;
+        }
+        t.buffered_bytes = 0;
+        let alloc = &mut t.alloc;
+        let files_root = t.files.write(
+            &io,
+            generation,
+            &mut || alloc.alloc_exact(layout.node_blocks, true),
+            &mut out,
+        )?;
+
+        // 2. The free list: the old one is freed by this commit; size the new
+        // one, allocate it (taking blocks from the start of free extents never
+        // adds an entry), then encode what is left.
+        for b in &old_list {
+            t.alloc.free(*b, layout.node_blocks)?;
+        }
+        if faults.reuse_freed_immediately {
+            let freed = std::mem::take(&mut t.alloc.freed);
+            for (s, l) in freed.iter() {
+                t.alloc.free.insert(s, l)?;
+            }
+        }
+        let per = allocator::entries_per_node(&layout);
+        let n_nodes = allocator::list_entries(&t.alloc, generation)
+            .len()
+            .div_ceil(per)
+            .max(1);
+        let mut list_blocks = Vec::with_capacity(n_nodes);
+        for _ in 0..n_nodes {
+            list_blocks.push(t.alloc.alloc_exact(layout.node_blocks, true)?);
+        }
+        let entries = allocator::list_entries(&t.alloc, generation);
+        let head = allocator::encode_list(&layout, &entries, &list_blocks, generation, &mut out)?;
+
+        let free = t.alloc.free.total();
+        let pending = t.alloc.pending_total();
+        let slot = RootSlot {
+            generation,
+            uuid: self.inner.sb.uuid,
+            time_ns: now_ns(),
+            files: files_root,
+            files_height: t.files.height,
+            freelist: head,
+            freelist_nodes: n_nodes as u32,
+            next_ino: t.next_ino,
+            inode_count: t.inode_count,
+            used_blocks: layout.block_count - free - pending,
+            free_blocks: free,
+            pending_blocks: pending,
+        };
+        let slot_block = self.inner.sb.ring_start + generation % self.inner.sb.ring_slots as u64;
+        let slot_buf = slot.encode(self.inner.sb.block_size);
+        let dev = &self.inner.dev;
+
+        // 3-5. Nodes, barrier, root slot, flush.
+        if faults.root_before_data {
+            dev.write(slot_block, &slot_buf)?;
+        }
+        write_coalesced(dev.as_ref(), &mut out)?;
+        if !faults.skip_barrier {
+            dev.barrier()?;
+        }
+        if !faults.root_before_data {
+            dev.write(slot_block, &slot_buf)?;
+        }
+        dev.flush()?;
+
+        // Durable: publish and prepare the next transaction.
+        {
+            let mut c = self
+                .inner
+                .committed
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            c.slot = slot;
+            c.free_list = list_blocks;
+        }
+        let freed = std::mem::take(&mut t.alloc.freed);
+        if !freed.is_empty() {
+            t.alloc.pending.insert(generation, freed);
+        }
+        t.alloc.fresh = allocator::ExtentSet::new();
+        self.release(t)?;
+        t.base_alloc = t.alloc.clone();
+        t.changed = false;
+        debug!(generation, free, pending, "committed");
+        Ok(generation)
+    }
+
+    /// Make pending blocks reusable once no retained generation and no
+    /// live snapshot can reference them.
+    fn release(&self, t: &mut Txn) -> Result<()> {
+        let g = self.generation();
+        let mut upto = (g + 1).saturating_sub(self.inner.sb.ring_slots as u64);
+        let pins = self.inner.pins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((&min, _)) = pins.iter().next() {
+            upto = upto.min(min);
+        }
+        drop(pins);
+        t.alloc.release(upto)
+    }
+
+    /// Drop every change since the last commit.
+    pub fn abort(&self) -> Result<()> {
+        let mut t = self.txn();
+        let slot = self.committed_slot();
+        t.files = Tree::from_disk(slot.files, slot.files_height, 0)?;
+        t.next_ino = slot.next_ino;
+        t.inode_count = slot.inode_count;
+        t.alloc = t.base_alloc.clone();
+        t.inodes.clear();
+        t.buffered_bytes = 0;
+        t.changed = false;
+        // Handles whose file no longer exists (created in the aborted
+        // transaction) or moved back become stale or follow the old name.
+        let io = self.io().clone();
+        let handles: Vec<(u64, EntryKey)> = t.handles.drain().collect();
+        for (ino, key) in handles {
+            if let Some(i) = t.files.get(&io, &key)? {
+                if i.ino == ino {
+                    t.handles.insert(ino, key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A read-only view of the last committed generation that never waits
+    /// for the writer. Blocks it references are not reused while it lives.
+    pub fn snapshot(&self) -> crate::Snapshot {
+        let slot = self.committed_slot();
+        crate::Snapshot::new(self.clone(), slot)
+    }
+
+    pub(crate) fn pin(&self, g: u64) {
+        *self
+            .inner
+            .pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(g)
+            .or_insert(0) += 1;
+    }
+
+    pub(crate) fn unpin(&self, g: u64) {
+        let mut p = self.inner.pins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = p.get_mut(&g) {
+            *c -= 1;
+            if *c == 0 {
+                p.remove(&g);
+            }
+        }
+    }
+
+    /// Discard every free block (those no retained generation references).
+    /// Returns the number of blocks discarded.
+    pub fn trim(&self) -> Result<u64> {
+        self.check_writable()?;
+        let t = self.txn();
+        let mut n = 0;
+        for (s, l) in t.alloc.free.iter() {
+            self.inner.dev.discard(s, l)?;
+            n += l;
+        }
+        self.inner.dev.flush()?;
+        Ok(n)
+    }
+}
+
+/// Write encoded blocks sorted by address, merging adjacent ones into single
+/// requests, handed to the device as one batch.
+pub(crate) fn write_coalesced(dev: &dyn BlockDevice, out: &mut Vec<(u64, Vec<u8>)>) -> Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    out.sort_by_key(|x| x.0);
+    let bs = dev.geometry().block_size as u64;
+    let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (b, buf) in out.drain(..) {
+        if let Some((rb, rbuf)) = runs.last_mut() {
+            if *rb + rbuf.len() as u64 / bs == b && rbuf.len() < (8 << 20) {
+                rbuf.extend_from_slice(&buf);
+                continue;
+            }
+        }
+        runs.push((b, buf));
+    }
+    let reqs: Vec<WriteReq<'_>> = runs
+        .iter()
+        .map(|(b, d)| WriteReq { block: *b, data: d })
+        .collect();
+    dev.write_batch(&reqs)?;
+    Ok(())
+}
+
+pub(crate) fn meta_of(i: &Inode) -> Metadata {
+    Metadata {
+        ino: i.ino,
+        kind: i.kind,
+        size: i.size,
+        mtime_ns: i.mtime_ns,
+    }
+}
+
+/// Entries of directory `dir` in `files`.
+pub(crate) fn list_dir(files: &Tree<Files>, io: &NodeIo, dir: u64) -> Result<Vec<DirEntry>> {
+    let mut v = Vec::new();
+    let start = EntryKey {
+        parent: dir,
+        name: String::new(),
+    };
+    files.scan(io, Some(&start), &mut |k, i| {
+        if k.parent != dir {
+            return Ok(false);
+        }
+        v.push(DirEntry {
+            name: k.name.clone(),
+            meta: meta_of(i),
+        });
+        Ok(true)
+    })?;
+    Ok(v)
+}
+
+/// Parent inode of directory `ino` (a scan: renames of directories are
+/// rare, and this only runs to refuse moving a directory into itself).
+fn parent_of(files: &Tree<Files>, io: &NodeIo, ino: u64) -> Result<u64> {
+    let mut parent = None;
+    files.scan(io, None, &mut |k, i| {
+        if i.ino == ino {
+            parent = Some(k.parent);
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    parent.ok_or_else(|| Error::corrupt(format!("directory {ino} has no entry")))
+}
+
+/// Stand-in for `Faults` when fault injection is compiled out: every switch
+/// is a constant false, so the checks vanish.
+#[cfg(not(feature = "fault-injection"))]
+#[derive(Clone, Copy, Default)]
+struct NoFaults {
+    skip_barrier: bool,
+    root_before_data: bool,
+    reuse_freed_immediately: bool,
+    skip_verify: bool,
+    forget_last_extent: bool,
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Fs>();
+}
+
+pub(crate) type ExtentsTree = Tree<Extents>;
+pub(crate) type ExtentVal = Extent;

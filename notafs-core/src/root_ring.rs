@@ -1,0 +1,153 @@
+//! The root ring: N root slots, one block each, right after the primary
+//! superblock. Commit `g` writes slot `g mod N`, so the last N committed
+//! generations are all on disk and the newest one is never overwritten by the
+//! next commit.
+//!
+//! Why it survives power loss: a slot is written only after a barrier that
+//! orders it behind every block it points to, and it carries a BLAKE2b-256
+//! checksum, the filesystem UUID and its generation. A torn or garbage slot
+//! fails its checksum and is skipped; a slot left over from an earlier format
+//! fails the UUID test; a slot whose trees do not verify (its blocks were
+//! never written) is skipped too. Mount takes the newest slot that passes all
+//! of this and falls back to older ones, so no single bad write is fatal.
+//!
+//! ```text
+//! offset  size  field
+//! ------  ----  -----------------------------------------------------------
+//!      0     8  magic "NOTAFSRT"
+//!      8     8  generation (>= 1; must be slot index mod N)
+//!     16    16  filesystem UUID
+//!     32     8  commit time, nanoseconds since the Unix epoch
+//!     40     8  file table root: block (0 = empty table)
+//!     48     4  file table root: CRC-32C of the node
+//!     52     1  file table height (0 = empty, else levels)
+//!     53     3  reserved (0)
+//!     56     8  free-space list head: block (0 = none)
+//!     64     4  free-space list head: CRC-32C of the node
+//!     68     4  free-space list length, in nodes
+//!     72     8  next inode number
+//!     80     8  number of inodes (files and directories, root excluded)
+//!     88     8  blocks in use (nodes, data, superblocks, ring)
+//!     96     8  blocks free now
+//!    104     8  blocks freed but held for older generations (pending)
+//!    112   112  reserved (0)
+//!    224    32  BLAKE2b-256 of bytes 0..224
+//! ```
+use crate::checksum::blake;
+use crate::codec::{le32, le64};
+use crate::node::Ptr;
+use crate::{Error, Result};
+
+pub const SLOT_MAGIC: [u8; 8] = *b"NOTAFSRT";
+const SLOT_CHECKSUM_OFFSET: usize = 224;
+pub const SLOT_LEN: usize = 256;
+
+/// A root of one committed generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RootSlot {
+    pub generation: u64,
+    pub uuid: [u8; 16],
+    pub time_ns: u64,
+    pub files: Ptr,
+    pub files_height: u8,
+    pub freelist: Ptr,
+    pub freelist_nodes: u32,
+    pub next_ino: u64,
+    pub inode_count: u64,
+    pub used_blocks: u64,
+    pub free_blocks: u64,
+    pub pending_blocks: u64,
+}
+
+impl RootSlot {
+    /// Encode into one block of `block_size` bytes.
+    pub fn encode(&self, block_size: u32) -> Vec<u8> {
+        let mut b = vec![0u8; block_size as usize];
+        b[0..8].copy_from_slice(&SLOT_MAGIC);
+        b[8..16].copy_from_slice(&self.generation.to_le_bytes());
+        b[16..32].copy_from_slice(&self.uuid);
+        b[32..40].copy_from_slice(&self.time_ns.to_le_bytes());
+        b[40..48].copy_from_slice(&self.files.block.to_le_bytes());
+        b[48..52].copy_from_slice(&self.files.crc.to_le_bytes());
+        b[52] = self.files_height;
+        b[56..64].copy_from_slice(&self.freelist.block.to_le_bytes());
+        b[64..68].copy_from_slice(&self.freelist.crc.to_le_bytes());
+        b[68..72].copy_from_slice(&self.freelist_nodes.to_le_bytes());
+        b[72..80].copy_from_slice(&self.next_ino.to_le_bytes());
+        b[80..88].copy_from_slice(&self.inode_count.to_le_bytes());
+        b[88..96].copy_from_slice(&self.used_blocks.to_le_bytes());
+        b[96..104].copy_from_slice(&self.free_blocks.to_le_bytes());
+        b[104..112].copy_from_slice(&self.pending_blocks.to_le_bytes());
+        let sum = blake(&b[..SLOT_CHECKSUM_OFFSET]);
+        b[SLOT_CHECKSUM_OFFSET..SLOT_CHECKSUM_OFFSET + 32].copy_from_slice(&sum);
+        b
+    }
+
+    /// Decode slot `index` of a ring of `slots`; `Err` explains why the slot
+    /// is unusable (empty, torn, foreign, absurd). Pointers are range-checked
+    /// by the caller, who knows the device.
+    pub fn decode(b: &[u8], index: u32, slots: u32, uuid: &[u8; 16]) -> Result<RootSlot> {
+        if b.len() < SLOT_LEN {
+            return Err(Error::corrupt("root slot shorter than 256 bytes"));
+        }
+        if b[0..8] != SLOT_MAGIC {
+            return Err(if b[..SLOT_LEN].iter().all(|&c| c == 0) {
+                Error::corrupt("empty")
+            } else {
+                Error::corrupt("bad magic (garbage or torn write)")
+            });
+        }
+        if blake(&b[..SLOT_CHECKSUM_OFFSET])[..]
+            != b[SLOT_CHECKSUM_OFFSET..SLOT_CHECKSUM_OFFSET + 32]
+        {
+            return Err(Error::corrupt("checksum mismatch (torn or damaged write)"));
+        }
+        let s = RootSlot {
+            generation: le64(b, 8),
+            uuid: b[16..32].try_into().map_err(|_| Error::corrupt("uuid"))?,
+            time_ns: le64(b, 32),
+            files: Ptr {
+                block: le64(b, 40),
+                crc: le32(b, 48),
+            },
+            files_height: b[52],
+            freelist: Ptr {
+                block: le64(b, 56),
+                crc: le32(b, 64),
+            },
+            freelist_nodes: le32(b, 68),
+            next_ino: le64(b, 72),
+            inode_count: le64(b, 80),
+            used_blocks: le64(b, 88),
+            free_blocks: le64(b, 96),
+            pending_blocks: le64(b, 104),
+        };
+        if &s.uuid != uuid {
+            return Err(Error::corrupt(
+                "UUID differs from the superblock (left over from an earlier format)",
+            ));
+        }
+        if s.generation == 0 || s.generation == u64::MAX {
+            return Err(Error::corrupt(format!(
+                "absurd generation {}",
+                s.generation
+            )));
+        }
+        if s.generation % slots as u64 != index as u64 {
+            return Err(Error::corrupt(format!(
+                "generation {} does not belong in slot {index}",
+                s.generation
+            )));
+        }
+        if (s.files.block == 0) != (s.files_height == 0) {
+            return Err(Error::corrupt("file table pointer and height disagree"));
+        }
+        if s.files_height as usize > crate::btree::MAX_HEIGHT {
+            return Err(Error::corrupt(format!(
+                "file table height {}",
+                s.files_height
+            )));
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,191 @@
+//! Read-only views of a committed generation.
+//!
+//! A snapshot holds the root of one generation and pins it, so the allocator
+//! does not reuse any block it references while it lives. It never takes the
+//! writer's lock: a long write or commit does not block it.
+use crate::btree::Tree;
+use crate::data;
+use crate::extent_tree::Extents;
+use crate::file_table::{EntryKey, FileType, Files, Inode, ROOT_INO};
+use crate::fs::{list_dir, meta_of, DirEntry, Fs, Metadata};
+use crate::root_ring::RootSlot;
+use crate::{path, Error, Result};
+
+/// A committed generation, readable while the writer goes on.
+pub struct Snapshot {
+    fs: Fs,
+    slot: RootSlot,
+    files: Tree<Files>,
+    pinned: bool,
+}
+
+impl Snapshot {
+    pub(crate) fn new(fs: Fs, slot: RootSlot) -> Snapshot {
+        fs.pin(slot.generation);
+        let files =
+            Tree::from_disk(slot.files, slot.files_height, 0).unwrap_or_else(|_| Tree::empty(0));
+        Snapshot {
+            fs,
+            slot,
+            files,
+            pinned: true,
+        }
+    }
+
+    /// The generation this snapshot shows.
+    pub fn generation(&self) -> u64 {
+        self.slot.generation
+    }
+
+    /// Commit time, ns since the Unix epoch.
+    pub fn time_ns(&self) -> u64 {
+        self.slot.time_ns
+    }
+
+    /// Number of files and directories.
+    pub fn inode_count(&self) -> u64 {
+        self.slot.inode_count
+    }
+
+    pub(crate) fn files(&self) -> &Tree<Files> {
+        &self.files
+    }
+
+    pub(crate) fn fs(&self) -> &Fs {
+        &self.fs
+    }
+
+    fn lookup(&self, p: &str) -> Result<Option<Inode>> {
+        let comps = path::components(p)?;
+        let mut parent = ROOT_INO;
+        let mut found = None;
+        for (i, c) in comps.iter().enumerate() {
+            let key = EntryKey {
+                parent,
+                name: (*c).to_string(),
+            };
+            let ino = self
+                .files
+                .get(self.fs.io(), &key)?
+                .ok_or_else(|| Error::NotFound(p.to_string()))?;
+            if i + 1 < comps.len() && ino.kind != FileType::Dir {
+                return Err(Error::NotADirectory(p.to_string()));
+            }
+            parent = ino.ino;
+            found = Some(ino);
+        }
+        Ok(found)
+    }
+
+    /// Metadata of `p`.
+    pub fn stat(&self, p: &str) -> Result<Metadata> {
+        Ok(match self.lookup(p)? {
+            Some(i) => meta_of(&i),
+            None => Metadata {
+                ino: ROOT_INO,
+                kind: FileType::Dir,
+                size: 0,
+                mtime_ns: self.slot.time_ns,
+            },
+        })
+    }
+
+    /// Entries of directory `p`, sorted by name.
+    pub fn read_dir(&self, p: &str) -> Result<Vec<DirEntry>> {
+        let dir = match self.lookup(p)? {
+            None => ROOT_INO,
+            Some(i) if i.kind == FileType::Dir => i.ino,
+            Some(_) => return Err(Error::NotADirectory(p.to_string())),
+        };
+        self.read_dir_ino(dir)
+    }
+
+    /// Entries of the directory with inode number `dir`.
+    pub fn read_dir_ino(&self, dir: u64) -> Result<Vec<DirEntry>> {
+        list_dir(&self.files, self.fs.io(), dir)
+    }
+
+    /// Open file `p` for reading.
+    pub fn open(&self, p: &str) -> Result<SnapshotFile<'_>> {
+        match self.lookup(p)? {
+            None => Err(Error::IsADirectory(p.to_string())),
+            Some(i) if i.kind == FileType::Dir => Err(Error::IsADirectory(p.to_string())),
+            Some(i) => Ok(SnapshotFile {
+                snap: self,
+                ext: Tree::from_disk(i.extents, i.extent_height, i.ino)?,
+                inode: i,
+                pos: 0,
+            }),
+        }
+    }
+
+    /// Read a whole file into memory (for small files and tests).
+    pub fn read_to_vec(&self, p: &str) -> Result<Vec<u8>> {
+        let f = self.open(p)?;
+        let len = usize::try_from(f.len())
+            .map_err(|_| Error::InvalidArgument("file too large for memory".into()))?;
+        let mut v = vec![0; len];
+        f.read_at(0, &mut v)?;
+        Ok(v)
+    }
+
+    /// BLAKE2b-256 over the logical content: names, types, sizes and bytes,
+    /// independent of the layout on disk.
+    pub fn digest(&self) -> Result<[u8; 32]> {
+        crate::digest::digest(self, "")
+    }
+
+    /// Digest of the subtree at `p` (a file or a directory).
+    pub fn digest_path(&self, p: &str) -> Result<[u8; 32]> {
+        crate::digest::digest(self, p)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if self.pinned {
+            self.fs.unpin(self.slot.generation);
+        }
+    }
+}
+
+/// A file of a snapshot.
+pub struct SnapshotFile<'a> {
+    snap: &'a Snapshot,
+    inode: Inode,
+    ext: Tree<Extents>,
+    pos: u64,
+}
+
+impl SnapshotFile<'_> {
+    pub fn len(&self) -> u64 {
+        self.inode.size
+    }
+    pub fn is_empty(&self) -> bool {
+        self.inode.size == 0
+    }
+    pub fn metadata(&self) -> Metadata {
+        meta_of(&self.inode)
+    }
+    /// Read at `off`; returns the byte count (0 at end of file).
+    pub fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize> {
+        let fs = self.snap.fs();
+        data::read_at(
+            fs.io(),
+            &self.ext,
+            None,
+            self.inode.size,
+            off,
+            buf,
+            fs.verify_reads(),
+        )
+    }
+}
+
+impl std::io::Read for SnapshotFile<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.read_at(self.pos, buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,67 @@
+use std::sync::Arc;
+
+use notafs_blockdev::memory::MemoryDevice;
+use notafs_blockdev::BlockDevice;
+use notafs_core::{FormatOptions, Fs, OpenOptions};
+
+fn dev(blocks: u64) -> Arc<dyn BlockDevice> {
+    Arc::new(MemoryDevice::new(4096, blocks).unwrap())
+}
+
+#[test]
+fn write_commit_reopen() {
+    let d = dev(8192);
+    let fs = Fs::format(d.clone(), &FormatOptions::default()).unwrap();
+    assert_eq!(fs.generation(), 1);
+    fs.create_dir("index").unwrap();
+    let f = fs.create("index/data").unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    f.write_at(0, &big).unwrap();
+    f.append(b"tail").unwrap();
+    let g = fs.commit().unwrap();
+    assert_eq!(g, 2);
+    let fs2 = Fs::open(d.clone(), &OpenOptions::default()).unwrap();
+    let s = fs2.snapshot();
+    let v = s.read_to_vec("index/data").unwrap();
+    assert_eq!(v.len(), big.len() + 4);
+    assert_eq!(&v[..big.len()], &big[..]);
+    assert_eq!(&v[big.len()..], b"tail");
+    // overwrite in the middle, shrink, rename
+    let f = fs2.open_file("index/data").unwrap();
+    f.write_at(100, b"XYZ").unwrap();
+    f.set_len(5000).unwrap();
+    fs2.rename("index/data", "data2").unwrap();
+    fs2.commit().unwrap();
+    let fs3 = Fs::open(d.clone(), &OpenOptions::default()).unwrap();
+    let v = fs3.snapshot().read_to_vec("data2").unwrap();
+    assert_eq!(v.len(), 5000);
+    assert_eq!(&v[100..103], b"XYZ");
+    assert_eq!(&v[..100], &big[..100]);
+    assert_eq!(&v[103..5000], &big[103..5000]);
+    assert!(fs3.snapshot().read_dir("index").unwrap().is_empty());
+    // older generation still readable
+    let old = Fs::open(
+        d.clone(),
+        &OpenOptions {
+            generation: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        old.snapshot().read_to_vec("index/data").unwrap().len(),
+        big.len() + 4
+    );
+    // many commits: space must not leak
+    let info0 = fs3.info();
+    for i in 0..50 {
+        let f = fs3.open_file("data2").unwrap();
+        f.write_at(0, &vec![i as u8; 9000]).unwrap();
+        fs3.commit().unwrap();
+    }
+    let info1 = fs3.info();
+    assert!(
+        info1.free_blocks + info1.pending_blocks + 64 >= info0.free_blocks + info0.pending_blocks,
+        "{info0:?} {info1:?}"
+    );
+}
