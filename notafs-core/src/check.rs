@@ -1,1 +1,837 @@
-//! (check: being written)
+//! Consistency check and repair: the library behind `fsck.notafs`, and the
+//! oracle of the crash harness.
+//!
+//! The check walks one generation completely: both superblock copies, every
+//! root slot, every node of the file table and of every extent tree, every
+//! extent, the free-space list; it accounts for every block of the device
+//! (`used + free + pending + reserved = total`). It never writes.
+//!
+//! Repairs are themselves copy-on-write commits: they write a new free list
+//! to blocks no retained generation references, then a new root slot after a
+//! barrier. A crash during a repair leaves the previous roots intact.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use notafs_blockdev::BlockDevice;
+
+use crate::allocator::{self, Allocator, ExtentSet};
+use crate::btree::{in_bounds, Node, NodeIo, Tree};
+use crate::extent_tree::Extents;
+use crate::file_table::{EntryKey, FileType, Files, Inode, ROOT_INO};
+use crate::fs::{Fs, OpenOptions};
+use crate::node::Ptr;
+use crate::root_ring::RootSlot;
+use crate::superblock::Superblock;
+use crate::{Error, Result};
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Expected after a crash or harmless (a torn newest slot, an empty slot).
+    Info,
+    /// Damage that does not affect the checked generation (a bad superblock
+    /// copy, an older generation that does not verify).
+    Warning,
+    /// The checked generation is inconsistent.
+    Error,
+}
+
+/// One finding.
+#[derive(Clone, Debug)]
+pub struct Problem {
+    pub severity: Severity,
+    /// Stable short code, for scripts and tests (`superblock`, `slot`,
+    /// `tree`, `claimed-twice`, `free-overlap`, `leak`, `extent`, `size`,
+    /// `name`, `orphan`, `data`, `root`, `count`).
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Options of [`check`].
+#[derive(Default)]
+pub struct CheckOptions<'a> {
+    /// Check this retained generation instead of the newest.
+    pub generation: Option<u64>,
+    /// Read every data block and verify its checksum.
+    pub verify_data: bool,
+    /// Called with (bytes verified, bytes to verify) during `verify_data`.
+    pub progress: Option<&'a dyn Fn(u64, u64)>,
+    /// Bytes of cache to use.
+    pub cache_bytes: Option<usize>,
+}
+
+/// Figures gathered by the check.
+#[derive(Clone, Debug, Default)]
+pub struct CheckStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub file_bytes: u64,
+    pub nodes: u64,
+    pub data_blocks: u64,
+    pub free_blocks: u64,
+    pub pending_blocks: u64,
+    pub reserved_blocks: u64,
+    pub leaked_blocks: u64,
+    pub verified_bytes: u64,
+}
+
+/// The result of a check.
+#[derive(Clone, Debug)]
+pub struct CheckReport {
+    /// Generation checked (None when no root could be opened).
+    pub generation: Option<u64>,
+    /// Newest generation that opens (what a normal mount would use).
+    pub newest: Option<u64>,
+    pub superblock: Option<Superblock>,
+    pub problems: Vec<Problem>,
+    pub stats: CheckStats,
+    /// Generations whose roots verified, newest first.
+    pub retained: Vec<u64>,
+}
+
+impl CheckReport {
+    /// No errors in the checked generation (warnings and infos allowed).
+    pub fn is_clean(&self) -> bool {
+        self.generation.is_some() && !self.problems.iter().any(|p| p.severity == Severity::Error)
+    }
+
+    /// Problems of at least `s`.
+    pub fn count(&self, s: Severity) -> usize {
+        self.problems.iter().filter(|p| p.severity >= s).count()
+    }
+
+    fn push(&mut self, severity: Severity, code: &'static str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            severity,
+            code,
+            message: message.into(),
+        });
+    }
+}
+
+/// Check the filesystem on `dev`. Returns Err only when the device is not a
+/// notafs filesystem at all or cannot be read; damage is reported in the
+/// report.
+pub fn check(dev: Arc<dyn BlockDevice>, opts: &CheckOptions<'_>) -> Result<CheckReport> {
+    let (sb, source) = Fs::read_superblock(dev.as_ref())?;
+    let mut r = CheckReport {
+        generation: None,
+        newest: None,
+        superblock: Some(sb.clone()),
+        problems: Vec::new(),
+        stats: CheckStats::default(),
+        retained: Vec::new(),
+    };
+    check_superblocks(dev.as_ref(), &sb, source, &mut r);
+
+    let open = |g: Option<u64>| {
+        Fs::open(
+            dev.clone(),
+            &OpenOptions {
+                read_only: true,
+                generation: g,
+                cache_bytes: opts.cache_bytes.unwrap_or(crate::DEFAULT_CACHE_BYTES),
+            },
+        )
+    };
+    let fs = match open(None) {
+        Ok(fs) => fs,
+        Err(e) => {
+            r.push(
+                Severity::Error,
+                "root",
+                format!("no generation can be opened: {e}"),
+            );
+            return Ok(r);
+        }
+    };
+    let newest = fs.generation();
+    r.newest = Some(newest);
+    for s in fs.slot_status() {
+        match (&s.state, &s.roots_ok) {
+            (Err(e), _) if e == "empty" => {}
+            (Err(e), _) => r.push(
+                Severity::Info,
+                "slot",
+                format!("root slot {}: {e}", s.index),
+            ),
+            (Ok(slot), Some(Err(e))) => r.push(
+                if slot.generation > newest {
+                    Severity::Info
+                } else {
+                    Severity::Warning
+                },
+                "slot",
+                format!(
+                    "root slot {} (generation {}): roots do not verify: {e}",
+                    s.index, slot.generation
+                ),
+            ),
+            (Ok(slot), _) if slot.generation > newest => r.push(
+                Severity::Info,
+                "slot",
+                format!(
+                    "root slot {} holds generation {} newer than the newest valid",
+                    s.index, slot.generation
+                ),
+            ),
+            _ => {}
+        }
+    }
+    r.retained = fs.generations().iter().map(|g| g.generation).collect();
+    let fs = match opts.generation {
+        None => fs,
+        Some(g) => match open(Some(g)) {
+            Ok(fs) => fs,
+            Err(e) => {
+                r.push(Severity::Error, "root", format!("generation {g}: {e}"));
+                return Ok(r);
+            }
+        },
+    };
+    r.generation = Some(fs.generation());
+    let slot = fs.committed_slot();
+    if let Err(e) = check_generation(&fs, &slot, opts, &mut r) {
+        r.push(Severity::Error, "tree", e.to_string());
+    }
+    Ok(r)
+}
+
+fn check_superblocks(dev: &dyn BlockDevice, sb: &Superblock, source: u64, r: &mut CheckReport) {
+    let bs = sb.block_size as usize;
+    let mut buf = vec![0u8; bs];
+    for addr in [0, sb.backup_address()] {
+        let res = dev.read(addr, &mut buf).map_err(Error::from).and_then(|_| {
+            Superblock::decode(&buf, addr, sb.block_size, dev.geometry().block_count)
+        });
+        match res {
+            Ok(copy) if copy == *sb => {}
+            Ok(_) => r.push(
+                Severity::Warning,
+                "superblock",
+                format!("superblock copy at block {addr} differs from the one in use"),
+            ),
+            Err(e) => r.push(
+                Severity::Warning,
+                "superblock",
+                format!("superblock copy at block {addr}: {e}"),
+            ),
+        }
+    }
+    if source != 0 {
+        r.push(
+            Severity::Warning,
+            "superblock",
+            "primary superblock unusable: the backup was used",
+        );
+    }
+}
+
+/// Blocks referenced by one generation, gathered by a full walk.
+pub(crate) struct Reach {
+    pub claimed: ExtentSet,
+    pub list_nodes: Vec<u64>,
+}
+
+fn claim(set: &mut ExtentSet, start: u64, len: u64, what: &str, r: &mut CheckReport) {
+    if set.overlaps(start, len) {
+        r.push(
+            Severity::Error,
+            "claimed-twice",
+            format!("{what}: blocks {start}+{len} are referenced more than once"),
+        );
+        // Record the part that is new so accounting stays meaningful.
+        let mut cursor = start;
+        for (s, l) in set.intersect(start, len) {
+            if s > cursor {
+                let _ = set.insert(cursor, s - cursor);
+            }
+            cursor = s + l;
+        }
+        if cursor < start + len {
+            let _ = set.insert(cursor, start + len - cursor);
+        }
+    } else {
+        let _ = set.insert(start, len);
+    }
+}
+
+fn check_generation(
+    fs: &Fs,
+    slot: &RootSlot,
+    opts: &CheckOptions<'_>,
+    r: &mut CheckReport,
+) -> Result<()> {
+    let io = fs.io().clone();
+    let layout = io.layout;
+    let nb = layout.node_blocks;
+    let bs = layout.block_size as u64;
+    let mut claimed = ExtentSet::new();
+    let files = Tree::<Files>::from_disk(slot.files, slot.files_height, 0)?;
+
+    // File table: nodes, key bounds, inodes.
+    let mut inodes: Vec<(EntryKey, Inode)> = Vec::new();
+    let mut nodes = 0u64;
+    files.walk(&io, &mut |p, _level, node, lo, hi| {
+        if let Some(p) = p {
+            claim(&mut claimed, p.block, nb, "file table node", r);
+            nodes += 1;
+        }
+        let keys: Vec<&EntryKey> = match node {
+            Node::Leaf(e) => e.iter().map(|x| &x.0).collect(),
+            Node::Branch(e) => e.iter().map(|x| &x.0).collect(),
+        };
+        for k in keys {
+            if !in_bounds(k, lo, hi) {
+                r.push(
+                    Severity::Error,
+                    "tree",
+                    format!("file table key {k:?} outside its parent's range"),
+                );
+            }
+        }
+        if let Node::Leaf(e) = node {
+            inodes.extend(e.iter().cloned());
+        }
+        Ok(())
+    })?;
+
+    let mut seen: HashMap<u64, EntryKey> = HashMap::new();
+    let mut dirs: HashSet<u64> = HashSet::from([ROOT_INO]);
+    for (k, i) in &inodes {
+        if let Some(prev) = seen.insert(i.ino, k.clone()) {
+            r.push(
+                Severity::Error,
+                "tree",
+                format!("inode {} has two entries: {:?} and {:?}", i.ino, prev, k),
+            );
+        }
+        if i.ino >= slot.next_ino {
+            r.push(
+                Severity::Error,
+                "count",
+                format!("inode {} not below next inode {}", i.ino, slot.next_ino),
+            );
+        }
+        if i.kind == FileType::Dir {
+            dirs.insert(i.ino);
+        }
+    }
+    if inodes.len() as u64 != slot.inode_count {
+        r.push(
+            Severity::Error,
+            "count",
+            format!(
+                "root counts {} inodes, the table holds {}",
+                slot.inode_count,
+                inodes.len()
+            ),
+        );
+    }
+    // Reachability from the root: catches missing parents and cycles.
+    let mut children: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (k, i) in &inodes {
+        if !dirs.contains(&k.parent) {
+            r.push(
+                Severity::Error,
+                "orphan",
+                format!("{:?}: parent inode {} is not a directory", k.name, k.parent),
+            );
+        }
+        children.entry(k.parent).or_default().push(i.ino);
+    }
+    let mut reached: HashSet<u64> = HashSet::new();
+    let mut stack = vec![(ROOT_INO, 0usize)];
+    while let Some((d, depth)) = stack.pop() {
+        if depth > crate::path::MAX_DEPTH {
+            r.push(
+                Severity::Error,
+                "orphan",
+                "directory tree deeper than 64 levels",
+            );
+            break;
+        }
+        if let Some(c) = children.get(&d) {
+            for &ino in c {
+                if reached.insert(ino) && dirs.contains(&ino) {
+                    stack.push((ino, depth + 1));
+                }
+            }
+        }
+    }
+    for (k, i) in &inodes {
+        if !reached.contains(&i.ino) {
+            r.push(
+                Severity::Error,
+                "orphan",
+                format!(
+                    "inode {} ({:?}) is unreachable from the root (directory cycle?)",
+                    i.ino, k.name
+                ),
+            );
+        }
+    }
+
+    // Extent trees.
+    let total_bytes: u64 = inodes
+        .iter()
+        .filter(|(_, i)| i.kind == FileType::File)
+        .map(|(_, i)| i.size)
+        .sum();
+    let mut verified = 0u64;
+    let mut data_blocks = 0u64;
+    for (k, i) in &inodes {
+        match i.kind {
+            FileType::Dir => {
+                r.stats.dirs += 1;
+                continue;
+            }
+            FileType::File => r.stats.files += 1,
+        }
+        r.stats.file_bytes += i.size;
+        let ext = Tree::<Extents>::from_disk(i.extents, i.extent_height, i.ino)?;
+        let mut extents: Vec<(u64, crate::extent_tree::Extent)> = Vec::new();
+        let res = ext.walk(&io, &mut |p, _, node, lo, hi| {
+            if let Some(p) = p {
+                claim(&mut claimed, p.block, nb, "extent node", r);
+                nodes += 1;
+            }
+            match node {
+                Node::Leaf(e) => {
+                    for (key, v) in e {
+                        if !in_bounds(key, lo, hi) {
+                            r.push(
+                                Severity::Error,
+                                "tree",
+                                format!(
+                                    "{:?}: extent key {key} outside its parent's range",
+                                    k.name
+                                ),
+                            );
+                        }
+                        extents.push((*key, v.clone()));
+                    }
+                }
+                Node::Branch(e) => {
+                    for (key, _) in e {
+                        if !in_bounds(key, lo, hi) {
+                            r.push(
+                                Severity::Error,
+                                "tree",
+                                format!(
+                                    "{:?}: extent separator {key} outside its parent's range",
+                                    k.name
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            r.push(
+                Severity::Error,
+                "tree",
+                format!("{:?} (inode {}): {e}", k.name, i.ino),
+            );
+            continue;
+        }
+        let limit = i.size.div_ceil(bs);
+        let mut prev_end = 0u64;
+        for (lb, e) in &extents {
+            let Some(end) = lb.checked_add(e.len()) else {
+                r.push(
+                    Severity::Error,
+                    "extent",
+                    format!("{:?}: extent at block {lb} overflows", k.name),
+                );
+                continue;
+            };
+            if *lb < prev_end {
+                r.push(
+                    Severity::Error,
+                    "extent",
+                    format!("{:?}: extents overlap at file block {lb}", k.name),
+                );
+            }
+            prev_end = prev_end.max(end);
+            if end > limit {
+                r.push(
+                    Severity::Error,
+                    "size",
+                    format!(
+                        "{:?}: extent {lb}+{} past the end of the file ({} bytes)",
+                        k.name,
+                        e.len(),
+                        i.size
+                    ),
+                );
+            }
+            claim(&mut claimed, e.pblock, e.len(), "data extent", r);
+            data_blocks += e.len();
+            if opts.verify_data {
+                let mut buf = vec![0u8; (e.len() * bs) as usize];
+                match io.dev.read(e.pblock, &mut buf) {
+                    Err(err) => r.push(
+                        Severity::Error,
+                        "data",
+                        format!(
+                            "{:?}: read of blocks {}+{} failed: {err}",
+                            k.name,
+                            e.pblock,
+                            e.len()
+                        ),
+                    ),
+                    Ok(()) => {
+                        if let Err(err) =
+                            crate::data::check_blocks(&buf, &e.crcs, e.pblock, bs as usize)
+                        {
+                            r.push(Severity::Error, "data", format!("{:?}: {err}", k.name));
+                        }
+                    }
+                }
+                verified += buf.len() as u64;
+                if let Some(p) = opts.progress {
+                    p(verified.min(total_bytes), total_bytes);
+                }
+            }
+        }
+    }
+    r.stats.verified_bytes = verified;
+    r.stats.data_blocks = data_blocks;
+    r.stats.nodes = nodes;
+
+    // Free list and accounting.
+    let list = allocator::read_list(&io, slot.freelist, slot.freelist_nodes, slot.generation)?;
+    for b in &list.nodes {
+        claim(&mut claimed, *b, nb, "free-list node", r);
+    }
+    let mut free = 0;
+    let mut pending = 0;
+    let mut listed = ExtentSet::new();
+    for &(s, l, t) in &list.entries {
+        if claimed.overlaps(s, l) {
+            r.push(
+                Severity::Error,
+                "free-overlap",
+                format!("free extent {s}+{l} contains referenced blocks"),
+            );
+        }
+        if listed.insert(s, l).is_err() {
+            r.push(
+                Severity::Error,
+                "free-overlap",
+                format!("free extent {s}+{l} listed twice"),
+            );
+        }
+        if t == 0 {
+            free += l;
+        } else {
+            pending += l;
+        }
+    }
+    let reserved = layout.data_start + (layout.block_count - layout.data_end);
+    let accounted = claimed.total() + free + pending + reserved;
+    r.stats.free_blocks = free;
+    r.stats.pending_blocks = pending;
+    r.stats.reserved_blocks = reserved;
+    if accounted < layout.block_count {
+        let leaked = layout.block_count - accounted;
+        r.stats.leaked_blocks = leaked;
+        r.push(
+            Severity::Error,
+            "leak",
+            format!("{leaked} blocks are neither referenced nor free (leaked)"),
+        );
+    } else if accounted > layout.block_count {
+        r.push(
+            Severity::Error,
+            "free-overlap",
+            format!("{} blocks counted twice", accounted - layout.block_count),
+        );
+    }
+    if slot.free_blocks != free || slot.pending_blocks != pending {
+        r.push(
+            Severity::Error,
+            "count",
+            format!(
+                "root records {} free / {} pending blocks, the list holds {free} / {pending}",
+                slot.free_blocks, slot.pending_blocks
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Blocks referenced by generation `slot` (trees, data, free-list nodes).
+/// Errors when the generation does not verify.
+pub(crate) fn reachable(io: &NodeIo, slot: &RootSlot) -> Result<ExtentSet> {
+    reachable_counted(io, slot).map(|x| x.0)
+}
+
+/// [`reachable`], plus the number of inodes and the highest inode number.
+pub(crate) fn reachable_counted(io: &NodeIo, slot: &RootSlot) -> Result<(ExtentSet, u64, u64)> {
+    let nb = io.layout.node_blocks;
+    let mut set = ExtentSet::new();
+    let files = Tree::<Files>::from_disk(slot.files, slot.files_height, 0)?;
+    let mut inodes = Vec::new();
+    files.walk(io, &mut |p, _, node, _, _| {
+        if let Some(p) = p {
+            set.insert(p.block, nb)?;
+        }
+        if let Node::Leaf(e) = node {
+            inodes.extend(e.iter().map(|x| x.1));
+        }
+        Ok(())
+    })?;
+    let count = inodes.len() as u64;
+    let max_ino = inodes.iter().map(|i| i.ino).max().unwrap_or(ROOT_INO);
+    for i in inodes {
+        let ext = Tree::<Extents>::from_disk(i.extents, i.extent_height, i.ino)?;
+        ext.walk(io, &mut |p, _, node, _, _| {
+            if let Some(p) = p {
+                set.insert(p.block, nb)?;
+            }
+            if let Node::Leaf(e) = node {
+                for (_, x) in e {
+                    set.insert(x.pblock, x.len())?;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    let list = allocator::read_list(io, slot.freelist, slot.freelist_nodes, slot.generation)?;
+    for b in list.nodes {
+        set.insert(b, nb)?;
+    }
+    Ok((set, count, max_ino))
+}
+
+/// What a repair did.
+#[derive(Clone, Debug, Default)]
+pub struct RepairReport {
+    pub actions: Vec<String>,
+    pub new_generation: Option<u64>,
+}
+
+/// Rewrite a bad superblock copy from the good one.
+pub fn repair_superblocks(dev: &dyn BlockDevice) -> Result<Vec<String>> {
+    let (sb, _) = Fs::read_superblock(dev)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; sb.block_size as usize];
+    for addr in [0, sb.backup_address()] {
+        dev.read(addr, &mut buf)?;
+        let ok = matches!(Superblock::decode(&buf, addr, sb.block_size, dev.geometry().block_count), Ok(c) if c == sb);
+        if !ok {
+            dev.write(addr, &sb.encode(addr))?;
+            out.push(format!("rewrote the superblock copy at block {addr}"));
+        }
+    }
+    if !out.is_empty() {
+        dev.flush()?;
+    }
+    Ok(out)
+}
+
+/// Commit a new generation whose file table is generation `base`'s, with a
+/// free-space list rebuilt from what is reachable: blocks of `base` are in
+/// use, blocks of the other retained generations older than `base` are held
+/// as pending (so they stay readable), everything else is free (reclaiming
+/// leaks and dropping the damaged newer generations).
+pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport> {
+    let fs = Fs::open(
+        dev.clone(),
+        &OpenOptions {
+            read_only: true,
+            generation: None,
+            cache_bytes: crate::DEFAULT_CACHE_BYTES,
+        },
+    )
+    .or_else(|_| {
+        Fs::open(
+            dev.clone(),
+            &OpenOptions {
+                read_only: true,
+                generation: Some(base),
+                cache_bytes: crate::DEFAULT_CACHE_BYTES,
+            },
+        )
+    })?;
+    let io = fs.io().clone();
+    let layout = io.layout;
+    let sb = fs.superblock().clone();
+    let slots: Vec<RootSlot> = fs
+        .slot_status()
+        .iter()
+        .filter_map(|s| s.state.as_ref().ok().copied())
+        .collect();
+    let newest_seen = slots.iter().map(|s| s.generation).max().unwrap_or(base);
+    let base_slot = *slots
+        .iter()
+        .find(|s| s.generation == base)
+        .ok_or(Error::NoSuchGeneration(base))?;
+    let (used, inode_count, max_ino) = reachable_counted(&io, &base_slot)?;
+    let mut held = ExtentSet::new();
+    let generation = newest_seen + 1;
+    for s in &slots {
+        if s.generation >= base || s.generation + sb.ring_slots as u64 <= generation {
+            continue;
+        }
+        if let Ok(set) = reachable(&io, s) {
+            for (st, l) in set.iter() {
+                for (a, n) in subtract(&subtract_set(st, l, &used), &held) {
+                    held.insert(a, n)?;
+                }
+            }
+        }
+    }
+    let mut alloc = Allocator {
+        free: ExtentSet::new(),
+        pending: BTreeMap::new(),
+        fresh: ExtentSet::new(),
+        freed: ExtentSet::new(),
+        reserve: 0,
+    };
+    let mut cursor = layout.data_start;
+    let mut taken = ExtentSet::new();
+    for (s, l) in used.iter().chain(held.iter()) {
+        let _ = taken.insert(s, l);
+    }
+    for (s, l) in taken.iter() {
+        if s > cursor {
+            alloc.free.insert(cursor, s - cursor)?;
+        }
+        cursor = cursor.max(s + l);
+    }
+    if cursor < layout.data_end {
+        alloc.free.insert(cursor, layout.data_end - cursor)?;
+    }
+    // The old list nodes of `base` are in `used`; the new root does not
+    // reference them, so they are held like older generations' blocks.
+    let base_list = allocator::read_list(
+        &io,
+        base_slot.freelist,
+        base_slot.freelist_nodes,
+        base_slot.generation,
+    )?;
+    for b in &base_list.nodes {
+        alloc.freed.insert(*b, layout.node_blocks)?;
+    }
+    if !held.is_empty() {
+        alloc.pending.insert(generation, held);
+    }
+    let per = allocator::entries_per_node(&layout);
+    let n_nodes = allocator::list_entries(&alloc, generation)
+        .len()
+        .div_ceil(per)
+        .max(1);
+    let mut blocks = Vec::new();
+    for _ in 0..n_nodes {
+        blocks.push(alloc.alloc_exact(layout.node_blocks, true)?);
+    }
+    let entries = allocator::list_entries(&alloc, generation);
+    let mut out = Vec::new();
+    let head = allocator::encode_list(&layout, &entries, &blocks, generation, &mut out)?;
+    let free = alloc.free.total();
+    let pending = alloc.pending_total();
+    let slot = RootSlot {
+        generation,
+        uuid: sb.uuid,
+        time_ns: base_slot.time_ns,
+        files: base_slot.files,
+        files_height: base_slot.files_height,
+        freelist: head,
+        freelist_nodes: n_nodes as u32,
+        next_ino: base_slot.next_ino.max(max_ino + 1),
+        inode_count,
+        used_blocks: layout.block_count - free - pending,
+        free_blocks: free,
+        pending_blocks: pending,
+    };
+    crate::fs::write_coalesced(dev.as_ref(), &mut out)?;
+    dev.barrier()?;
+    dev.write(
+        sb.ring_start + generation % sb.ring_slots as u64,
+        &slot.encode(sb.block_size),
+    )?;
+    dev.flush()?;
+    let mut rep = RepairReport::default();
+    rep.actions.push(if base < fs.generation() || base < newest_seen {
+        format!("rolled back to generation {base} as new generation {generation}, free space rebuilt")
+    } else {
+        format!("rebuilt the free-space list as generation {generation}")
+    });
+    rep.new_generation = Some(generation);
+    Ok(rep)
+}
+
+/// Parts of `[s, s+l)` not in `set`.
+fn subtract_set(s: u64, l: u64, set: &ExtentSet) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut cursor = s;
+    for (a, n) in set.intersect(s, l) {
+        if a > cursor {
+            out.push((cursor, a - cursor));
+        }
+        cursor = a + n;
+    }
+    if cursor < s + l {
+        out.push((cursor, s + l - cursor));
+    }
+    out
+}
+
+fn subtract(parts: &[(u64, u64)], set: &ExtentSet) -> Vec<(u64, u64)> {
+    parts
+        .iter()
+        .flat_map(|&(s, l)| subtract_set(s, l, set))
+        .collect()
+}
+
+/// Check, then repair what can be repaired: superblock copies, and the
+/// newest generation (rolled back to the newest consistent retained one, or
+/// its free space rebuilt). Returns the actions taken; call [`check`] again
+/// to confirm.
+pub fn repair(dev: Arc<dyn BlockDevice>, opts: &CheckOptions<'_>) -> Result<RepairReport> {
+    let mut rep = RepairReport::default();
+    rep.actions.extend(repair_superblocks(dev.as_ref())?);
+    let r = check(dev.clone(), opts)?;
+    if r.is_clean() && opts.generation.is_none() {
+        return Ok(rep);
+    }
+    // Find the newest retained generation that checks clean.
+    let mut candidates = r.retained.clone();
+    if let Some(g) = opts.generation {
+        candidates.retain(|x| *x <= g);
+    }
+    for g in candidates {
+        let rg = check(
+            dev.clone(),
+            &CheckOptions {
+                generation: Some(g),
+                verify_data: opts.verify_data,
+                progress: None,
+                cache_bytes: opts.cache_bytes,
+            },
+        )?;
+        let fixable_by_rebuild = rg.generation.is_some()
+            && rg
+                .problems
+                .iter()
+                .filter(|p| p.severity == Severity::Error)
+                .all(|p| matches!(p.code, "leak" | "count" | "free-overlap"));
+        if rg.is_clean() || fixable_by_rebuild {
+            let sub = rebuild_from(dev.clone(), g)?;
+            rep.actions.extend(sub.actions);
+            rep.new_generation = sub.new_generation;
+            return Ok(rep);
+        }
+    }
+    Err(Error::NoValidRoot(
+        "no retained generation is consistent; nothing safe to roll back to".into(),
+    ))
+}
+
+#[allow(dead_code)]
+fn _ptr(_: Ptr) {}
