@@ -158,12 +158,20 @@ fn map(t: &mut Txn, io: &NodeIo, ino: u64, lb: u64, pb: u64, crcs: &[u32]) -> Re
 }
 
 /// Write whole blocks `data` at file block `lb` to newly allocated device
-/// blocks and map them.
-fn write_blocks(fs: &Fs, t: &mut Txn, ino: u64, lb: u64, data: &[u8]) -> Result<()> {
+/// blocks and map them. Each chunk is written before the old mapping of its
+/// range is dropped, so a failure (no space, device error) leaves the blocks
+/// not yet written with their old content; `done` counts blocks written.
+fn write_blocks(
+    fs: &Fs,
+    t: &mut Txn,
+    ino: u64,
+    lb: u64,
+    data: &[u8],
+    done: &mut u64,
+) -> Result<()> {
     let io = fs.io().clone();
     let bs = io.layout.block_size as usize;
     let n = (data.len() / bs) as u64;
-    unmap(t, &io, ino, lb, n)?;
     // Continue the previous extent on disk when possible.
     let mut hint = None;
     if lb > 0 {
@@ -174,18 +182,19 @@ fn write_blocks(fs: &Fs, t: &mut Txn, ino: u64, lb: u64, data: &[u8]) -> Result<
             }
         }
     }
-    let mut done = 0u64;
-    while done < n {
+    *done = 0;
+    while *done < n {
         fs.reserve_for_data(t)?;
-        let (pb, got) = t.alloc.alloc(n - done, hint, false)?;
-        let chunk = &data[(done as usize) * bs..((done + got) as usize) * bs];
+        let (pb, got) = t.alloc.alloc(n - *done, hint, false)?;
+        let chunk = &data[(*done as usize) * bs..((*done + got) as usize) * bs];
         if let Err(e) = io.dev.write(pb, chunk) {
             return fs.fail_write(e.into());
         }
         let crcs: Vec<u32> = chunk.chunks(bs).map(crate::checksum::crc).collect();
-        map(t, &io, ino, lb + done, pb, &crcs)?;
+        unmap(t, &io, ino, lb + *done, got)?;
+        map(t, &io, ino, lb + *done, pb, &crcs)?;
         hint = Some(pb + got);
-        done += got;
+        *done += got;
     }
     Ok(())
 }
@@ -212,7 +221,8 @@ pub(crate) fn flush_buffer(fs: &Fs, t: &mut Txn, ino: u64, forget_last: bool) ->
         runs.pop();
     }
     for (lb, data) in runs {
-        write_blocks(fs, t, ino, lb, &data)?;
+        let mut done = 0;
+        write_blocks(fs, t, ino, lb, &data, &mut done)?;
     }
     Ok(())
 }
@@ -299,6 +309,23 @@ impl File {
     }
 
     fn write_locked(&self, t: &mut Txn, off: u64, data: &[u8]) -> Result<()> {
+        let mut pos = off;
+        let res = self.write_inner(t, off, data, &mut pos);
+        if res.is_err() {
+            // Keep what was written up to `pos` (a short write) and drop
+            // anything mapped or buffered past the new end, so no stale
+            // bytes can appear if the file grows later.
+            if let Ok(st) = state(t, &self.fs.io().clone(), self.ino) {
+                let size = st.inode.size.max(pos.min(off + data.len() as u64));
+                st.inode.size = size;
+                t.changed = true;
+                let _ = self.cut(t, size);
+            }
+        }
+        res
+    }
+
+    fn write_inner(&self, t: &mut Txn, off: u64, data: &[u8], progress: &mut u64) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }
@@ -329,7 +356,10 @@ impl File {
                     keys.len()
                 };
                 t.buffered_bytes = t.buffered_bytes.saturating_sub(removed * bs as usize);
-                write_blocks(&self.fs, t, self.ino, lb, src)?;
+                let mut done = 0;
+                let r = write_blocks(&self.fs, t, self.ino, lb, src, &mut done);
+                *progress = pos + done * bs;
+                r?;
                 pos += nblocks * bs;
             } else {
                 let take = (bs - in_block).min(end - pos);
@@ -341,6 +371,7 @@ impl File {
                     t.buffered_bytes += bs as usize;
                 }
                 pos += take;
+                *progress = pos;
             }
         }
         let st = state(t, &io, self.ino)?;
@@ -383,30 +414,39 @@ impl File {
         let mut t = self.fs.txn();
         let old = state(&mut t, &io, self.ino)?.inode.size;
         if size < old {
-            let keep = size.div_ceil(bs);
-            unmap(&mut t, &io, self.ino, keep, u64::MAX - keep)?;
-            let st = state(&mut t, &io, self.ino)?;
-            let dropped: Vec<u64> = st.buf.range(keep..).map(|(k, _)| *k).collect();
-            for k in &dropped {
-                st.buf.remove(k);
-            }
-            t.buffered_bytes = t.buffered_bytes.saturating_sub(dropped.len() * bs as usize);
-            // Bytes past the end inside the last block must read as zeros if
-            // the file grows again: rewrite that block with its tail zeroed.
-            if size % bs != 0 {
-                let lb = size / bs;
-                let mut block = load_block(&self.fs, &mut t, self.ino, lb)?;
-                block[(size % bs) as usize..].fill(0);
-                let st = state(&mut t, &io, self.ino)?;
-                if st.buf.insert(lb, block).is_none() {
-                    t.buffered_bytes += bs as usize;
-                }
-            }
+            self.cut(&mut t, size)?;
         }
         let st = state(&mut t, &io, self.ino)?;
         st.inode.size = size;
         st.inode.mtime_ns = now_ns();
         t.changed = true;
+        Ok(())
+    }
+
+    /// Drop every block past `size` and zero the tail of the last block.
+    fn cut(&self, t: &mut Txn, size: u64) -> Result<()> {
+        let io = self.fs.io().clone();
+        let bs = io.layout.block_size as u64;
+        let keep = size.div_ceil(bs);
+        unmap(t, &io, self.ino, keep, u64::MAX - keep)?;
+        let st = state(t, &io, self.ino)?;
+        let dropped: Vec<u64> = st.buf.range(keep..).map(|(k, _)| *k).collect();
+        for k in &dropped {
+            st.buf.remove(k);
+        }
+        t.buffered_bytes = t.buffered_bytes.saturating_sub(dropped.len() * bs as usize);
+        // Bytes past the end inside the last block must read as zeros if
+        // the file grows again: rewrite that block with its tail zeroed.
+        if size % bs != 0 {
+            let lb = size / bs;
+            let mut block = load_block(&self.fs, t, self.ino, lb)?;
+            // (load_block already returns zeros past the end of the file.)
+            block[(size % bs) as usize..].fill(0);
+            let st = state(t, &io, self.ino)?;
+            if st.buf.insert(lb, block).is_none() {
+                t.buffered_bytes += bs as usize;
+            }
+        }
         Ok(())
     }
 

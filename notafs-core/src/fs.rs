@@ -1003,6 +1003,8 @@ impl Fs {
                 }
             }
         }
+        // Refuse before changing anything: a failed rename leaves no trace.
+        self.reserve_check(&mut t, 8)?;
         if let Some(existing) = t.files.get(&io, &tkey)? {
             let existing = t
                 .inodes
