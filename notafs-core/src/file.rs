@@ -95,7 +95,7 @@ fn unmap(t: &mut Txn, io: &NodeIo, ino: u64, lb: u64, n: u64) -> Result<()> {
         if *k >= end {
             return Ok(false);
         }
-        if k + e.len() > lb {
+        if k.saturating_add(e.len()) > lb {
             hits.push((*k, e.clone()));
         }
         Ok(true)
@@ -104,7 +104,7 @@ fn unmap(t: &mut Txn, io: &NodeIo, ino: u64, lb: u64, n: u64) -> Result<()> {
     for (k, e) in hits {
         st.ext.remove(io, &k)?;
         let a = k.max(lb);
-        let b = (k + e.len()).min(end);
+        let b = k.saturating_add(e.len()).min(end);
         frees.push((e.pblock + (a - k), b - a));
         if k < lb {
             let left = Extent {
@@ -113,7 +113,7 @@ fn unmap(t: &mut Txn, io: &NodeIo, ino: u64, lb: u64, n: u64) -> Result<()> {
             };
             st.ext.insert(io, k, left)?;
         }
-        if k + e.len() > end {
+        if k.saturating_add(e.len()) > end {
             let off = (end - k) as usize;
             let right = Extent {
                 pblock: e.pblock + off as u64,
