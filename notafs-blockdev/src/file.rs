@@ -1,1 +1,531 @@
-//! (being written)
+//! Image-file backend: a regular file used as a block device.
+//!
+//! * read/write: positional `pread`/`pwrite` (std's `FileExt`), looping on
+//!   short transfers, so one handle can be shared by many threads.
+//! * flush: `fdatasync`. barrier: a flush — a file offers no ordering
+//!   primitive cheaper than that (`caps.native_barrier == false`).
+//! * discard: `fallocate(PUNCH_HOLE | KEEP_SIZE)`; where the filesystem
+//!   cannot punch holes it does nothing (discard is only a hint).
+//! * write_zeroes: `fallocate(ZERO_RANGE)`, else `PUNCH_HOLE` (a hole reads as
+//!   zeros), else plain writes of zero buffers in chunks of at most 1 MiB.
+//! * Optional `O_DIRECT`: the kernel then needs buffers aligned in memory, so
+//!   an unaligned caller buffer goes through an aligned bounce buffer.
+//!
+//! The device covers `len / B` whole blocks: a trailing partial block of the
+//! file is ignored (never read, never written). A file smaller than one block
+//! is refused.
+//!
+//! The positional-I/O core ([`PosIo`]) and [`AlignedBuf`] are shared with the
+//! raw block-device backend.
+use std::alloc::Layout;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use nix::fcntl::{fallocate, FallocateFlags};
+
+use crate::device::{check_io, check_range};
+use crate::{BlockDevice, BlockError, Capabilities, Geometry, Result};
+
+/// Default block size of image files.
+pub const DEFAULT_FILE_BLOCK_SIZE: u32 = 4096;
+
+/// Memory alignment used for O_DIRECT buffers. 4096 satisfies every logical
+/// sector size up to 4 KiB and the page-alignment some drivers want.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// Largest bounce buffer / zero buffer used per system call. Bounds the memory
+/// a huge request can cost; 1 MiB is already enough to reach full bandwidth.
+const CHUNK: usize = 1 << 20;
+
+/// Bounce buffers kept for reuse (one per concurrently active caller, up to this).
+const POOL_MAX: usize = 4;
+
+// ---------------------------------------------------------------------------
+// Aligned buffers
+
+/// A heap buffer whose start is aligned to `align` bytes, as O_DIRECT needs.
+/// Callers that allocate their I/O buffers with it avoid the bounce copy.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    layout: Layout,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively (like a Box<[u8]>).
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only hands out `&[u8]`.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zero-filled buffer of `len` bytes aligned to `align` (a power of two).
+    pub fn zeroed(len: usize, align: usize) -> io::Result<Self> {
+        // A zero-size allocation is not allowed: always allocate at least `align`.
+        let layout = Layout::from_size_align(len.max(align).max(1), align)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: the layout has a non-zero size (checked above).
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "aligned allocation"))?;
+        Ok(AlignedBuf { ptr, len, layout })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes the allocation can hold (at least `len`).
+    fn capacity(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// Change the visible length within the allocation.
+    fn set_len(&mut self, len: usize) {
+        assert!(len <= self.capacity());
+        self.len = len;
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr is valid for layout.size() >= len initialised (zeroed) bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in Deref, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with exactly this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .field("align", &self.layout.align())
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Positional I/O core shared by the file and raw backends
+
+/// Positional I/O on an open file descriptor, O_DIRECT aware.
+pub(crate) struct PosIo {
+    pub(crate) file: File,
+    direct: bool,
+    mem_align: usize,
+    pool: Mutex<Vec<AlignedBuf>>,
+}
+
+impl PosIo {
+    pub(crate) fn new(file: File, direct: bool, mem_align: usize) -> Self {
+        PosIo {
+            file,
+            direct,
+            mem_align,
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn aligned(&self, p: *const u8) -> bool {
+        !self.direct || (p as usize) % self.mem_align == 0
+    }
+
+    fn take_bounce(&self, len: usize) -> io::Result<AlignedBuf> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        match pool.pop() {
+            Some(mut b) if b.capacity() >= len => {
+                b.set_len(len);
+                Ok(b)
+            }
+            _ => AlignedBuf::zeroed(len, self.mem_align),
+        }
+    }
+
+    fn give_bounce(&self, b: AlignedBuf) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOL_MAX {
+            pool.push(b);
+        }
+    }
+
+    /// Read exactly `buf.len()` bytes at `off`.
+    pub(crate) fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        if self.aligned(buf.as_ptr()) {
+            // read_exact_at loops over short reads and EINTR.
+            return self.file.read_exact_at(buf, off);
+        }
+        let mut bounce = self.take_bounce(buf.len().min(CHUNK))?;
+        let mut done = 0;
+        let res = (|| {
+            while done < buf.len() {
+                let n = (buf.len() - done).min(CHUNK);
+                bounce.set_len(n);
+                self.file.read_exact_at(&mut bounce, off + done as u64)?;
+                buf[done..done + n].copy_from_slice(&bounce);
+                done += n;
+            }
+            Ok(())
+        })();
+        self.give_bounce(bounce);
+        res
+    }
+
+    /// Write all of `data` at `off`.
+    pub(crate) fn write_at(&self, off: u64, data: &[u8]) -> io::Result<()> {
+        if self.aligned(data.as_ptr()) {
+            return self.file.write_all_at(data, off);
+        }
+        let mut bounce = self.take_bounce(data.len().min(CHUNK))?;
+        let mut done = 0;
+        let res = (|| {
+            while done < data.len() {
+                let n = (data.len() - done).min(CHUNK);
+                bounce.set_len(n);
+                bounce.copy_from_slice(&data[done..done + n]);
+                self.file.write_all_at(&bounce, off + done as u64)?;
+                done += n;
+            }
+            Ok(())
+        })();
+        self.give_bounce(bounce);
+        res
+    }
+
+    /// Write `len` zero bytes at `off` with ordinary writes, ≤ 1 MiB at a time.
+    pub(crate) fn write_zero_buffers(&self, off: u64, len: u64) -> io::Result<()> {
+        let zeros = AlignedBuf::zeroed((len.min(CHUNK as u64)) as usize, self.mem_align)?;
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], off + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+fn errno_is_unsupported(e: nix::errno::Errno) -> bool {
+    use nix::errno::Errno;
+    // EOPNOTSUPP == ENOTSUP on Linux; ENOSYS for very old kernels; EINVAL is
+    // what some filesystems answer for an unknown mode.
+    matches!(e, Errno::EOPNOTSUPP | Errno::ENOSYS | Errno::EINVAL)
+}
+
+// ---------------------------------------------------------------------------
+// FileDevice
+
+/// How to open an image file.
+#[derive(Clone, Debug, Default)]
+pub struct FileOptions {
+    /// Open read-only; every modifying operation then fails.
+    pub read_only: bool,
+    /// Use `O_DIRECT` (bypass the page cache).
+    pub direct: bool,
+    /// Logical block size; default [`DEFAULT_FILE_BLOCK_SIZE`].
+    pub block_size: Option<u32>,
+}
+
+/// A regular file used as a block device.
+pub struct FileDevice {
+    io: PosIo,
+    path: PathBuf,
+    geo: Geometry,
+    read_only: bool,
+    direct: bool,
+    /// Cleared after the filesystem refused a punch-hole / zero-range, so we
+    /// do not retry a failing system call on every request.
+    punch_ok: AtomicBool,
+    zero_range_ok: AtomicBool,
+}
+
+impl FileDevice {
+    /// Create (or truncate) `path` as a sparse image of `size_bytes` and open
+    /// it read-write, buffered, with the default block size.
+    pub fn create(path: impl AsRef<Path>, size_bytes: u64) -> Result<Self> {
+        let path = path.as_ref();
+        if size_bytes < DEFAULT_FILE_BLOCK_SIZE as u64 {
+            return Err(BlockError::Invalid(format!(
+                "{}: size {size_bytes} is smaller than one {DEFAULT_FILE_BLOCK_SIZE}-byte block",
+                path.display()
+            )));
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| BlockError::io("create", e))?;
+        // set_len on a fresh file allocates nothing: the image is sparse.
+        f.set_len(size_bytes)
+            .map_err(|e| BlockError::io("create", e))?;
+        drop(f);
+        Self::open(path, &FileOptions::default())
+    }
+
+    /// Open an existing image file.
+    pub fn open(path: impl AsRef<Path>, opts: &FileOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let bs = opts.block_size.unwrap_or(DEFAULT_FILE_BLOCK_SIZE);
+        if !Geometry::valid_block_size(bs) {
+            return Err(BlockError::Invalid(format!(
+                "block size {bs} is not a power of two in 512..=65536"
+            )));
+        }
+        let mut oo = std::fs::OpenOptions::new();
+        oo.read(true).write(!opts.read_only);
+        if opts.direct {
+            oo.custom_flags(libc::O_DIRECT);
+        }
+        let file = oo.open(path).map_err(|e| {
+            if opts.direct && e.raw_os_error() == Some(libc::EINVAL) {
+                // tmpfs and some network filesystems refuse O_DIRECT at open.
+                BlockError::Unsupported {
+                    op: "O_DIRECT (the filesystem refused it)",
+                }
+            } else if e.kind() == io::ErrorKind::NotFound {
+                BlockError::Invalid(format!("no such file: {}", path.display()))
+            } else {
+                BlockError::io("open", e)
+            }
+        })?;
+        let meta = file.metadata().map_err(|e| BlockError::io("open", e))?;
+        if !meta.is_file() {
+            return Err(BlockError::Invalid(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        let len = meta.len();
+        if len < bs as u64 {
+            return Err(BlockError::Invalid(format!(
+                "{}: file is {len} bytes, smaller than one {bs}-byte block",
+                path.display()
+            )));
+        }
+        let mut mem_align = DIRECT_ALIGN;
+        if opts.direct {
+            if let Some((mem, offset)) = dio_alignment(&file) {
+                if offset == 0 {
+                    return Err(BlockError::Unsupported {
+                        op: "O_DIRECT (the filesystem refused it)",
+                    });
+                }
+                if bs % offset != 0 {
+                    return Err(BlockError::Invalid(format!(
+                        "{}: O_DIRECT needs {offset}-byte aligned offsets, block size {bs} is smaller",
+                        path.display()
+                    )));
+                }
+                mem_align = mem_align.max(mem as usize);
+            }
+        }
+        let block_count = len / bs as u64;
+        if len % bs as u64 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                len,
+                block_size = bs,
+                "file length is not a multiple of the block size; the trailing partial block is ignored"
+            );
+        }
+        let io = PosIo::new(file, opts.direct, mem_align);
+        let punch = !opts.read_only && probe_punch_hole(&io.file, len);
+        let geo = Geometry {
+            block_size: bs,
+            block_count,
+            // A file gives no all-or-nothing guarantee for any size: a crash
+            // in the middle of writeback can leave any mix of old and new.
+            atomic_unit: 0,
+            preferred_io: 1 << 20,
+            caps: Capabilities {
+                discard: punch,
+                write_zeroes: punch,
+                native_barrier: false,
+            },
+        };
+        tracing::debug!(path = %path.display(), ?geo, direct = opts.direct, "opened image file");
+        Ok(FileDevice {
+            io,
+            path: path.to_path_buf(),
+            geo,
+            read_only: opts.read_only,
+            direct: opts.direct,
+            punch_ok: AtomicBool::new(punch),
+            zero_range_ok: AtomicBool::new(!opts.read_only),
+        })
+    }
+
+    /// The image path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn off(&self, block: u64) -> u64 {
+        block * self.geo.block_size as u64
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(BlockError::Invalid(format!(
+                "{} was opened read-only",
+                self.path.display()
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn punch(&self, off: u64, len: u64) -> std::result::Result<bool, nix::errno::Errno> {
+        if !self.punch_ok.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match fallocate(&self.io.file, flags, off as i64, len as i64) {
+            Ok(()) => Ok(true),
+            Err(e) if errno_is_unsupported(e) => {
+                tracing::info!(path = %self.path.display(), error = %e, "punch hole unsupported");
+                self.punch_ok.store(false, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Probe hole punching without touching data: punch one block past the end
+/// of the file with KEEP_SIZE, which is a no-op where it is supported.
+fn probe_punch_hole(file: &File, len: u64) -> bool {
+    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    let Ok(off) = i64::try_from(len.next_multiple_of(65536)) else {
+        return false;
+    };
+    fallocate(file, flags, off, 65536).is_ok()
+}
+
+/// (memory alignment, offset alignment) for O_DIRECT on this file, from
+/// statx(STATX_DIOALIGN) (Linux 6.1+); None if the kernel does not say.
+fn dio_alignment(file: &File) -> Option<(u32, u32)> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: fd is open for the duration of the call, the path is a valid
+    // NUL-terminated empty string used with AT_EMPTY_PATH, and stx points to
+    // writable memory of the right size.
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            stx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statx succeeded and filled the struct (it was zeroed before).
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return None;
+    }
+    Some((stx.stx_dio_mem_align, stx.stx_dio_offset_align))
+}
+
+impl BlockDevice for FileDevice {
+    fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    fn read(&self, block: u64, buf: &mut [u8]) -> Result<()> {
+        check_io(&self.geo, block, buf.len())?;
+        self.io
+            .read_at(self.off(block), buf)
+            .map_err(|e| BlockError::io("read", e))
+    }
+
+    fn write(&self, block: u64, data: &[u8]) -> Result<()> {
+        check_io(&self.geo, block, data.len())?;
+        self.check_writable()?;
+        self.io
+            .write_at(self.off(block), data)
+            .map_err(|e| BlockError::io("write", e))
+    }
+
+    fn write_zeroes(&self, block: u64, count: u64) -> Result<()> {
+        check_range(&self.geo, block, count)?;
+        self.check_writable()?;
+        let (off, len) = (self.off(block), count * self.geo.block_size as u64);
+        if self.zero_range_ok.load(Ordering::Relaxed) {
+            let flags = FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+            match fallocate(&self.io.file, flags, off as i64, len as i64) {
+                Ok(()) => return Ok(()),
+                Err(e) if errno_is_unsupported(e) => {
+                    tracing::info!(path = %self.path.display(), error = %e, "zero range unsupported");
+                    self.zero_range_ok.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(BlockError::io("write_zeroes", e.into())),
+            }
+        }
+        // A punched hole reads back as zeros: as good as ZERO_RANGE for us.
+        match self.punch(off, len) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(BlockError::io("write_zeroes", e.into())),
+        }
+        self.io
+            .write_zero_buffers(off, len)
+            .map_err(|e| BlockError::io("write_zeroes", e))
+    }
+
+    fn discard(&self, block: u64, count: u64) -> Result<()> {
+        check_range(&self.geo, block, count)?;
+        self.check_writable()?;
+        // Unsupported → nothing done, which the contract allows.
+        self.punch(self.off(block), count * self.geo.block_size as u64)
+            .map(|_| ())
+            .map_err(|e| BlockError::io("discard", e.into()))
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.io.sync().map_err(|e| BlockError::io("flush", e))
+    }
+
+    fn barrier(&self) -> Result<()> {
+        // No ordering primitive on a file: a barrier is a full fdatasync.
+        self.flush()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "file:{}{}",
+            self.path.display(),
+            if self.direct { " (O_DIRECT)" } else { "" }
+        )
+    }
+}
