@@ -177,16 +177,19 @@ impl Allocator {
         self.pending.values().map(|s| s.total()).sum::<u64>() + self.freed.total()
     }
 
-    /// Move pending extents freed by commits `<= upto` to the free set.
-    pub fn release(&mut self, upto: u64) -> Result<()> {
+    /// Move pending extents freed by commits `<= upto` to the free set;
+    /// returns the extents released.
+    pub fn release(&mut self, upto: u64) -> Result<Vec<(u64, u64)>> {
         let keep = self.pending.split_off(&(upto + 1));
         let ready = std::mem::replace(&mut self.pending, keep);
+        let mut out = Vec::new();
         for (_, set) in ready {
             for (s, l) in set.iter() {
                 self.free.insert(s, l)?;
+                out.push((s, l));
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Allocate up to `n` blocks, preferring to start at `hint` (so appends

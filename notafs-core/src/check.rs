@@ -131,6 +131,7 @@ pub fn check(dev: Arc<dyn BlockDevice>, opts: &CheckOptions<'_>) -> Result<Check
                 read_only: true,
                 generation: g,
                 cache_bytes: opts.cache_bytes.unwrap_or(crate::DEFAULT_CACHE_BYTES),
+                discard: false,
             },
         )
     };
@@ -646,6 +647,7 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
             read_only: true,
             generation: None,
             cache_bytes: crate::DEFAULT_CACHE_BYTES,
+            discard: false,
         },
     )
     .or_else(|_| {
@@ -655,6 +657,7 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
                 read_only: true,
                 generation: Some(base),
                 cache_bytes: crate::DEFAULT_CACHE_BYTES,
+                discard: false,
             },
         )
     })?;

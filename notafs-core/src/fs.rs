@@ -69,6 +69,10 @@ pub struct OpenOptions {
     pub generation: Option<u64>,
     /// Bytes of RAM for cached nodes and buffered writes.
     pub cache_bytes: usize,
+    /// Discard blocks when they become reusable (after N commits), so thin
+    /// devices and SSDs get them back. Off by default; `Fs::trim` does it on
+    /// demand.
+    pub discard: bool,
 }
 
 impl Default for OpenOptions {
@@ -77,6 +81,7 @@ impl Default for OpenOptions {
             read_only: false,
             generation: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            discard: false,
         }
     }
 }
@@ -215,6 +220,7 @@ pub(crate) struct Inner {
     pub pins: Mutex<BTreeMap<u64, usize>>,
     pub failed: AtomicBool,
     pub cache_bytes: usize,
+    pub discard: bool,
     pub slots: Vec<SlotStatus>,
 }
 
@@ -530,7 +536,7 @@ impl Fs {
         }
         let mut alloc = allocator::allocator_from(&list, 0)?;
         let upto = (slot.generation + 1).saturating_sub(sb.ring_slots as u64);
-        alloc.release(upto)?;
+        let _ = alloc.release(upto)?;
         let files = Tree::<Files>::from_disk(slot.files, slot.files_height, 0)?;
         let txn = Txn {
             files,
@@ -559,6 +565,7 @@ impl Fs {
                 pins: Mutex::new(BTreeMap::new()),
                 failed: AtomicBool::new(false),
                 cache_bytes: opts.cache_bytes.max(1 << 20),
+                discard: opts.discard && !read_only,
                 slots,
             }),
         })
@@ -1229,7 +1236,17 @@ impl Fs {
             upto = upto.min(min);
         }
         drop(pins);
-        t.alloc.release(upto)
+        let released = t.alloc.release(upto)?;
+        if self.inner.discard {
+            // A hint on blocks no retained root references: whatever the
+            // device does with them (nothing, zeros, garbage) is harmless.
+            for (s, l) in released {
+                if let Err(e) = self.inner.dev.discard(s, l) {
+                    debug!("discard of {s}+{l} failed: {e}");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Drop every change since the last commit.
