@@ -213,7 +213,9 @@ impl Case {
                     self.apply_whole(&mut img0, idx);
                 }
             }
-            let mut imgs = vec![img0];
+            // Deduplicating after each op keeps this small: a handful of
+            // blocks has few distinct contents, however many combinations.
+            let mut imgs: HashSet<Vec<u8>> = HashSet::from([img0]);
             for &idx in &epochs[j] {
                 let pats = self.patterns(idx);
                 imgs = imgs

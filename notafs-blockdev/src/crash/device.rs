@@ -99,7 +99,10 @@ impl CrashDevice {
     /// this (issued from now on) may be torn at block boundaries. 0 means
     /// nothing is guaranteed. The default is the block size.
     pub fn set_atomic_unit(&self, bytes: u32) {
-        self.lock_write().geo.atomic_unit = bytes;
+        let mut inner = self.lock_write();
+        inner.geo.atomic_unit = bytes;
+        // Crash images report the geometry of the log they came from.
+        Arc::make_mut(&mut inner.log).geo.atomic_unit = bytes;
     }
 
     /// What discards issued from now on leave behind (default: garbage).
