@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(notafs_fsck::main_exit())
+}
