@@ -1,1 +1,40 @@
-//! (being written)
+//! The crash-consistency harness of notafs (`notafs-crashtest`) and helpers
+//! for the integration tests. See `docs/CRASH-TESTING.md`.
+//!
+//! * [`workload`]: operation sequences and their generators;
+//! * [`model`]: the in-memory model of every committed generation;
+//! * [`exec`]: running a workload on a crash device in lockstep with the model;
+//! * [`oracle`]: what must hold for every crash state;
+//! * [`runner`]: threads, budgets, shrinking;
+//! * [`filedev`]: a minimal image-file device for the real-process test.
+pub mod exec;
+pub mod filedev;
+pub mod model;
+pub mod oracle;
+pub mod runner;
+pub mod workload;
+
+use notafs_core::Faults;
+
+/// The fault switches `--inject` accepts.
+pub const INJECTIONS: [&str; 5] = [
+    "skip-barrier",
+    "root-before-data",
+    "reuse-freed",
+    "skip-verify",
+    "forget-last-extent",
+];
+
+/// The core's fault switches for an `--inject` name.
+pub fn faults_for(name: &str) -> Option<Faults> {
+    let mut f = Faults::default();
+    match name {
+        "skip-barrier" => f.skip_barrier = true,
+        "root-before-data" => f.root_before_data = true,
+        "reuse-freed" => f.reuse_freed_immediately = true,
+        "skip-verify" => f.skip_verify = true,
+        "forget-last-extent" => f.forget_last_extent = true,
+        _ => return None,
+    }
+    Some(f)
+}

@@ -1,0 +1,341 @@
+//! The oracle: what must hold for every crash state.
+use std::sync::Arc;
+
+use notafs_blockdev::crash::OpKind;
+use notafs_blockdev::memory::MemoryDevice;
+use notafs_blockdev::BlockDevice;
+use notafs_core::check::{self, CheckOptions, Severity};
+use notafs_core::{Fs, OpenOptions, Snapshot};
+
+use crate::exec::{open_opts, Run, CACHE};
+use crate::model::{History, Tree};
+
+/// Name of the file the usability probe creates (never used by workloads).
+pub const PROBE: &str = "__probe__";
+
+/// Everything a snapshot shows: every directory, every file's bytes.
+pub fn listing(s: &Snapshot) -> notafs_core::Result<Tree> {
+    let mut t = Tree::default();
+    let mut stack = vec![String::new()];
+    while let Some(d) = stack.pop() {
+        for e in s.read_dir(&d)? {
+            let p = if d.is_empty() {
+                e.name.clone()
+            } else {
+                format!("{d}/{}", e.name)
+            };
+            if e.meta.is_dir() {
+                t.dirs.insert(p.clone());
+                stack.push(p);
+            } else {
+                let bytes = s.read_to_vec(&p)?;
+                if bytes.len() as u64 != e.meta.size {
+                    return Err(notafs_core::Error::Corrupt(format!(
+                        "{p}: read {} bytes, size says {}",
+                        bytes.len(),
+                        e.meta.size
+                    )));
+                }
+                t.files.insert(p, bytes);
+            }
+        }
+    }
+    Ok(t)
+}
+
+fn problems(r: &check::CheckReport, min: Severity) -> String {
+    r.problems
+        .iter()
+        .filter(|p| p.severity >= min)
+        .take(4)
+        .map(|p| format!("[{}] {}", p.code, p.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Which model generations equal `t` (for messages).
+fn matching(h: &History, t: &Tree) -> String {
+    let v: Vec<String> = h
+        .gens
+        .iter()
+        .filter(|(_, x)| ***x == *t)
+        .map(|(g, _)| g.to_string())
+        .collect();
+    if v.is_empty() {
+        "no model generation".into()
+    } else {
+        format!("model generation(s) {}", v.join(", "))
+    }
+}
+
+fn dropped(h: &History, g: u64) -> &'static str {
+    if h.dropped.contains(&g) {
+        "rolled back by repair but still listed as "
+    } else {
+        ""
+    }
+}
+
+/// The five checks of the oracle on one crash image that stands for every
+/// cut in `cut..=last_cut`.
+pub fn check_state(
+    img: Arc<dyn BlockDevice>,
+    cut: usize,
+    last_cut: usize,
+    h: &History,
+) -> Result<(), String> {
+    let (lo, hi) = h.allowed(cut, last_cut);
+    // 1. It opens.
+    let fs = Fs::open(img.clone(), &open_opts()).map_err(|e| format!("open failed: {e}"))?;
+    // 3. Exactly one allowed committed generation, never a mix.
+    let g = fs.generation();
+    if g < lo || g > hi {
+        return Err(format!(
+            "opened generation {g}, allowed {lo}..={hi} (last commit returned / started)"
+        ));
+    }
+    let want = h
+        .gens
+        .get(&g)
+        .ok_or_else(|| format!("opened generation {g} that the model never committed"))?;
+    let got = listing(&fs.snapshot()).map_err(|e| format!("reading generation {g}: {e}"))?;
+    if got != **want {
+        return Err(format!(
+            "generation {g} content differs from the model: {} (it equals {})",
+            want.diff(&got),
+            matching(h, &got)
+        ));
+    }
+    // 2. fsck -n is clean.
+    let rep = check::check(
+        img.clone(),
+        &CheckOptions {
+            cache_bytes: Some(CACHE),
+            ..CheckOptions::default()
+        },
+    )
+    .map_err(|e| format!("check failed to run: {e}"))?;
+    if !rep.is_clean() {
+        return Err(format!(
+            "check not clean: {}",
+            problems(&rep, Severity::Error)
+        ));
+    }
+    if rep.generation != Some(g) {
+        return Err(format!(
+            "check looked at generation {:?}, open at {g}",
+            rep.generation
+        ));
+    }
+    // 4. Every retained older generation opens and matches its model, and
+    // every committed generation of the ring window is retained. While
+    // commit g + 1 is in flight its root slot (g + 1) mod N may hold
+    // garbage, losing generation g + 1 - N: so N - 1 generations are
+    // guaranteed.
+    let retained: Vec<u64> = fs.generations().iter().map(|x| x.generation).collect();
+    let n = h.root_slots as u64;
+    for old in (g + 2).saturating_sub(n)..g {
+        if h.gens.contains_key(&old) && !h.dropped.contains(&old) && !retained.contains(&old) {
+            return Err(format!(
+                "generation {old} is inside the {n}-slot window of {g} but not retained (retained: {retained:?})"
+            ));
+        }
+    }
+    for &old in &retained {
+        if old == g {
+            continue;
+        }
+        let want = h
+            .gens
+            .get(&old)
+            .ok_or_else(|| format!("retained generation {old} unknown to the model"))?;
+        let ofs = Fs::open(
+            img.clone(),
+            &OpenOptions {
+                read_only: true,
+                generation: Some(old),
+                cache_bytes: CACHE,
+                ..OpenOptions::default()
+            },
+        )
+        .map_err(|e| {
+            format!(
+                "{}retained generation {old} does not open: {e}",
+                dropped(h, old)
+            )
+        })?;
+        let got = listing(&ofs.snapshot())
+            .map_err(|e| format!("{}reading retained generation {old}: {e}", dropped(h, old)))?;
+        if got != **want {
+            return Err(format!(
+                "{}retained generation {old} differs from the model: {} (it equals {})",
+                dropped(h, old),
+                want.diff(&got),
+                matching(h, &got)
+            ));
+        }
+    }
+    // 5. Usable: a new write and commit succeed and read back after reopen.
+    let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 + g as u32) as u8).collect();
+    let f = fs
+        .create(PROBE)
+        .map_err(|e| format!("probe create failed: {e}"))?;
+    f.write_at(0, &data)
+        .map_err(|e| format!("probe write failed: {e}"))?;
+    let g2 = fs
+        .commit()
+        .map_err(|e| format!("probe commit failed: {e}"))?;
+    drop(f);
+    drop(fs);
+    let fs = Fs::open(img, &open_opts()).map_err(|e| format!("reopen after probe: {e}"))?;
+    if fs.generation() != g2 || g2 != g + 1 {
+        return Err(format!(
+            "probe commit returned {g2}, reopen shows {} (base {g})",
+            fs.generation()
+        ));
+    }
+    let back = fs
+        .snapshot()
+        .read_to_vec(PROBE)
+        .map_err(|e| format!("probe read back: {e}"))?;
+    if back != data {
+        return Err("probe reads back wrong bytes".into());
+    }
+    Ok(())
+}
+
+/// Lost-write states (beyond the crash model: the device lost one block of
+/// a commit that it had acknowledged). For each commit, each block it wrote
+/// before its root slot is reverted to its content before the commit. The
+/// filesystem may refuse to open, fall back, or return errors, but must
+/// never silently show bytes that no generation held; and when reads detect
+/// damage, `check --verify-data` must detect it too.
+pub fn lost_write_states(
+    run: &Run,
+    cap: u64,
+    on_state: &mut dyn FnMut() -> bool,
+) -> Option<(String, String)> {
+    let h = &run.model.hist;
+    let log = run.dev.log();
+    let mut img = run.base.to_vec();
+    let bs = run.dev.geometry().block_size as usize;
+    let apply = |img: &mut Vec<u8>, k: &OpKind| match k {
+        OpKind::Write { block, data } => {
+            let o = *block as usize * bs;
+            img[o..o + data.len()].copy_from_slice(data);
+        }
+        OpKind::WriteZeroes { block, count } | OpKind::Discard { block, count } => {
+            let o = *block as usize * bs;
+            img[o..o + *count as usize * bs].fill(0);
+        }
+        _ => {}
+    };
+    // Candidate (commit, op, block) triples: every block written since the
+    // previous commit returned, up to this commit's root slot.
+    let mut cands: Vec<(usize, usize, u64)> = Vec::new();
+    let mut prev_end = 0;
+    let mut spans = Vec::new();
+    for (ci, c) in h.commits.iter().enumerate() {
+        let Some(end) = c.end_op else { continue };
+        // The root slot is the last write before the final flush.
+        let last_write = (c.start_op..end)
+            .rev()
+            .find(|&i| matches!(log[i].kind, OpKind::Write { .. }));
+        for i in prev_end..end {
+            if Some(i) == last_write {
+                continue;
+            }
+            if let OpKind::Write { block, data } = &log[i].kind {
+                for b in 0..(data.len() / bs) as u64 {
+                    cands.push((ci, i, block + b));
+                }
+            }
+        }
+        spans.push((ci, prev_end, end));
+        prev_end = end;
+    }
+    let stride = if cap > 0 && cands.len() as u64 > cap {
+        (cands.len() as u64).div_ceil(cap) as usize
+    } else {
+        1
+    };
+    let picked: Vec<(usize, usize, u64)> = cands.into_iter().step_by(stride).collect();
+    let mut applied = 0;
+    let mut p = 0;
+    for (ci, from, end) in spans {
+        let c = &h.commits[ci];
+        while applied < from {
+            apply(&mut img, &log[applied].kind);
+            applied += 1;
+        }
+        let before = img.clone();
+        let mut after = img.clone();
+        for op in &log[from..end] {
+            apply(&mut after, &op.kind);
+        }
+        while p < picked.len() && picked[p].0 == ci {
+            let (_, op, b) = picked[p];
+            p += 1;
+            let o = b as usize * bs;
+            if before[o..o + bs] == after[o..o + bs] {
+                continue;
+            }
+            let mut bad = after.clone();
+            bad[o..o + bs].copy_from_slice(&before[o..o + bs]);
+            let desc = format!(
+                "after {} of generation {} (ops {}..{}): block {b} written by op {op} lost (reads its old content)",
+                c.what, c.generation, c.start_op, end
+            );
+            let res = check_lost(bad, bs as u32, c.generation, h);
+            let go_on = on_state();
+            if let Err(m) = res {
+                return Some((desc, m));
+            }
+            if !go_on {
+                return None;
+            }
+        }
+    }
+    None
+}
+
+fn check_lost(img: Vec<u8>, bs: u32, newest: u64, h: &History) -> Result<(), String> {
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemoryDevice::from_vec(bs, img));
+    let fs = match Fs::open(dev.clone(), &open_opts()) {
+        Ok(fs) => fs,
+        Err(_) => return Ok(()), // refused: detected
+    };
+    let g = fs.generation();
+    if g > newest {
+        return Err(format!("opened generation {g}, newer than {newest}"));
+    }
+    let Some(want) = h.gens.get(&g) else {
+        return Err(format!("opened generation {g} unknown to the model"));
+    };
+    let read = listing(&fs.snapshot());
+    drop(fs);
+    match read {
+        Ok(got) if got == **want => Ok(()),
+        Ok(got) => Err(format!(
+            "silent corruption: generation {g} reads without error but differs from the model: {} (it equals {})",
+            want.diff(&got),
+            matching(h, &got)
+        )),
+        Err(read_err) => {
+            let rep = check::check(
+                dev,
+                &CheckOptions {
+                    verify_data: true,
+                    cache_bytes: Some(CACHE),
+                    ..CheckOptions::default()
+                },
+            );
+            match rep {
+                Ok(r) if r.is_clean() => Err(format!(
+                    "reads fail ({read_err}) but check --verify-data reports the image clean"
+                )),
+                _ => Ok(()),
+            }
+        }
+    }
+}
