@@ -339,7 +339,7 @@ impl CrashStates {
         for s in subsets {
             self.modifications(start + n - 1, n - 1, &mut |m| list.push(std(s.clone(), m)));
         }
-        let epoch_complete = log.ops.get(c).map_or(true, |next| !next.is_data());
+        let epoch_complete = !matches!(log.ops.get(c), Some(next) if next.is_data());
         if epoch_complete {
             for p in 0..n - 1 {
                 self.modifications(start + p, p, &mut |m| list.push(std(Subset::Full, m)));
@@ -360,8 +360,9 @@ impl CrashStates {
         while seen.len() < want && attempts > 0 {
             attempts -= 1;
             let mut bits: Vec<u64> = (0..words).map(|_| rng.next_u64()).collect();
-            if n % 64 != 0 {
-                bits[words - 1] &= (1u64 << (n % 64)) - 1;
+            let tail = n % 64;
+            if tail > 0 {
+                bits[words - 1] &= (1u64 << tail) - 1;
             }
             bits[(n - 1) / 64] |= 1u64 << ((n - 1) % 64);
             let pop: usize = bits.iter().map(|w| w.count_ones() as usize).sum();
@@ -531,7 +532,7 @@ impl ExactOp {
     fn pattern(&self, mut i: u64, out: &mut Vec<u8>) {
         if self.atomic {
             if i == 0 {
-                out.extend(std::iter::repeat(OLD).take(self.blocks));
+                out.resize(out.len() + self.blocks, OLD);
                 return;
             }
             i -= 1;
