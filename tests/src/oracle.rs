@@ -177,9 +177,27 @@ pub fn check_state(
     }
     // 5. Usable: a new write and commit succeed and read back after reopen.
     let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 + g as u32) as u8).collect();
-    let f = fs
-        .create(PROBE)
-        .map_err(|e| format!("probe create failed: {e}"))?;
+    let f = match fs.create(PROBE) {
+        Ok(f) => f,
+        Err(notafs_core::Error::NoSpace) => {
+            // A full image may refuse a create; usable then means a removal
+            // commits and frees room for it.
+            let big = got
+                .files
+                .iter()
+                .max_by_key(|(_, v)| v.len())
+                .map(|(k, _)| k.clone())
+                .ok_or("probe create: NoSpace on an empty filesystem")?;
+            fs.remove(&big)
+                .map_err(|e| format!("probe: remove {big} on a full image failed: {e}"))?;
+            fs.commit()
+                .map_err(|e| format!("probe: commit of a removal failed: {e}"))?;
+            fs.create(PROBE)
+                .map_err(|e| format!("probe create failed after freeing {big}: {e}"))?
+        }
+        Err(e) => return Err(format!("probe create failed: {e}")),
+    };
+    let g = fs.generation();
     f.write_at(0, &data)
         .map_err(|e| format!("probe write failed: {e}"))?;
     let g2 = fs

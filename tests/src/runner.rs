@@ -34,17 +34,17 @@ impl Default for Caps {
 /// The kinds in schedule order: workload `i` has kind `SCHEDULE[i % len]`.
 pub const SCHEDULE: [Kind; 12] = [
     Kind::Exhaustive,
-    Kind::Random,
-    Kind::Exhaustive,
-    Kind::Pack,
-    Kind::Exhaustive,
-    Kind::Recovery,
-    Kind::Exhaustive,
-    Kind::NearFull,
-    Kind::Exhaustive,
-    Kind::Repair,
     Kind::Exhaustive,
     Kind::LostWrite,
+    Kind::Random,
+    Kind::Exhaustive,
+    Kind::Exhaustive,
+    Kind::NearFull,
+    Kind::Pack,
+    Kind::Exhaustive,
+    Kind::Exhaustive,
+    Kind::Recovery,
+    Kind::Repair,
 ];
 
 fn exhaustive_list() -> &'static Vec<Vec<Op>> {
