@@ -1,0 +1,433 @@
+//! Helpers shared by `notafs` and `mkfs.notafs`: exit codes, argument
+//! parsing with clap mapped to util-linux exit codes, size parsing, device
+//! opening, logging and progress bars.
+use std::fmt;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+
+use notafs_blockdev::BlockDevice;
+
+/// Exit status of a successful run.
+pub const EXIT_OK: i32 = 0;
+/// Exit status of `notafs` for "no such file", "exists", "not a directory"
+/// and the like: the request was well formed but the image does not allow it.
+pub const EXIT_NOT_FOUND: i32 = 1;
+/// Operational error: the device could not be opened, read or written, it
+/// holds no (valid) notafs filesystem, it is full, ...
+pub const EXIT_OPERATIONAL: i32 = 8;
+/// Usage error: bad command line.
+pub const EXIT_USAGE: i32 = 16;
+
+/// An error on its way to `main`: a message and the exit status it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub msg: String,
+}
+
+impl CliError {
+    pub fn new(code: i32, msg: impl Into<String>) -> Self {
+        CliError {
+            code,
+            msg: msg.into(),
+        }
+    }
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Self::new(EXIT_USAGE, msg)
+    }
+    pub fn op(msg: impl Into<String>) -> Self {
+        Self::new(EXIT_OPERATIONAL, msg)
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Self::new(EXIT_NOT_FOUND, msg)
+    }
+    /// Prefix the message with some context ("put backup.tar", "image.img").
+    pub fn context(mut self, ctx: impl fmt::Display) -> Self {
+        self.msg = format!("{ctx}: {}", self.msg);
+        self
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl From<notafs_core::Error> for CliError {
+    fn from(e: notafs_core::Error) -> Self {
+        use notafs_core::Error as E;
+        let code = match &e {
+            E::NotFound(_)
+            | E::Exists(_)
+            | E::NotADirectory(_)
+            | E::IsADirectory(_)
+            | E::DirectoryNotEmpty(_)
+            | E::InvalidPath { .. }
+            | E::InvalidArgument(_)
+            | E::NoSuchGeneration(_) => EXIT_NOT_FOUND,
+            _ => EXIT_OPERATIONAL,
+        };
+        CliError::new(code, e.to_string())
+    }
+}
+
+impl From<notafs_blockdev::BlockError> for CliError {
+    fn from(e: notafs_blockdev::BlockError) -> Self {
+        CliError::op(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError::op(e.to_string())
+    }
+}
+
+pub type CliResult<T> = std::result::Result<T, CliError>;
+
+/// Parse the command line with clap, mapping its outcome to util-linux
+/// conventions: `--help`/`--version` print and exit 0, any usage error
+/// prints clap's message and exits 16 (clap itself would exit 2).
+pub fn parse_args<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => EXIT_OK,
+                _ => EXIT_USAGE,
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Print `prog: message` to stderr and exit with the error's status.
+pub fn exit_with(prog: &str, r: CliResult<()>) -> ! {
+    match r {
+        Ok(()) => std::process::exit(EXIT_OK),
+        Err(e) => {
+            eprintln!("{prog}: {}", e.msg);
+            std::process::exit(e.code)
+        }
+    }
+}
+
+/// Install the tracing subscriber: `RUST_LOG` wins; otherwise `warn`,
+/// raised to `info`, `debug`, `trace` by each `-v`. Logs go to stderr.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, 0) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(s) if !s.trim().is_empty() => {
+            EnvFilter::try_new(s).unwrap_or_else(|_| EnvFilter::new(default))
+        }
+        _ => EnvFilter::new(default),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Parse a size such as `4096`, `64K`, `512M`, `1G`, `1GiB`, `2T`: binary
+/// multiples, as mke2fs. A bare number is bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits == 0 {
+        return Err(format!(
+            "invalid size {s:?}: expected a number such as 512M or 1G"
+        ));
+    }
+    let n: u64 = t[..digits]
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: number too large"))?;
+    let unit = t[digits..].trim();
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        "p" | "pb" | "pib" => 50,
+        "e" | "eb" | "eib" => 60,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {unit:?} (use K, M, G, T, P or E)"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
+/// `1073741824` -> `1.00 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.2} {}", UNITS[u])
+}
+
+/// Parse a UUID in the standard text form (`8-4-4-4-12` hex digits; braces,
+/// `urn:uuid:` and a form without dashes are accepted too).
+pub fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
+    let t = s.trim();
+    let t = t.strip_prefix("urn:uuid:").unwrap_or(t);
+    let t = t
+        .strip_prefix('{')
+        .and_then(|x| x.strip_suffix('}'))
+        .unwrap_or(t);
+    let hex: String = if t.len() == 36 {
+        let b = t.as_bytes();
+        if [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+            return Err(format!(
+                "invalid UUID {s:?}: expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+            ));
+        }
+        t.chars().filter(|&c| c != '-').collect()
+    } else {
+        t.to_string()
+    };
+    if hex.len() != 32 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "invalid UUID {s:?}: expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+        ));
+    }
+    let mut u = [0u8; 16];
+    for (i, b) in u.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(u)
+}
+
+/// A UUID in its standard text form.
+pub fn format_uuid(u: &[u8; 16]) -> String {
+    let h = notafs_core::digest::hex(u);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Nanoseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+pub fn format_time_ns(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// How to open a device.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceOptions {
+    pub read_only: bool,
+    /// Logical block size to present for an image file (block devices have
+    /// their own); None lets the backend choose.
+    pub block_size: Option<u32>,
+}
+
+/// Open the device (image file or block device) at `path`.
+pub fn open_device(path: &str, opts: &DeviceOptions) -> CliResult<Arc<dyn BlockDevice>> {
+    let o = notafs_blockdev::OpenOptions {
+        read_only: opts.read_only,
+        block_size: opts.block_size,
+        ..Default::default()
+    };
+    let dev = notafs_blockdev::open(path, &o).map_err(|e| CliError::op(format!("{path}: {e}")))?;
+    Ok(Arc::from(dev))
+}
+
+/// Open the device holding a notafs filesystem, presenting the block size
+/// its superblock records when `path` is an image file (so images formatted
+/// with `-b 512` or `-b 16384` open without further options).
+pub fn open_fs_device(path: &str, read_only: bool) -> CliResult<Arc<dyn BlockDevice>> {
+    let block_size = if is_regular_file(path) {
+        probe_block_size(path)
+    } else {
+        None
+    };
+    open_device(
+        path,
+        &DeviceOptions {
+            read_only,
+            block_size,
+        },
+    )
+}
+
+/// Whether `path` names a regular file (an image), following symlinks.
+pub fn is_regular_file(path: &str) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.is_file())
+        .unwrap_or(false)
+}
+
+/// Block size recorded in a notafs superblock at the start (or, failing
+/// that, the end) of the image file `path`; None when neither copy carries
+/// the magic and a sane block size.
+pub fn probe_block_size(path: &str) -> Option<u32> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let mut head = [0u8; 64];
+    let ok = |b: &[u8]| -> Option<u32> {
+        if b[0..8] != notafs_core::superblock::MAGIC {
+            return None;
+        }
+        let bs = u32::from_le_bytes(b[56..60].try_into().ok()?);
+        notafs_blockdev::Geometry::valid_block_size(bs).then_some(bs)
+    };
+    if f.read_exact(&mut head).is_ok() {
+        if let Some(bs) = ok(&head) {
+            return Some(bs);
+        }
+    }
+    // The backup copy sits in the last block, whose size we do not know yet.
+    let mut bs = 512u32;
+    while bs <= 65536 {
+        if len >= bs as u64 * 2
+            && f.seek(SeekFrom::Start(len - bs as u64)).is_ok()
+            && f.read_exact(&mut head).is_ok()
+            && ok(&head) == Some(bs)
+        {
+            return Some(bs);
+        }
+        bs *= 2;
+    }
+    None
+}
+
+/// A byte-count progress bar on stderr, drawn only when stderr is a
+/// terminal (hidden otherwise, so pipelines and logs stay clean).
+pub fn progress_bar(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = match total {
+        Some(t) => {
+            let pb = ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr());
+            if let Ok(s) = ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
+                pb.set_style(s.progress_chars("=> "));
+            }
+            pb
+        }
+        None => {
+            let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            if let Ok(s) = ProgressStyle::with_template("{msg} {spinner} {bytes} {bytes_per_sec}") {
+                pb.set_style(s);
+            }
+            pb
+        }
+    };
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Whether a path exists (without following a dangling symlink into an error).
+pub fn exists(path: &str) -> bool {
+    Path::new(path).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64K").unwrap(), 65536);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("2t").unwrap(), 2 << 40);
+        for bad in ["", "G", "1X", "-1", "99999999999999999999", "16E"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn uuids() {
+        let u = parse_uuid("0123abcd-0000-4000-8000-00000000beef").unwrap();
+        assert_eq!(format_uuid(&u), "0123abcd-0000-4000-8000-00000000beef");
+        assert_eq!(
+            parse_uuid("{0123ABCD-0000-4000-8000-00000000BEEF}").unwrap(),
+            u
+        );
+        assert_eq!(
+            parse_uuid(
+                "0123abcd000040008000 00000000beef"
+                    .replace(' ', "")
+                    .as_str()
+            )
+            .unwrap(),
+            u
+        );
+        for bad in [
+            "",
+            "xyz",
+            "0123abcd-0000-4000-8000-00000000beeg",
+            "0123abcd00-00-4000-8000-00000000beef",
+        ] {
+            assert!(parse_uuid(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(format_time_ns(0), "1970-01-01 00:00:00");
+        assert_eq!(
+            format_time_ns(1_700_000_000_000_000_000),
+            "2023-11-14 22:13:20"
+        );
+        assert_eq!(
+            format_time_ns(951_782_400_000_000_000),
+            "2000-02-29 00:00:00"
+        );
+    }
+}
