@@ -53,8 +53,7 @@ fn no_injection_no_violation() {
 
 #[test]
 fn shrinks_a_violation() {
-    // forget-last-extent fails during the live run of the first workload;
-    // the report must carry a shrunk reproducer and the rerun line.
+    // The report must carry a shrunk reproducer and the rerun line.
     let (_, _, v, out) = run(&[
         "--inject",
         "skip-barrier",
