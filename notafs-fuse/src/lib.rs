@@ -1,1 +1,1117 @@
-//! (being written)
+//! Mount a notafs filesystem through FUSE, to look at it (and, with `--rw`,
+//! change it) with ordinary tools.
+//!
+//! notafs-core is path-based; FUSE is inode-based. notafs inode numbers are
+//! unique and never reused, and the root is inode 1 as in FUSE, so FUSE node
+//! ids *are* notafs inode numbers. What the kernel gives us is an inode
+//! number; what the core wants is a path. [`NodeTable`] keeps, for every
+//! inode the kernel currently knows (looked up and not yet forgotten), its
+//! parent and name, so a path is a walk to the root. The table is bounded by
+//! what the kernel holds: a node leaves it when the kernel forgets it and no
+//! remembered node has it as parent.
+//!
+//! Read-only mounts serve a [`Snapshot`] of one generation (the newest, or
+//! the one asked for). Read-write mounts go through the core transaction and
+//! commit on `fsync`/`fsyncdir`, every `commit_interval`, and at unmount; a
+//! `close` does not commit.
+#![deny(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use notafs_core::{DirEntry, Error, File, Fs, Metadata, Snapshot, SnapshotFile, ROOT_INO};
+use tracing::{debug, info, warn};
+
+mod mount;
+pub use mount::{run, MountConfig};
+
+/// Extended attribute naming the generation a mount shows.
+pub const XATTR_GENERATION: &str = "user.notafs.generation";
+/// Extended attribute naming the newest committed generation (changes with
+/// every commit of a read-write mount).
+pub const XATTR_COMMITTED: &str = "user.notafs.committed";
+
+/// Map a core error to the errno FUSE should return.
+pub fn errno_of(e: &Error) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+/// Deepest directory chain accepted when building a path (core allows 64).
+const MAX_DEPTH: usize = notafs_core::path::MAX_DEPTH + 1;
+
+/// One inode the kernel knows about.
+#[derive(Debug)]
+struct Node {
+    parent: u64,
+    name: String,
+    /// Outstanding kernel lookups (FUSE's nlookup).
+    lookups: u64,
+    /// Remembered nodes whose `parent` is this one.
+    children: u64,
+    /// False once removed or replaced: it no longer has a path.
+    linked: bool,
+}
+
+/// The inode -> (parent, name) map. The root is implicit.
+#[derive(Debug, Default)]
+pub struct NodeTable {
+    nodes: HashMap<u64, Node>,
+}
+
+impl NodeTable {
+    /// Number of remembered inodes (the root excluded).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Path of `ino` ("" for the root), or ENOENT if it is unknown or
+    /// unlinked.
+    pub fn path(&self, ino: u64) -> Result<String, Errno> {
+        let mut names: Vec<&str> = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT_INO {
+            let n = self.nodes.get(&cur).ok_or(Errno::ENOENT)?;
+            if !n.linked {
+                return Err(Errno::ENOENT);
+            }
+            names.push(&n.name);
+            cur = n.parent;
+            if names.len() > MAX_DEPTH {
+                return Err(Errno::ELOOP);
+            }
+        }
+        names.reverse();
+        Ok(names.join("/"))
+    }
+
+    /// Parent of `ino` (the root is its own parent).
+    pub fn parent(&self, ino: u64) -> u64 {
+        self.nodes.get(&ino).map_or(ROOT_INO, |n| n.parent)
+    }
+
+    /// Record one kernel lookup of `ino` as `name` in `parent`.
+    pub fn looked_up(&mut self, ino: u64, parent: u64, name: &str) {
+        if ino == ROOT_INO {
+            return;
+        }
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.lookups += 1;
+            // It may have moved since we last saw it.
+            self.moved(ino, parent, name);
+        } else {
+            self.nodes.insert(
+                ino,
+                Node {
+                    parent,
+                    name: name.to_string(),
+                    lookups: 1,
+                    children: 0,
+                    linked: true,
+                },
+            );
+            self.attach(parent);
+        }
+    }
+
+    /// `ino` is now `name` in `parent`.
+    pub fn moved(&mut self, ino: u64, parent: u64, name: &str) {
+        let Some(n) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        let old = n.parent;
+        let was_linked = n.linked;
+        n.parent = parent;
+        n.name = name.to_string();
+        n.linked = true;
+        if old != parent || !was_linked {
+            self.attach(parent);
+            if was_linked {
+                self.detach(old);
+            }
+        }
+    }
+
+    /// `ino` was removed (or replaced by a rename): it has no path any more.
+    pub fn unlinked(&mut self, ino: u64) {
+        let Some(n) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        if !n.linked {
+            return;
+        }
+        n.linked = false;
+        let parent = n.parent;
+        self.detach(parent);
+        self.collect(ino);
+    }
+
+    /// The kernel dropped `count` lookups of `ino`.
+    pub fn forget(&mut self, ino: u64, count: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.lookups = n.lookups.saturating_sub(count);
+            self.collect(ino);
+        }
+    }
+
+    fn attach(&mut self, parent: u64) {
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children += 1;
+        }
+    }
+
+    fn detach(&mut self, parent: u64) {
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children = p.children.saturating_sub(1);
+            self.collect(parent);
+        }
+    }
+
+    /// Drop `ino` (and then its ancestors) once nothing refers to it.
+    fn collect(&mut self, mut ino: u64) {
+        loop {
+            let Some(n) = self.nodes.get(&ino) else {
+                return;
+            };
+            if n.lookups > 0 || n.children > 0 {
+                return;
+            }
+            let (parent, linked) = (n.parent, n.linked);
+            self.nodes.remove(&ino);
+            if !linked {
+                return;
+            }
+            match self.nodes.get_mut(&parent) {
+                Some(p) => {
+                    p.children = p.children.saturating_sub(1);
+                    ino = parent;
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+/// What the mount serves.
+enum Backend {
+    /// One committed generation. The snapshot is leaked on purpose: it lives
+    /// as long as the mount, and open files borrow it.
+    Ro { fs: Fs, snap: &'static Snapshot },
+    /// The transaction of a writable filesystem.
+    Rw { fs: Fs },
+}
+
+/// An open file or directory.
+enum Handle {
+    Snap(Arc<SnapshotFile<'static>>),
+    File(File),
+    Dir(Arc<Vec<DirItem>>),
+}
+
+/// A directory entry as handed to readdir.
+struct DirItem {
+    ino: u64,
+    kind: FileType,
+    name: String,
+}
+
+/// Settings of [`NotafsFuse`].
+#[derive(Clone, Debug)]
+pub struct FuseOptions {
+    /// Owner reported for every file.
+    pub uid: u32,
+    pub gid: u32,
+    /// How long the kernel may cache attributes and entries.
+    pub ttl: Duration,
+    /// Largest read/write request asked of the kernel.
+    pub max_io: u32,
+}
+
+impl Default for FuseOptions {
+    fn default() -> Self {
+        FuseOptions {
+            uid: 0,
+            gid: 0,
+            ttl: Duration::from_secs(1),
+            max_io: 1 << 20,
+        }
+    }
+}
+
+/// The FUSE filesystem: a notafs [`Fs`] (or a snapshot of it) behind the
+/// [`fuser::Filesystem`] trait.
+pub struct NotafsFuse {
+    backend: Backend,
+    opts: FuseOptions,
+    /// Generation reported in FUSE entries: the one served (read-only) or
+    /// the one committed at mount time (read-write; it must not change while
+    /// the kernel holds an inode, or the kernel would mark it bad).
+    generation: u64,
+    block_size: u32,
+    nodes: Mutex<NodeTable>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    name.to_str().ok_or(Errno::EINVAL)
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn kind_of(m: &Metadata) -> FileType {
+    if m.is_dir() {
+        FileType::Directory
+    } else {
+        FileType::RegularFile
+    }
+}
+
+impl NotafsFuse {
+    /// Serve `fs`. Read-only (a snapshot of its committed generation) when
+    /// `fs.is_read_only()`, else read-write.
+    pub fn new(fs: Fs, opts: FuseOptions) -> NotafsFuse {
+        let block_size = fs.superblock().block_size;
+        let generation = fs.generation();
+        let backend = if fs.is_read_only() {
+            let snap: &'static Snapshot = Box::leak(Box::new(fs.snapshot()));
+            Backend::Ro { fs, snap }
+        } else {
+            Backend::Rw { fs }
+        };
+        NotafsFuse {
+            backend,
+            opts,
+            generation,
+            block_size,
+            nodes: Mutex::new(NodeTable::default()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    /// The filesystem being served.
+    pub fn fs(&self) -> &Fs {
+        match &self.backend {
+            Backend::Ro { fs, .. } | Backend::Rw { fs } => fs,
+        }
+    }
+
+    /// Whether changes are refused.
+    pub fn read_only(&self) -> bool {
+        matches!(self.backend, Backend::Ro { .. })
+    }
+
+    /// Generation shown in FUSE entries (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Number of inodes currently remembered (for tests and logs).
+    pub fn remembered_inodes(&self) -> usize {
+        lock(&self.nodes).len()
+    }
+
+    fn rw(&self) -> Result<&Fs, Errno> {
+        match &self.backend {
+            Backend::Rw { fs } => Ok(fs),
+            Backend::Ro { .. } => Err(Errno::EROFS),
+        }
+    }
+
+    fn stat(&self, path: &str) -> Result<Metadata, Errno> {
+        match &self.backend {
+            Backend::Ro { snap, .. } => snap.stat(path),
+            Backend::Rw { fs } => fs.stat(path),
+        }
+        .map_err(|e| errno_of(&e))
+    }
+
+    fn list(&self, ino: u64, path: &str) -> Result<Vec<DirEntry>, Errno> {
+        match &self.backend {
+            Backend::Ro { snap, .. } => {
+                // Make sure it is a directory (read_dir_ino would list
+                // nothing for a file).
+                let m = snap.stat(path).map_err(|e| errno_of(&e))?;
+                if !m.is_dir() {
+                    return Err(Errno::ENOTDIR);
+                }
+                snap.read_dir_ino(ino)
+            }
+            Backend::Rw { fs } => fs.read_dir(path),
+        }
+        .map_err(|e| errno_of(&e))
+    }
+
+    fn attr(&self, m: &Metadata) -> FileAttr {
+        let t = UNIX_EPOCH + Duration::from_nanos(m.mtime_ns);
+        let dir = m.is_dir();
+        FileAttr {
+            ino: INodeNo(m.ino),
+            size: m.size,
+            blocks: m.size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: kind_of(m),
+            perm: if dir { 0o755 } else { 0o644 },
+            nlink: if dir { 2 } else { 1 },
+            uid: self.opts.uid,
+            gid: self.opts.gid,
+            rdev: 0,
+            blksize: self.block_size,
+            flags: 0,
+        }
+    }
+
+    /// Path of `ino` and its metadata, checking the path still names it.
+    fn resolve(&self, nodes: &NodeTable, ino: u64) -> Result<(String, Metadata), Errno> {
+        let path = nodes.path(ino)?;
+        let m = self.stat(&path)?;
+        if m.ino != ino {
+            return Err(Errno::ENOENT);
+        }
+        Ok((path, m))
+    }
+
+    fn new_fh(&self, h: Handle) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, h);
+        FileHandle(fh)
+    }
+
+    fn commit(&self, why: &str) -> Result<(), Errno> {
+        let fs = match &self.backend {
+            Backend::Ro { .. } => return Ok(()),
+            Backend::Rw { fs } => fs,
+        };
+        if !fs.has_changes() {
+            return Ok(());
+        }
+        match fs.commit() {
+            Ok(g) => {
+                info!(generation = g, "committed ({why})");
+                Ok(())
+            }
+            Err(e) => {
+                warn!("commit ({why}) failed: {e}");
+                Err(errno_of(&e))
+            }
+        }
+    }
+
+    fn entry(&self, nodes: &mut NodeTable, parent: u64, name: &str, m: &Metadata) -> FileAttr {
+        nodes.looked_up(m.ino, parent, name);
+        self.attr(m)
+    }
+
+    fn do_lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+        let name = name_str(name)?;
+        let mut nodes = lock(&self.nodes);
+        let dir = nodes.path(parent)?;
+        let m = self.stat(&join(&dir, name))?;
+        Ok(self.entry(&mut nodes, parent, name, &m))
+    }
+
+    fn do_create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        dir: bool,
+    ) -> Result<(FileAttr, Option<File>), Errno> {
+        let fs = self.rw()?;
+        let name = name_str(name)?;
+        let mut nodes = lock(&self.nodes);
+        let path = join(&nodes.path(parent)?, name);
+        let file = if dir {
+            fs.create_dir(&path).map_err(|e| errno_of(&e))?;
+            None
+        } else {
+            Some(fs.create(&path).map_err(|e| errno_of(&e))?)
+        };
+        let m = self.stat(&path)?;
+        Ok((self.entry(&mut nodes, parent, name, &m), file))
+    }
+
+    fn do_remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
+        let fs = self.rw()?;
+        let name = name_str(name)?;
+        let mut nodes = lock(&self.nodes);
+        let path = join(&nodes.path(parent)?, name);
+        let m = self.stat(&path)?;
+        match (dir, m.is_dir()) {
+            (true, false) => return Err(Errno::ENOTDIR),
+            (false, true) => return Err(Errno::EISDIR),
+            _ => {}
+        }
+        fs.remove(&path).map_err(|e| errno_of(&e))?;
+        nodes.unlinked(m.ino);
+        Ok(())
+    }
+
+    fn do_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<(), Errno> {
+        let fs = self.rw()?;
+        if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+            return Err(Errno::EINVAL);
+        }
+        let (name, newname) = (name_str(name)?, name_str(newname)?);
+        let mut nodes = lock(&self.nodes);
+        let from = join(&nodes.path(parent)?, name);
+        let to = join(&nodes.path(newparent)?, newname);
+        let src = self.stat(&from)?;
+        let dst = match self.stat(&to) {
+            Ok(m) => Some(m),
+            Err(e) if e == Errno::ENOENT => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(d) = &dst {
+            if d.ino == src.ino {
+                return Ok(());
+            }
+            if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                return Err(Errno::EEXIST);
+            }
+        }
+        fs.rename(&from, &to).map_err(|e| errno_of(&e))?;
+        if let Some(d) = dst {
+            nodes.unlinked(d.ino);
+        }
+        nodes.moved(src.ino, newparent, newname);
+        Ok(())
+    }
+
+    fn do_setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        fh: Option<FileHandle>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<FileAttr, Errno> {
+        let nodes = lock(&self.nodes);
+        let (path, m) = self.resolve(&nodes, ino)?;
+        if let Some(mode) = mode {
+            let want = if m.is_dir() { 0o755 } else { 0o644 };
+            if mode & 0o7777 != want {
+                return Err(Errno::EPERM);
+            }
+        }
+        if uid.is_some_and(|u| u != self.opts.uid) || gid.is_some_and(|g| g != self.opts.gid) {
+            return Err(Errno::EPERM);
+        }
+        let Some(size) = size else {
+            // Times are not stored separately: a utimens succeeds and changes
+            // nothing.
+            return Ok(self.attr(&m));
+        };
+        let fs = self.rw()?;
+        if m.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let held = fh.and_then(|fh| match lock(&self.handles).get(&fh.0) {
+            Some(Handle::File(f)) => Some(f.clone()),
+            _ => None,
+        });
+        let f = match held {
+            Some(f) => f,
+            None => fs.open_file(&path).map_err(|e| errno_of(&e))?,
+        };
+        f.set_len(size).map_err(|e| errno_of(&e))?;
+        let m = f.metadata().map_err(|e| errno_of(&e))?;
+        Ok(self.attr(&m))
+    }
+
+    fn do_open(&self, ino: u64, flags: OpenFlags) -> Result<(FileHandle, FopenFlags), Errno> {
+        let nodes = lock(&self.nodes);
+        let (path, m) = self.resolve(&nodes, ino)?;
+        if m.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        match &self.backend {
+            Backend::Ro { snap, .. } => {
+                if write {
+                    return Err(Errno::EROFS);
+                }
+                let f = snap.open(&path).map_err(|e| errno_of(&e))?;
+                // A generation never changes: let the kernel keep its cache.
+                Ok((
+                    self.new_fh(Handle::Snap(Arc::new(f))),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                ))
+            }
+            Backend::Rw { fs } => {
+                let f = fs.open_file(&path).map_err(|e| errno_of(&e))?;
+                if flags.0 & libc::O_TRUNC != 0 && write {
+                    f.set_len(0).map_err(|e| errno_of(&e))?;
+                }
+                Ok((self.new_fh(Handle::File(f)), FopenFlags::empty()))
+            }
+        }
+    }
+
+    fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        enum R {
+            S(Arc<SnapshotFile<'static>>),
+            F(File),
+        }
+        let r = match lock(&self.handles).get(&fh) {
+            Some(Handle::Snap(s)) => R::S(s.clone()),
+            Some(Handle::File(f)) => R::F(f.clone()),
+            Some(Handle::Dir(_)) => return Err(Errno::EISDIR),
+            None => return Err(Errno::EBADF),
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            let off = offset + done as u64;
+            let n = match &r {
+                R::S(s) => s.read_at(off, &mut buf[done..]),
+                R::F(f) => f.read_at(off, &mut buf[done..]),
+            }
+            .map_err(|e| errno_of(&e))?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn do_write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        self.rw()?;
+        let f = match lock(&self.handles).get(&fh) {
+            Some(Handle::File(f)) => f.clone(),
+            Some(Handle::Dir(_)) => return Err(Errno::EISDIR),
+            Some(Handle::Snap(_)) => return Err(Errno::EBADF),
+            None => return Err(Errno::EBADF),
+        };
+        f.write_at(offset, data).map_err(|e| errno_of(&e))?;
+        Ok(data.len() as u32)
+    }
+
+    fn do_opendir(&self, ino: u64) -> Result<FileHandle, Errno> {
+        let nodes = lock(&self.nodes);
+        let path = nodes.path(ino)?;
+        let parent = nodes.parent(ino);
+        drop(nodes);
+        let entries = self.list(ino, &path)?;
+        let mut items = Vec::with_capacity(entries.len() + 2);
+        items.push(DirItem {
+            ino,
+            kind: FileType::Directory,
+            name: ".".into(),
+        });
+        items.push(DirItem {
+            ino: parent,
+            kind: FileType::Directory,
+            name: "..".into(),
+        });
+        items.extend(entries.into_iter().map(|e| DirItem {
+            ino: e.meta.ino,
+            kind: kind_of(&e.meta),
+            name: e.name,
+        }));
+        Ok(self.new_fh(Handle::Dir(Arc::new(items))))
+    }
+
+    fn xattr_value(&self, name: &OsStr) -> Option<String> {
+        match name.to_str()? {
+            XATTR_GENERATION => Some(self.generation.to_string()),
+            XATTR_COMMITTED => Some(self.fs().generation().to_string()),
+            _ => None,
+        }
+    }
+
+    /// Commit whatever is pending (used at unmount and by the periodic
+    /// committer).
+    pub fn commit_pending(&self, why: &str) -> Result<(), Errno> {
+        self.commit(why)
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for NotafsFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(self.opts.max_io);
+        let _ = config.set_max_readahead(self.opts.max_io);
+        debug!(
+            read_only = self.read_only(),
+            generation = self.generation,
+            "FUSE init"
+        );
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let _ = self.commit("unmount");
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.do_lookup(parent.0, name) {
+            Ok(a) => reply.entry(&self.opts.ttl, &a, Generation(self.generation)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        lock(&self.nodes).forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        // An open read-write file answers from its handle (it follows
+        // renames and sees the transaction).
+        if let Some(fh) = fh {
+            let f = match lock(&self.handles).get(&fh.0) {
+                Some(Handle::File(f)) => Some(f.clone()),
+                _ => None,
+            };
+            if let Some(f) = f {
+                match f.metadata() {
+                    Ok(m) => return reply.attr(&self.opts.ttl, &self.attr(&m)),
+                    Err(e) => return reply.error(errno_of(&e)),
+                }
+            }
+        }
+        let nodes = lock(&self.nodes);
+        match self.resolve(&nodes, ino.0) {
+            Ok((_, m)) => reply.attr(&self.opts.ttl, &self.attr(&m)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if self.read_only() {
+            return reply.error(Errno::EROFS);
+        }
+        match self.do_setattr(ino.0, size, fh, mode, uid, gid) {
+            Ok(a) => reply.attr(&self.opts.ttl, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if self.read_only() {
+            return reply.error(Errno::EROFS);
+        }
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            // Only regular files and directories exist in notafs.
+            return reply.error(Errno::EPERM);
+        }
+        match self.do_create(parent.0, name, false) {
+            Ok((a, _)) => reply.entry(&self.opts.ttl, &a, Generation(self.generation)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.do_create(parent.0, name, true) {
+            Ok((a, _)) => reply.entry(&self.opts.ttl, &a, Generation(self.generation)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if mode & libc::S_IFMT != 0 && mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(Errno::EPERM);
+        }
+        match self.do_create(parent.0, name, false) {
+            Ok((a, Some(f))) => {
+                let fh = self.new_fh(Handle::File(f));
+                reply.created(
+                    &self.opts.ttl,
+                    &a,
+                    Generation(self.generation),
+                    fh,
+                    FopenFlags::empty(),
+                )
+            }
+            Ok((_, None)) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_remove(parent.0, name, false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_remove(parent.0, name, true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_rename(parent.0, name, newparent.0, newname, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_open(ino.0, flags) {
+            Ok((fh, fl)) => reply.opened(fh, fl),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.do_read(fh.0, offset, size) {
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.do_write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(2) does not commit: fsync, the periodic commit or the
+        // unmount does.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.handles).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.commit("fsync") {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_opendir(ino.0) {
+            Ok(fh) => reply.opened(fh, FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let items = match lock(&self.handles).get(&fh.0) {
+            Some(Handle::Dir(d)) => d.clone(),
+            Some(_) => return reply.error(Errno::ENOTDIR),
+            None => return reply.error(Errno::EBADF),
+        };
+        for (i, it) in items.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(it.ino), (i + 1) as u64, it.kind, &it.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.handles).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.commit("fsyncdir") {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let info = self.fs().info();
+        let inodes = match &self.backend {
+            Backend::Ro { snap, .. } => snap.inode_count(),
+            Backend::Rw { .. } => info.inodes,
+        };
+        // Blocks held back for older generations are not available yet,
+        // but will be: count them as free, not as available.
+        let bfree = info.free_blocks + info.pending_blocks;
+        let bavail = if self.read_only() {
+            0
+        } else {
+            info.free_blocks
+        };
+        reply.statfs(
+            info.block_count,
+            bfree,
+            bavail,
+            inodes,
+            // No inode table: any free block can hold a new file.
+            info.free_blocks,
+            info.block_size,
+            notafs_core::path::MAX_NAME as u32,
+            info.block_size,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino.0 != ROOT_INO {
+            return reply.error(Errno::ENODATA);
+        }
+        match self.xattr_value(name) {
+            Some(v) => reply_xattr(reply, size, v.as_bytes()),
+            None => reply.error(Errno::ENODATA),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let mut list = Vec::new();
+        if ino.0 == ROOT_INO {
+            for n in [XATTR_GENERATION, XATTR_COMMITTED] {
+                list.extend_from_slice(n.as_bytes());
+                list.push(0);
+            }
+        }
+        reply_xattr(reply, size, &list);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        // Only regular files and directories exist in notafs.
+        reply.error(if self.read_only() {
+            Errno::EROFS
+        } else {
+            Errno::EPERM
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(if self.read_only() {
+            Errno::EROFS
+        } else {
+            Errno::EPERM
+        });
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Permissions are enforced by the kernel (default_permissions).
+        reply.ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_table_paths_follow_renames_and_forget() {
+        let mut t = NodeTable::default();
+        t.looked_up(2, ROOT_INO, "a");
+        t.looked_up(3, 2, "b");
+        t.looked_up(4, 3, "c");
+        assert_eq!(t.path(4).unwrap(), "a/b/c");
+        assert_eq!(t.path(ROOT_INO).unwrap(), "");
+        // Moving a directory moves what is below it.
+        t.moved(3, ROOT_INO, "x");
+        assert_eq!(t.path(4).unwrap(), "x/c");
+        // Forgetting the old parent drops it: nothing refers to it.
+        t.forget(2, 1);
+        assert_eq!(t.len(), 2);
+        // A forgotten directory stays while a child is remembered.
+        t.forget(3, 1);
+        assert_eq!(t.path(4).unwrap(), "x/c");
+        t.forget(4, 1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn node_table_unlink_and_relookup() {
+        let mut t = NodeTable::default();
+        t.looked_up(2, ROOT_INO, "d");
+        t.looked_up(5, 2, "f");
+        t.looked_up(5, 2, "f");
+        t.unlinked(5);
+        assert_eq!(t.path(5), Err(Errno::ENOENT));
+        assert_eq!(t.path(2).unwrap(), "d");
+        t.forget(5, 2);
+        t.forget(2, 1);
+        assert!(t.is_empty());
+        // Lookups of the same inode under a new name re-place it.
+        t.looked_up(7, ROOT_INO, "p");
+        t.looked_up(8, 7, "q");
+        t.looked_up(8, ROOT_INO, "q2");
+        assert_eq!(t.path(8).unwrap(), "q2");
+        t.forget(7, 1);
+        assert_eq!(t.len(), 1);
+        t.forget(8, 2);
+        assert!(t.is_empty());
+    }
+}

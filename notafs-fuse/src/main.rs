@@ -1,0 +1,116 @@
+//! `notafs-fuse`: mount a notafs filesystem through FUSE.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use notafs_fuse::{run, MountConfig};
+
+/// Mount a notafs filesystem through FUSE, to inspect it (and, with --rw,
+/// change it) with ordinary tools.
+///
+/// Read-only by default: the mount shows one committed generation, the
+/// newest or the one given with --generation, and never changes.
+///
+/// With --rw, changes go into a transaction that is committed (one atomic
+/// root swap) on fsync(2)/fsyncdir, every --commit-interval seconds, and at
+/// unmount. close(2) does not commit: after a crash, the last
+/// --commit-interval seconds of changes not covered by an fsync are lost, and
+/// the filesystem is as of the last commit. Only regular files and
+/// directories exist; permissions are fixed (0644/0755, owned by the mounting
+/// user) and modification times are set by writes only (utimes is accepted
+/// and ignored).
+///
+/// Runs in the foreground until unmounted: `fusermount3 -u MOUNTPOINT`,
+/// `umount MOUNTPOINT`, or SIGINT/SIGTERM/SIGHUP. A clean unmount commits
+/// (with --rw) and exits 0.
+///
+/// The generation shown is readable as the extended attribute
+/// user.notafs.generation of the mount's root (user.notafs.committed is the
+/// newest commit of a --rw mount).
+#[derive(Parser, Debug)]
+#[command(name = "notafs-fuse", version, verbatim_doc_comment)]
+struct Args {
+    /// Device: an image file, a block device, file:PATH or memory:SIZE.
+    device: String,
+
+    /// Directory to mount on.
+    mountpoint: PathBuf,
+
+    /// Allow changes (committed on fsync, every --commit-interval and at
+    /// unmount).
+    #[arg(long)]
+    rw: bool,
+
+    /// Show this retained generation instead of the newest (read-only).
+    #[arg(long, short = 'g', value_name = "G", conflicts_with = "rw")]
+    generation: Option<u64>,
+
+    /// With --rw, commit pending changes every SECS seconds (0: only on
+    /// fsync and unmount).
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    commit_interval: u64,
+
+    /// Cache size of the filesystem, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    cache_mib: usize,
+
+    /// Use O_DIRECT on image files (block devices always use it).
+    #[arg(long)]
+    direct: bool,
+
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+
+    /// Let other users use the mount (the kernel checks the fixed
+    /// permissions).
+    #[arg(long)]
+    allow_other: bool,
+
+    /// Stay in the foreground (always the case; accepted for habit).
+    #[arg(short = 'f', long)]
+    foreground: bool,
+
+    /// More logging (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let level = match args.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // fuser warns about a failed second unmount after every external
+        // unmount: noise, not news.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{level},fuser::session=error"))
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = args.foreground;
+    let cfg = MountConfig {
+        device: args.device,
+        mountpoint: args.mountpoint,
+        rw: args.rw,
+        generation: args.generation,
+        commit_interval: Duration::from_secs(args.commit_interval),
+        cache_bytes: args.cache_mib << 20,
+        direct: args.direct,
+        threads: args.threads,
+        allow_other: args.allow_other,
+    };
+    match run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("notafs-fuse: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

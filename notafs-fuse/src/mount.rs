@@ -1,0 +1,231 @@
+//! Open a device, mount it, serve until unmounted, commit, return.
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, SessionACL};
+use notafs_core::{Fs, OpenOptions};
+use tracing::{info, warn};
+
+use crate::{FuseOptions, NotafsFuse};
+
+/// Everything `notafs-fuse` needs to mount.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// Device spec, as accepted by `notafs_blockdev::open`.
+    pub device: String,
+    pub mountpoint: PathBuf,
+    /// Allow changes (default: read-only).
+    pub rw: bool,
+    /// Serve this retained generation (read-only).
+    pub generation: Option<u64>,
+    /// Commit pending changes this often (read-write; zero disables).
+    pub commit_interval: Duration,
+    /// Cache size of the core.
+    pub cache_bytes: usize,
+    /// O_DIRECT on image files.
+    pub direct: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// Let other users see the mount (kernel permission checks apply).
+    pub allow_other: bool,
+}
+
+/// Mount and serve until the filesystem is unmounted (by `fusermount3 -u`,
+/// `umount`, or SIGINT/SIGTERM/SIGHUP, which unmount it). In read-write
+/// mode the pending changes are committed before returning.
+pub fn run(cfg: &MountConfig) -> Result<(), Box<dyn std::error::Error>> {
+    if cfg.rw && cfg.generation.is_some() {
+        return Err(
+            "--generation serves an old generation read-only; it cannot be combined with --rw"
+                .into(),
+        );
+    }
+    let dev = notafs_blockdev::open(
+        &cfg.device,
+        &notafs_blockdev::OpenOptions {
+            read_only: !cfg.rw,
+            direct: cfg.direct,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| format!("{}: {e}", cfg.device))?;
+    let dev: Arc<dyn notafs_blockdev::BlockDevice> = Arc::from(dev);
+    let fs = Fs::open(
+        dev,
+        &OpenOptions {
+            read_only: !cfg.rw,
+            generation: cfg.generation,
+            cache_bytes: cfg.cache_bytes,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| format!("{}: {e}", cfg.device))?;
+    if cfg.rw && fs.is_read_only() {
+        return Err(format!(
+            "{}: the filesystem can only be opened read-only (unknown read-only-compatible features)",
+            cfg.device
+        )
+        .into());
+    }
+
+    let (uid, gid) = ids();
+    let opts = FuseOptions {
+        uid,
+        gid,
+        ttl: if cfg.rw {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(60)
+        },
+        ..Default::default()
+    };
+    let fuse = NotafsFuse::new(fs.clone(), opts);
+    let generation = fuse.generation();
+
+    let mut mo = vec![
+        MountOption::FSName(cfg.device.clone()),
+        MountOption::Subtype("notafs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    mo.push(if cfg.rw {
+        MountOption::RW
+    } else {
+        MountOption::RO
+    });
+    let mut config = Config::default();
+    config.mount_options = mo;
+    config.n_threads = Some(cfg.threads.max(1));
+    if cfg.allow_other {
+        config.acl = SessionACL::All;
+    }
+
+    // Signals are taken by one thread with sigwait: block them before any
+    // other thread exists so that every thread inherits the mask.
+    let sigs = block_signals()?;
+
+    let mut session = fuser::Session::new(fuse, &cfg.mountpoint, &config)
+        .map_err(|e| format!("mount on {}: {e}", cfg.mountpoint.display()))?;
+    info!(
+        device = %cfg.device,
+        mountpoint = %cfg.mountpoint.display(),
+        generation,
+        rw = cfg.rw,
+        "mounted"
+    );
+
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = cfg.mountpoint.clone();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = wait_signal(&sigs) {
+                info!(signal = sig, "unmounting on signal");
+                if let Err(e) = unmounter.unmount() {
+                    warn!("unmount failed ({e}); detaching lazily");
+                    lazy_unmount(&mountpoint);
+                }
+            }
+        })?;
+
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let committer = if cfg.rw && !cfg.commit_interval.is_zero() {
+        let fs = fs.clone();
+        let every = cfg.commit_interval;
+        Some(
+            thread::Builder::new()
+                .name("committer".into())
+                .spawn(move || loop {
+                    match stop_rx.recv_timeout(every) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if fs.has_changes() {
+                                match fs.commit() {
+                                    Ok(g) => info!(generation = g, "committed (interval)"),
+                                    Err(e) => warn!("periodic commit failed: {e}"),
+                                }
+                            }
+                        }
+                        _ => return,
+                    }
+                })?,
+        )
+    } else {
+        None
+    };
+
+    let served = session.run();
+    drop(stop_tx);
+    if let Some(c) = committer {
+        let _ = c.join();
+    }
+    // The session calls destroy (which commits) when it ends; commit again
+    // in case the kernel connection went away without a clean end.
+    let committed = if cfg.rw && fs.has_changes() {
+        fs.commit().map(Some)
+    } else {
+        Ok(None)
+    };
+    served.map_err(|e| format!("FUSE session: {e}"))?;
+    match committed {
+        Ok(Some(g)) => info!(generation = g, "committed at unmount"),
+        Ok(None) => {}
+        Err(e) => return Err(format!("final commit failed: {e}").into()),
+    }
+    info!(generation = fs.generation(), "unmounted");
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid cannot fail and touch no memory of ours.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+#[allow(unsafe_code)]
+fn block_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it
+    // and pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(std::io::Error::from_raw_os_error(r));
+        }
+        Ok(set)
+    }
+}
+
+#[allow(unsafe_code)]
+fn wait_signal(set: &libc::sigset_t) -> Option<i32> {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: both pointers are valid for the call.
+    let r = unsafe { libc::sigwait(set, &mut sig) };
+    (r == 0).then_some(sig)
+}
+
+#[allow(unsafe_code)]
+fn lazy_unmount(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: c is a valid NUL-terminated string.
+    let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if r != 0 {
+        // Not root: let fusermount3 do it.
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(path)
+            .status();
+    }
+}

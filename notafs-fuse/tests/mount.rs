@@ -1,0 +1,801 @@
+//! Real FUSE mounts of notafs images through the `notafs-fuse` binary.
+//!
+//! Needs /dev/fuse, fusermount3 and root (as CI and the dev machines have);
+//! without them each test prints "SKIPPED: <reason>" and passes.
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notafs_blockdev::file::{FileDevice, FileOptions};
+use notafs_blockdev::BlockDevice;
+use notafs_core::check::{check, CheckOptions};
+use notafs_core::{FormatOptions, Fs, OpenOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_notafs-fuse");
+
+fn which(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+#[allow(unsafe_code)]
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Why FUSE tests cannot run here, if they cannot.
+fn skip_reason() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing".into());
+    }
+    if !which("fusermount3") {
+        return Some("fusermount3 is not installed (Debian package fuse3)".into());
+    }
+    if !is_root() {
+        return Some("not root".into());
+    }
+    None
+}
+
+macro_rules! require_fuse {
+    () => {
+        if let Some(why) = skip_reason() {
+            println!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+/// A deterministic, non-repeating-looking byte pattern.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+struct Image {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Image {
+    /// A fresh image of `mib` MiB, formatted and filled by `fill`
+    /// (committed by this function).
+    fn new(mib: u64, fill: impl FnOnce(&Fs)) -> Image {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let dev = FileDevice::create(&path, mib << 20).unwrap();
+        let fs = Fs::format(Arc::new(dev), &FormatOptions::default()).unwrap();
+        fill(&fs);
+        if fs.has_changes() {
+            fs.commit().unwrap();
+        }
+        drop(fs);
+        Image {
+            _dir: dir,
+            path,
+            mnt,
+        }
+    }
+
+    fn device(&self) -> Arc<dyn BlockDevice> {
+        Arc::new(
+            FileDevice::open(
+                &self.path,
+                &FileOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )
+    }
+
+    /// Open the image with the core API, read-only.
+    fn open(&self) -> Fs {
+        Fs::open(
+            self.device(),
+            &OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn assert_clean(&self) {
+        let r = check(
+            self.device(),
+            &CheckOptions {
+                verify_data: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(r.is_clean(), "check found problems: {:#?}", r.problems);
+    }
+
+    fn mount(&self, args: &[&str]) -> Mount {
+        Mount::start(&self.path, &self.mnt, args)
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+}
+
+fn is_mounted(mnt: &Path) -> bool {
+    let want = mnt.to_str().unwrap();
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(want))
+}
+
+/// A running `notafs-fuse`; unmounted on drop whatever happened.
+struct Mount {
+    child: Option<Child>,
+    mnt: PathBuf,
+}
+
+impl Mount {
+    fn start(img: &Path, mnt: &Path, args: &[&str]) -> Mount {
+        let child = Command::new(BIN)
+            .args(args)
+            .arg(img)
+            .arg(mnt)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn notafs-fuse");
+        let mut m = Mount {
+            child: Some(child),
+            mnt: mnt.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(mnt) {
+            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                m.child = None;
+                panic!("notafs-fuse exited before mounting: {st}");
+            }
+            assert!(Instant::now() < deadline, "mount did not appear in 20 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        m
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Wait for the daemon to exit (after an unmount was asked for).
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("already waited");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("notafs-fuse did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Unmount with fusermount3 -u and wait for a clean exit.
+    fn unmount(mut self) -> ExitStatus {
+        let st = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .status()
+            .unwrap();
+        assert!(st.success(), "fusermount3 -u failed: {st}");
+        let st = self.wait_exit(Duration::from_secs(60));
+        assert!(!is_mounted(&self.mnt));
+        st
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let ok = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[allow(unsafe_code)]
+fn getxattr(p: &Path, name: &str) -> Option<String> {
+    let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let cn = CString::new(name).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given size.
+    let n = unsafe { libc::getxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (n >= 0).then(|| String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+}
+
+const BIG: usize = 3 * 1024 * 1024 + 1234;
+
+fn sample(fs: &Fs) {
+    fs.create("hello.txt")
+        .unwrap()
+        .write_at(0, b"hello, fuse\n")
+        .unwrap();
+    fs.create_dir_all("dir/sub").unwrap();
+    fs.create_dir("emptydir").unwrap();
+    fs.create("empty").unwrap();
+    fs.create("dir/sub/big.bin")
+        .unwrap()
+        .write_at(0, &pattern(BIG, 1))
+        .unwrap();
+    fs.create("dir/a.txt").unwrap().write_at(0, b"a").unwrap();
+}
+
+#[test]
+fn read_only_mount_serves_files_to_ordinary_tools() {
+    require_fuse!();
+    let img = Image::new(64, sample);
+    let generation = img.open().generation();
+    let m = img.mount(&[]);
+
+    // std::fs
+    let mut names: Vec<String> = fs::read_dir(&img.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dir", "empty", "emptydir", "hello.txt"]);
+    assert_eq!(fs::read(img.p("hello.txt")).unwrap(), b"hello, fuse\n");
+    assert_eq!(fs::read(img.p("empty")).unwrap(), b"");
+    let big = fs::read(img.p("dir/sub/big.bin")).unwrap();
+    assert_eq!(big.len(), BIG);
+    assert!(big == pattern(BIG, 1), "big.bin content differs");
+    let md = fs::metadata(img.p("dir/sub/big.bin")).unwrap();
+    assert!(md.is_file());
+    assert_eq!(md.len(), BIG as u64);
+    assert_eq!(md.mode() & 0o7777, 0o644);
+    assert_eq!(md.nlink(), 1);
+    assert_eq!(md.uid(), 0);
+    assert!(md.blocks() >= (BIG as u64).div_ceil(512));
+    let dmd = fs::metadata(img.p("dir")).unwrap();
+    assert!(dmd.is_dir());
+    assert_eq!(dmd.mode() & 0o7777, 0o755);
+    assert_eq!(dmd.nlink(), 2);
+    // The core's inode numbers show through.
+    let core = img.open();
+    assert_eq!(md.ino(), core.stat("dir/sub/big.bin").unwrap().ino);
+    assert_eq!(fs::metadata(&img.mnt).unwrap().ino(), 1);
+
+    // Random reads at odd offsets.
+    let mut f = fs::File::open(img.p("dir/sub/big.bin")).unwrap();
+    for off in [0u64, 1, 4095, 4096, 1 << 20, BIG as u64 - 7] {
+        let mut buf = [0u8; 10];
+        let n = f.read_at(&mut buf, off).unwrap();
+        let want = &big[off as usize..(off as usize + 10).min(BIG)];
+        assert_eq!(&buf[..n], want, "at {off}");
+    }
+    f.seek(SeekFrom::Start(BIG as u64)).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(f.read_to_end(&mut rest).unwrap(), 0);
+    drop(f);
+
+    // Ordinary tools.
+    let ls = run(Command::new("ls").arg("-la").arg(&img.mnt));
+    for n in ["dir", "empty", "emptydir", "hello.txt"] {
+        assert!(ls.contains(n), "ls -la lacks {n}: {ls}");
+    }
+    assert_eq!(
+        run(Command::new("cat").arg(img.p("hello.txt"))),
+        "hello, fuse\n"
+    );
+    let local = img._dir.path().join("big.local");
+    fs::write(&local, pattern(BIG, 1)).unwrap();
+    run(Command::new("cmp")
+        .arg(&local)
+        .arg(img.p("dir/sub/big.bin")));
+    assert_eq!(
+        run(Command::new("stat")
+            .args(["-c", "%s %F"])
+            .arg(img.p("dir/sub/big.bin")))
+        .trim(),
+        format!("{BIG} regular file")
+    );
+    let found = run(Command::new("find").arg(".").current_dir(&img.mnt));
+    let mut found: Vec<&str> = found.lines().collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ".",
+            "./dir",
+            "./dir/a.txt",
+            "./dir/sub",
+            "./dir/sub/big.bin",
+            "./empty",
+            "./emptydir",
+            "./hello.txt"
+        ]
+    );
+    let df = run(Command::new("df").arg("-k").arg(&img.mnt));
+    assert!(df.lines().count() >= 2, "df: {df}");
+
+    // Missing names and wrong kinds.
+    let e = fs::metadata(img.p("nope")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::ENOENT);
+    let e = fs::read_dir(img.p("hello.txt")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::ENOTDIR);
+
+    // The generation shown.
+    assert_eq!(
+        getxattr(&img.mnt, "user.notafs.generation"),
+        Some(generation.to_string())
+    );
+
+    // Nothing can be changed.
+    let e = fs::File::create(img.p("new")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EROFS);
+    let e = fs::OpenOptions::new()
+        .write(true)
+        .open(img.p("hello.txt"))
+        .unwrap_err();
+    assert_eq!(errno_of(&e), libc::EROFS);
+    assert_eq!(
+        errno_of(&fs::create_dir(img.p("d")).unwrap_err()),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of(&fs::remove_file(img.p("hello.txt")).unwrap_err()),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of(&fs::rename(img.p("hello.txt"), img.p("x")).unwrap_err()),
+        libc::EROFS
+    );
+
+    assert!(m.unmount().success());
+    // Untouched.
+    assert_eq!(img.open().generation(), generation);
+    img.assert_clean();
+}
+
+#[test]
+fn rw_mount_commits_changes_at_unmount() {
+    require_fuse!();
+    let img = Image::new(64, |fs| {
+        fs.create("keep.txt")
+            .unwrap()
+            .write_at(0, &pattern(10_000, 2))
+            .unwrap();
+        fs.create("old.txt").unwrap().write_at(0, b"old").unwrap();
+        fs.create("victim.txt")
+            .unwrap()
+            .write_at(0, b"victim")
+            .unwrap();
+        fs.create_dir("dir").unwrap();
+        fs.create("dir/x").unwrap().write_at(0, b"x").unwrap();
+    });
+    let g0 = img.open().generation();
+    let m = img.mount(&["--rw", "--commit-interval", "0"]);
+
+    // A new file, written in pieces (unaligned, with a hole).
+    let data = pattern((1 << 20) + 123, 3);
+    {
+        let mut f = fs::File::create(img.p("new.bin")).unwrap();
+        f.write_all(&data[..5000]).unwrap();
+        f.write_all(&data[5000..]).unwrap();
+    }
+    {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(img.p("sparse"))
+            .unwrap();
+        f.write_at(b"end", 3 << 20).unwrap();
+    }
+    fs::create_dir(img.p("d2")).unwrap();
+    fs::create_dir_all(img.p("d2/deep/deeper")).unwrap();
+    fs::write(img.p("d2/deep/deeper/f"), b"deep").unwrap();
+    fs::rename(img.p("old.txt"), img.p("d2/renamed.txt")).unwrap();
+    // Rename over an existing file.
+    fs::write(img.p("replacement"), b"replacement").unwrap();
+    fs::rename(img.p("replacement"), img.p("victim.txt")).unwrap();
+    // Rename a directory: what is below it follows.
+    fs::rename(img.p("d2/deep"), img.p("moved")).unwrap();
+    assert_eq!(fs::read(img.p("moved/deeper/f")).unwrap(), b"deep");
+    fs::remove_file(img.p("dir/x")).unwrap();
+    fs::remove_dir(img.p("dir")).unwrap();
+    // Overwrite in the middle, then truncate.
+    {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(img.p("keep.txt"))
+            .unwrap();
+        f.write_at(b"MIDDLE", 4000).unwrap();
+        f.set_len(6000).unwrap();
+    }
+    // O_TRUNC through the shell.
+    run(Command::new("sh")
+        .arg("-c")
+        .arg("printf 'via shell' > \"$1\"")
+        .arg("sh")
+        .arg(img.p("shell.txt")));
+    run(Command::new("sh")
+        .arg("-c")
+        .arg("printf 'short' > \"$1\"")
+        .arg("sh")
+        .arg(img.p("shell.txt")));
+    // cp of a local file, and touch.
+    let local = img._dir.path().join("local");
+    fs::write(&local, pattern(200_000, 4)).unwrap();
+    run(Command::new("cp").arg(&local).arg(img.p("copied")));
+    run(Command::new("touch").arg(img.p("touched")));
+    run(Command::new("touch").arg(img.p("copied")));
+
+    // The mount sees its own uncommitted changes.
+    let mut want_keep = pattern(10_000, 2);
+    want_keep[4000..4006].copy_from_slice(b"MIDDLE");
+    want_keep.truncate(6000);
+    assert_eq!(fs::read(img.p("keep.txt")).unwrap(), want_keep);
+    assert_eq!(fs::read(img.p("new.bin")).unwrap(), data);
+    assert_eq!(fs::metadata(img.p("sparse")).unwrap().len(), (3 << 20) + 3);
+    assert!(!img.p("old.txt").exists());
+    // Nothing committed yet (no fsync, no interval).
+    assert_eq!(img.open().generation(), g0);
+
+    let st = m.unmount();
+    assert!(st.success(), "exit status {st}");
+
+    let fs = img.open();
+    assert!(fs.generation() > g0);
+    let s = fs.snapshot();
+    assert_eq!(s.read_to_vec("new.bin").unwrap(), data);
+    let sparse = s.read_to_vec("sparse").unwrap();
+    assert_eq!(sparse.len(), (3 << 20) + 3);
+    assert!(sparse[..3 << 20].iter().all(|b| *b == 0));
+    assert_eq!(&sparse[3 << 20..], b"end");
+    assert_eq!(s.read_to_vec("d2/renamed.txt").unwrap(), b"old");
+    assert_eq!(s.read_to_vec("victim.txt").unwrap(), b"replacement");
+    assert_eq!(s.read_to_vec("moved/deeper/f").unwrap(), b"deep");
+    assert_eq!(s.read_to_vec("keep.txt").unwrap(), want_keep);
+    assert_eq!(s.read_to_vec("shell.txt").unwrap(), b"short");
+    assert_eq!(s.read_to_vec("copied").unwrap(), pattern(200_000, 4));
+    assert_eq!(s.read_to_vec("touched").unwrap(), b"");
+    for gone in ["old.txt", "replacement", "dir", "dir/x", "d2/deep"] {
+        assert!(s.stat(gone).is_err(), "{gone} still exists");
+    }
+    let mut root: Vec<String> = s
+        .read_dir("")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    root.sort();
+    assert_eq!(
+        root,
+        [
+            "copied",
+            "d2",
+            "keep.txt",
+            "moved",
+            "new.bin",
+            "shell.txt",
+            "sparse",
+            "touched",
+            "victim.txt"
+        ]
+    );
+    drop(s);
+    drop(fs);
+    img.assert_clean();
+}
+
+#[test]
+fn rw_mount_errors_map_to_errno() {
+    require_fuse!();
+    let img = Image::new(32, |fs| {
+        fs.create_dir_all("full/sub").unwrap();
+        fs.create("file").unwrap();
+    });
+    let m = img.mount(&["--rw", "--commit-interval", "0"]);
+    let e = |r: std::io::Result<()>| errno_of(&r.unwrap_err());
+    assert_eq!(e(fs::remove_dir(img.p("full"))), libc::ENOTEMPTY);
+    assert_eq!(e(fs::create_dir(img.p("full"))), libc::EEXIST);
+    assert_eq!(e(fs::remove_file(img.p("full"))), libc::EISDIR);
+    assert_eq!(e(fs::remove_dir(img.p("file"))), libc::ENOTDIR);
+    assert_eq!(e(fs::remove_file(img.p("missing"))), libc::ENOENT);
+    assert_eq!(e(fs::create_dir(img.p("file/sub"))), libc::ENOTDIR);
+    assert_eq!(
+        e(fs::rename(img.p("full"), img.p("full/sub/inside"))),
+        libc::EINVAL
+    );
+    assert_eq!(
+        e(std::os::unix::fs::symlink("file", img.p("link"))),
+        libc::EPERM
+    );
+    assert_eq!(e(fs::hard_link(img.p("file"), img.p("hard"))), libc::EPERM);
+    assert_eq!(e(run_mkfifo(&img.p("fifo"))), libc::EPERM);
+    let e2 = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(img.p("file"))
+        .unwrap_err();
+    assert_eq!(errno_of(&e2), libc::EEXIST);
+    assert!(m.unmount().success());
+    img.assert_clean();
+}
+
+#[allow(unsafe_code)]
+fn run_mkfifo(p: &Path) -> std::io::Result<()> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o644) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn fsync_commits_while_mounted() {
+    require_fuse!();
+    let img = Image::new(32, |_| {});
+    let g0 = img.open().generation();
+    let m = img.mount(&["--rw", "--commit-interval", "0"]);
+    let mut f = fs::File::create(img.p("synced")).unwrap();
+    f.write_all(b"durable").unwrap();
+    f.sync_all().unwrap();
+    // Another reader of the image sees the commit while still mounted.
+    let fs = img.open();
+    assert_eq!(fs.generation(), g0 + 1);
+    assert_eq!(fs.snapshot().read_to_vec("synced").unwrap(), b"durable");
+    drop(fs);
+    // Directory fsync commits too.
+    fs::create_dir(img.p("newdir")).unwrap();
+    fs::File::open(&img.mnt).unwrap().sync_all().unwrap();
+    assert!(img.open().stat("newdir").unwrap().is_dir());
+    assert_eq!(
+        getxattr(&img.mnt, "user.notafs.committed"),
+        Some((g0 + 2).to_string())
+    );
+    // Nothing pending: the unmount commits nothing more.
+    drop(f);
+    assert!(m.unmount().success());
+    assert_eq!(img.open().generation(), g0 + 2);
+    img.assert_clean();
+}
+
+#[test]
+fn periodic_commit() {
+    require_fuse!();
+    let img = Image::new(32, |_| {});
+    let g0 = img.open().generation();
+    let m = img.mount(&["--rw", "--commit-interval", "1"]);
+    fs::write(img.p("later"), b"eventually").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let fs = img.open();
+        if fs.generation() > g0 {
+            assert_eq!(fs.snapshot().read_to_vec("later").unwrap(), b"eventually");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no periodic commit in 15 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(m.unmount().success());
+    img.assert_clean();
+}
+
+#[test]
+fn sigterm_unmounts_and_commits() {
+    require_fuse!();
+    let img = Image::new(32, |_| {});
+    let mut m = img.mount(&["--rw", "--commit-interval", "0"]);
+    fs::write(img.p("before-signal"), b"kept").unwrap();
+    // SAFETY (in spirit): kill(2) on our own child.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::kill(m.pid(), libc::SIGTERM) };
+    assert_eq!(r, 0);
+    let st = m.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "exit status {st}");
+    assert!(!is_mounted(&img.mnt));
+    assert_eq!(
+        img.open().snapshot().read_to_vec("before-signal").unwrap(),
+        b"kept"
+    );
+    img.assert_clean();
+}
+
+#[test]
+fn generation_option_shows_old_content() {
+    require_fuse!();
+    let mut gens = Vec::new();
+    let img = Image::new(32, |fs| {
+        let f = fs.create("v").unwrap();
+        f.write_at(0, b"one").unwrap();
+        gens.push(fs.commit().unwrap());
+        f.write_at(0, b"two!").unwrap();
+        fs.create("added-later").unwrap();
+        gens.push(fs.commit().unwrap());
+    });
+    let (old, new) = (gens[0], gens[1]);
+
+    let m = img.mount(&["--generation", &old.to_string()]);
+    assert_eq!(fs::read(img.p("v")).unwrap(), b"one");
+    assert!(!img.p("added-later").exists());
+    assert_eq!(
+        getxattr(&img.mnt, "user.notafs.generation"),
+        Some(old.to_string())
+    );
+    assert!(m.unmount().success());
+
+    let m = img.mount(&[]);
+    assert_eq!(fs::read(img.p("v")).unwrap(), b"two!");
+    assert!(img.p("added-later").exists());
+    assert_eq!(
+        getxattr(&img.mnt, "user.notafs.generation"),
+        Some(new.to_string())
+    );
+    assert!(m.unmount().success());
+
+    // A generation that is not retained is refused with a message.
+    let out = Command::new(BIN)
+        .args(["--generation", "999"])
+        .arg(&img.path)
+        .arg(&img.mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("999"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&img.mnt));
+}
+
+#[test]
+fn many_files_and_forget() {
+    require_fuse!();
+    let img = Image::new(32, |fs| {
+        fs.create_dir("many").unwrap();
+        for i in 0..500 {
+            fs.create(&format!("many/f{i:04}"))
+                .unwrap()
+                .write_at(0, format!("{i}").as_bytes())
+                .unwrap();
+        }
+    });
+    let m = img.mount(&[]);
+    let mut n = 0;
+    for e in fs::read_dir(img.p("many")).unwrap() {
+        let e = e.unwrap();
+        let i: usize = e.file_name().to_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(fs::read(e.path()).unwrap(), format!("{i}").as_bytes());
+        n += 1;
+    }
+    assert_eq!(n, 500);
+    // Drop the kernel's dentries and inodes: forget must keep the daemon
+    // consistent, and a fresh walk must still work.
+    let _ = fs::write("/proc/sys/vm/drop_caches", "2");
+    assert_eq!(fs::read(img.p("many/f0499")).unwrap(), b"499");
+    assert!(m.unmount().success());
+}
+
+/// Drop the page cache (the mount's files included: FOPEN_KEEP_CACHE
+/// keeps it across opens), then read the image back in, so that both the
+/// core and the mount read a cached image and only the FUSE path differs.
+fn cold_mount_warm_image(img: &Image) {
+    let _ = fs::write("/proc/sys/vm/drop_caches", "1");
+    let mut f = fs::File::open(&img.path).unwrap();
+    std::io::copy(&mut f, &mut std::io::sink()).unwrap();
+}
+
+/// Read throughput of a 256 MiB file through the mount and through the
+/// core API. Run with `cargo test --release -p notafs-fuse --test mount --
+/// --ignored --nocapture throughput`.
+#[test]
+#[ignore]
+fn throughput() {
+    require_fuse!();
+    const SIZE: usize = 256 << 20;
+    let img = Image::new(320, |fs| {
+        let f = fs.create("big").unwrap();
+        let chunk = pattern(8 << 20, 9);
+        for i in 0..SIZE / chunk.len() {
+            f.write_at((i * chunk.len()) as u64, &chunk).unwrap();
+        }
+    });
+    let mib = (SIZE >> 20) as f64;
+
+    for bs in [128usize << 10, 1 << 20] {
+        cold_mount_warm_image(&img);
+        let fs = img.open();
+        let s = fs.snapshot();
+        let f = s.open("big").unwrap();
+        let mut buf = vec![0u8; bs];
+        let t = Instant::now();
+        let mut off = 0u64;
+        while (off as usize) < SIZE {
+            off += f.read_at(off, &mut buf).unwrap() as u64;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "core API read_at bs={}k: {:.0} MiB/s ({secs:.2} s)",
+            bs >> 10,
+            mib / secs
+        );
+    }
+
+    for threads in ["1", "2", "4"] {
+        let m = img.mount(&["--threads", threads]);
+        for bs in ["128k", "1M"] {
+            cold_mount_warm_image(&img);
+            let dd = || {
+                let t = Instant::now();
+                run(Command::new("dd")
+                    .arg(format!("if={}", img.p("big").display()))
+                    .arg("of=/dev/null")
+                    .arg(format!("bs={bs}")));
+                t.elapsed().as_secs_f64()
+            };
+            let cold = dd();
+            let warm = dd();
+            println!(
+                "FUSE threads={threads} dd bs={bs}: {:.0} MiB/s ({cold:.2} s); \
+                 again from the kernel page cache {:.0} MiB/s",
+                mib / cold,
+                mib / warm
+            );
+        }
+        assert!(m.unmount().success());
+    }
+}
