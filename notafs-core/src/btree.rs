@@ -181,6 +181,14 @@ fn decode_node<T: Kind>(data: &[u8], h: &Header, layout: &Layout) -> Result<Node
         )));
     }
     let node = if h.level == 0 {
+        // Empty trees have a null root; an empty leaf on disk is never
+        // written, so one can only be damage (or a trick to build DAGs).
+        if count == 0 {
+            return Err(Error::corrupt(format!(
+                "{what} leaf at {} is empty",
+                h.address
+            )));
+        }
         let mut v = Vec::with_capacity(count);
         for _ in 0..count {
             let k = T::dec_key(&mut d)?;
@@ -294,6 +302,26 @@ fn child_index<K: Ord, C>(entries: &[(K, C)], k: &K) -> usize {
     }
 }
 
+/// Check that a node's keys lie within the range its parent gives it. Keys
+/// are sorted inside a node, so the first and last suffice. Enforcing this
+/// on every descent means a node shared by two parents (a DAG or cycle in a
+/// damaged image) fails at its second parent instead of multiplying work.
+fn check_bounds<T: Kind>(node: &Node<T>, lo: Option<&T::K>, hi: Option<&T::K>) -> Result<()> {
+    let (first, last) = match node {
+        Node::Leaf(e) => (e.first().map(|x| &x.0), e.last().map(|x| &x.0)),
+        Node::Branch(e) => (e.first().map(|x| &x.0), e.last().map(|x| &x.0)),
+    };
+    if let (Some(f), Some(l)) = (first, last) {
+        if !in_bounds(f, lo, hi) || !in_bounds(l, lo, hi) {
+            return Err(Error::corrupt(format!(
+                "{} node keys {f:?}..{l:?} outside the range its parent assigns",
+                node::kind_name(T::KIND)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Borrow a node for reading: in memory, or loaded from disk.
 enum NodeRef<'a, T: Kind> {
     Mem(&'a Node<T>),
@@ -395,7 +423,7 @@ impl<T: Kind> Tree<T> {
         let Some(root) = &self.root else {
             return Ok(());
         };
-        scan_rec(io, root, self.height - 1, self.owner, start, f)?;
+        scan_rec(io, root, self.height - 1, self.owner, start, None, None, f)?;
         Ok(())
     }
 
@@ -605,15 +633,19 @@ fn floor_rec<T: Kind>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn scan_rec<T: Kind>(
     io: &NodeIo,
     c: &Child<T>,
     level: u8,
     owner: u64,
     start: Option<&T::K>,
+    lo: Option<&T::K>,
+    hi: Option<&T::K>,
     f: &mut dyn FnMut(&T::K, &T::V) -> Result<bool>,
 ) -> Result<bool> {
     let node = get_node(io, c, level, owner)?;
+    check_bounds(&node, lo, hi)?;
     match &*node {
         Node::Leaf(e) => {
             let from = match start {
@@ -632,8 +664,18 @@ fn scan_rec<T: Kind>(
                 None => 0,
                 Some(s) => child_index(e, s),
             };
-            for (_, ch) in &e[from..] {
-                if !scan_rec(io, ch, level - 1, owner, start, f)? {
+            for i in from..e.len() {
+                let next_hi = e.get(i + 1).map(|x| &x.0).or(hi);
+                if !scan_rec(
+                    io,
+                    &e[i].1,
+                    level - 1,
+                    owner,
+                    start,
+                    Some(&e[i].0),
+                    next_hi,
+                    f,
+                )? {
                     return Ok(false);
                 }
             }
@@ -840,6 +882,7 @@ fn walk_rec<T: Kind>(
     f: &mut dyn FnMut(Option<Ptr>, u8, &Node<T>, Option<&T::K>, Option<&T::K>) -> Result<()>,
 ) -> Result<()> {
     let node = get_node(io, c, level, owner)?;
+    check_bounds(&node, lo, hi)?;
     let ptr = match c {
         Child::Disk(p) => Some(*p),
         Child::Mem(_) => None,

@@ -818,12 +818,36 @@ pub fn repair(dev: Arc<dyn BlockDevice>, opts: &CheckOptions<'_>) -> Result<Repa
                 cache_bytes: opts.cache_bytes,
             },
         )?;
-        let fixable_by_rebuild = rg.generation.is_some()
-            && rg
+        let errors: Vec<&Problem> = rg
+            .problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .collect();
+        let mut fixable_by_rebuild = rg.generation.is_some()
+            && errors
+                .iter()
+                .all(|p| matches!(p.code, "leak" | "count" | "free-overlap"));
+        // Referenced blocks inside free space may have been overwritten by a
+        // later allocation: a rebuild would legitimise the pointer. Accept it
+        // only if every data block of the generation still verifies.
+        if fixable_by_rebuild
+            && errors.iter().any(|p| p.code == "free-overlap")
+            && !opts.verify_data
+        {
+            let rv = check(
+                dev.clone(),
+                &CheckOptions {
+                    generation: Some(g),
+                    verify_data: true,
+                    progress: None,
+                    cache_bytes: opts.cache_bytes,
+                },
+            )?;
+            fixable_by_rebuild = !rv
                 .problems
                 .iter()
-                .filter(|p| p.severity == Severity::Error)
-                .all(|p| matches!(p.code, "leak" | "count" | "free-overlap"));
+                .any(|p| p.severity == Severity::Error && p.code == "data");
+        }
         if rg.is_clean() || fixable_by_rebuild {
             let sub = rebuild_from(dev.clone(), g)?;
             rep.actions.extend(sub.actions);
