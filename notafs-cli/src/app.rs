@@ -23,7 +23,12 @@ Start with:  notafs demo";
 
 /// Inspect and script notafs images.
 #[derive(Parser, Debug)]
-#[command(name = "notafs", version, about, after_help = AFTER_HELP)]
+#[command(
+    name = "notafs",
+    version,
+    about = "Inspect and script notafs images",
+    after_help = AFTER_HELP
+)]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short = 'v', long, action = ArgAction::Count, global = true)]
@@ -147,9 +152,9 @@ pub enum Cmd {
     },
     /// Retained generations, newest first.
     Generations { device: String },
-    /// BLAKE2b-256 digest of the content (names, types, sizes, bytes) of
-    /// the whole filesystem or of PATH; equal content gives equal digests
-    /// whatever the layout.
+    /// BLAKE2b-256 digest. Of a file: of its bytes (as `b2sum -l 256`).
+    /// Of the filesystem or a directory: of the content (names, types,
+    /// sizes, bytes), equal whatever the layout, block size or history.
     Hash {
         device: String,
         path: Option<String>,
@@ -374,8 +379,9 @@ fn dispatch(cmd: Cmd, out: &mut dyn Write) -> CliResult<()> {
             let fs = open_fs(&device, false, ro.generation)?;
             let snap = fs.snapshot();
             let d = match &path {
-                Some(p) => snap.digest_path(p)?,
                 None => snap.digest()?,
+                Some(p) if snap.stat(p)?.is_dir() => snap.digest_path(p)?,
+                Some(p) => file_digest(snap.open(p)?, p)?,
             };
             writeln!(
                 out,
@@ -464,6 +470,25 @@ fn copy_out(
         pb.finish_and_clear();
     }
     Ok(())
+}
+
+/// BLAKE2b-256 of a file's bytes (what `b2sum -l 256` prints for the same
+/// content), streamed in 1 MiB chunks.
+fn file_digest(mut f: notafs_core::SnapshotFile<'_>, what: &str) -> CliResult<[u8; 32]> {
+    use blake2::digest::consts::U32;
+    use blake2::{Blake2b, Digest};
+    let mut h = Blake2b::<U32>::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| CliError::op(format!("reading {what}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
 }
 
 /// Stream `local` (or stdin) into `path`, replacing it, and commit.
@@ -578,20 +603,29 @@ fn ls(fs: &Fs, path: &str, long: bool, recursive: bool, out: &mut dyn Write) -> 
         let name = path.trim_matches('/');
         return writeln!(out, "{}", entry_line(long, name, &m)).map_err(w);
     }
-    // Explicit stack of (display prefix, directory path): depth is bounded
-    // by the core's path rules, memory by the directory sizes.
-    let mut stack = vec![(String::new(), path.to_string())];
-    while let Some((prefix, dir)) = stack.pop() {
-        let entries = snap.read_dir(&dir)?;
-        let mut subdirs = Vec::new();
-        for e in &entries {
-            let shown = format!("{prefix}{}", e.name);
-            writeln!(out, "{}", entry_line(long, &shown, &e.meta)).map_err(w)?;
-            if recursive && e.meta.is_dir() {
-                subdirs.push((format!("{shown}/"), join(&dir, &e.name)));
-            }
+    // Depth-first, a directory's content right after it (as `find`); an
+    // explicit stack of (entries, next index, display prefix, path).
+    let mut stack = vec![(
+        snap.read_dir(path)?,
+        0usize,
+        String::new(),
+        path.to_string(),
+    )];
+    while let Some(top) = stack.last_mut() {
+        let (entries, i, prefix, dir) = top;
+        if *i == entries.len() {
+            stack.pop();
+            continue;
         }
-        stack.extend(subdirs.into_iter().rev());
+        let e = entries[*i].clone();
+        *i += 1;
+        let shown = format!("{prefix}{}", e.name);
+        writeln!(out, "{}", entry_line(long, &shown, &e.meta)).map_err(w)?;
+        if recursive && e.meta.is_dir() {
+            let child = join(dir, &e.name);
+            let sub = snap.read_dir(&child)?;
+            stack.push((sub, 0, format!("{shown}/"), child));
+        }
     }
     Ok(())
 }

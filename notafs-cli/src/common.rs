@@ -98,9 +98,7 @@ pub fn parse_args<T: clap::Parser>() -> T {
         Err(e) => {
             use clap::error::ErrorKind;
             let code = match e.kind() {
-                ErrorKind::DisplayHelp
-                | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => EXIT_OK,
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => EXIT_OK,
                 _ => EXIT_USAGE,
             };
             let _ = e.print();

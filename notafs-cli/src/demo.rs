@@ -207,16 +207,6 @@ pub fn run(image: &str, out: &mut dyn Write) -> CliResult<()> {
             }
         }
     }
-    say("Retained generations (newest first):".into())?;
-    for g in fs.generations() {
-        say(format!(
-            "  generation {:>3}  {} UTC  {} files+dirs, {} used",
-            g.generation,
-            common::format_time_ns(g.time_ns),
-            g.inodes,
-            human_bytes(g.used_blocks * sb.block_size as u64)
-        ))?;
-    }
     let digest = snap.digest().map_err(err("digest"))?;
     let newest = snap.generation();
     say(format!(
@@ -287,6 +277,21 @@ pub fn run(image: &str, out: &mut dyn Write) -> CliResult<()> {
          store.0.suffix ({}) reads back as written.",
         human_bytes(suffix_len)
     ))?;
+    say("Retained generations after reopening (newest first):".into())?;
+    let gens = fs.generations();
+    check(
+        gens.len() as u64 == ROUNDS + 1 && gens[0].generation == newest,
+        "every generation retained",
+    )?;
+    for g in gens {
+        say(format!(
+            "  generation {:>3}  {} UTC  {} files+dirs, {} used",
+            g.generation,
+            common::format_time_ns(g.time_ns),
+            g.inodes,
+            human_bytes(g.used_blocks * sb.block_size as u64)
+        ))?;
+    }
     drop(snap);
     drop(fs);
     let (g0, len0) = commits[0];

@@ -346,6 +346,7 @@ pub fn dump_device(
                 );
                 slots.push(s);
             }
+            Err(notafs_core::Error::Corrupt(m)) => wk.line(1, format!("slot {i}: {m}")),
             Err(e) => wk.line(1, format!("slot {i}: {e}")),
         }
     }
