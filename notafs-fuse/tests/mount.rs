@@ -160,7 +160,7 @@ impl Mount {
             .args(args)
             .arg(img)
             .arg(mnt)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,fuser::session=error")
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn notafs-fuse");
@@ -569,7 +569,29 @@ fn rw_mount_errors_map_to_errno() {
         .open(img.p("file"))
         .unwrap_err();
     assert_eq!(errno_of(&e2), libc::EEXIST);
+
+    // An open file follows a rename of itself and of its directory.
+    fs::create_dir(img.p("dd")).unwrap();
+    let f = fs::File::create(img.p("dd/open")).unwrap();
+    f.write_at(b"before ", 0).unwrap();
+    fs::rename(img.p("dd/open"), img.p("dd/renamed")).unwrap();
+    fs::rename(img.p("dd"), img.p("dd2")).unwrap();
+    f.write_at(b"after", 7).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 12);
+    drop(f);
+    assert_eq!(fs::read(img.p("dd2/renamed")).unwrap(), b"before after");
+    // notafs has no unlinked-but-open files: the handle goes stale.
+    let f = fs::File::open(img.p("dd2/renamed")).unwrap();
+    fs::remove_file(img.p("dd2/renamed")).unwrap();
+    let mut buf = [0u8; 4];
+    assert_eq!(errno_of(&f.read_at(&mut buf, 0).unwrap_err()), libc::ESTALE);
+    drop(f);
+
     assert!(m.unmount().success());
+    let s = img.open().snapshot();
+    assert!(s.stat("dd2").unwrap().is_dir());
+    assert!(s.read_dir("dd2").unwrap().is_empty());
+    drop(s);
     img.assert_clean();
 }
 
