@@ -152,8 +152,9 @@ pub enum Cmd {
     },
     /// Retained generations, newest first.
     Generations { device: String },
-    /// BLAKE2b-256 digest. Of a file: of its bytes (as `b2sum -l 256`).
-    /// Of the filesystem or a directory: of the content (names, types,
+    /// BLAKE2b-256 digest of a file, a directory or the whole filesystem.
+    ///
+    /// Of a file: of its bytes (as `b2sum -l 256`). Of the filesystem or a directory: of the content (names, types,
     /// sizes, bytes), equal whatever the layout, block size or history.
     Hash {
         device: String,
@@ -163,8 +164,9 @@ pub enum Cmd {
     },
     /// Discard the free blocks (give them back to a thin device or sparse file).
     Trim { device: String },
-    /// Print the on-disk structure for debugging: superblock, root slots,
-    /// file table nodes, per-file extents, free list. Read-only.
+    /// Print the on-disk structure for debugging (read-only).
+    ///
+    /// Superblock, root slots, file table nodes, per-file extents, free list.
     Dump {
         device: String,
         #[command(flatten)]
@@ -257,7 +259,7 @@ fn dispatch(cmd: Cmd, out: &mut dyn Write) -> CliResult<()> {
             let fs = open_fs(&device, false, ro.generation)?;
             let snap = fs.snapshot();
             for p in &paths {
-                let f = snap.open(p).map_err(|e| CliError::from(e))?;
+                let f = snap.open(p)?;
                 copy_out(f, None, out, p)?;
             }
             out.flush().map_err(w)
@@ -405,7 +407,13 @@ fn dispatch(cmd: Cmd, out: &mut dyn Write) -> CliResult<()> {
         Cmd::Dump { device, ro } => {
             // From the raw device, so a damaged image can still be dumped.
             let dev = common::open_fs_device(&device, true)?;
-            crate::dump::dump_device(&dev, ro.generation, out)
+            crate::dump::dump_device(&dev, ro.generation, out).map_err(|e| {
+                if e.msg == BROKEN_PIPE {
+                    e
+                } else {
+                    e.context(&device)
+                }
+            })
         }
         Cmd::Demo { image } => crate::demo::run(&image, out),
     }
@@ -433,7 +441,7 @@ fn base_name(p: &str) -> &str {
 /// `mv a dir` and `cp a dir` put `a` inside an existing directory `dir`.
 fn into_dir(fs: &Fs, src: &str, dst: &str) -> CliResult<String> {
     match fs.stat(dst) {
-        Ok(m) if m.is_dir() && base_name(src) != "" => Ok(join(dst, base_name(src))),
+        Ok(m) if m.is_dir() && !base_name(src).is_empty() => Ok(join(dst, base_name(src))),
         _ => Ok(dst.to_string()),
     }
 }

@@ -269,6 +269,9 @@ pub struct DeviceOptions {
 
 /// Open the device (image file or block device) at `path`.
 pub fn open_device(path: &str, opts: &DeviceOptions) -> CliResult<Arc<dyn BlockDevice>> {
+    if !path.contains(':') && !Path::new(path).exists() {
+        return Err(CliError::op(format!("{path}: no such file or device")));
+    }
     let o = notafs_blockdev::OpenOptions {
         read_only: opts.read_only,
         block_size: opts.block_size,

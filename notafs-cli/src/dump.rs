@@ -441,8 +441,12 @@ pub fn dump_device(
     } else {
         wk.free_list(pick.freelist, pick.freelist_nodes);
     }
-    out.write_all(wk.out.as_bytes())
-        .map_err(|e| CliError::op(format!("writing output: {e}")))
+    match out.write_all(wk.out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::op(format!("writing output: {e}")))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn superblock(wk: &mut Walker<'_>, sb: &Superblock, src: u64, dev_blocks: u64) {
