@@ -518,6 +518,7 @@ impl NotafsFuse {
         mode: Option<u32>,
         uid: Option<u32>,
         gid: Option<u32>,
+        mtime: Option<TimeOrNow>,
     ) -> Result<FileAttr, Errno> {
         let nodes = lock(&self.nodes);
         let (path, m) = self.resolve(&nodes, ino)?;
@@ -530,10 +531,15 @@ impl NotafsFuse {
         if uid.is_some_and(|u| u != self.opts.uid) || gid.is_some_and(|g| g != self.opts.gid) {
             return Err(Errno::EPERM);
         }
-        let Some(size) = size else {
-            // Times are not stored separately: a utimens succeeds and changes
-            // nothing.
-            return Ok(self.attr(&m));
+        // The core sets the modification time on every write or size change
+        // and has no call to set it to a given value. So "now" (touch) is
+        // a size change to the same size; a specific time (touch -d, cp -p)
+        // is accepted and ignored.
+        let touch = matches!(mtime, Some(TimeOrNow::Now)) && m.is_file();
+        let size = match size {
+            Some(s) => s,
+            None if touch => m.size,
+            None => return Ok(self.attr(&m)),
         };
         let fs = self.rw()?;
         if m.is_dir() {
@@ -730,7 +736,7 @@ impl Filesystem for NotafsFuse {
         gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -742,7 +748,7 @@ impl Filesystem for NotafsFuse {
         if self.read_only() {
             return reply.error(Errno::EROFS);
         }
-        match self.do_setattr(ino.0, size, fh, mode, uid, gid) {
+        match self.do_setattr(ino.0, size, fh, mode, uid, gid, mtime) {
             Ok(a) => reply.attr(&self.opts.ttl, &a),
             Err(e) => reply.error(e),
         }

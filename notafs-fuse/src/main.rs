@@ -18,8 +18,8 @@ use notafs_fuse::{run, MountConfig};
 /// --commit-interval seconds of changes not covered by an fsync are lost, and
 /// the filesystem is as of the last commit. Only regular files and
 /// directories exist; permissions are fixed (0644/0755, owned by the mounting
-/// user) and modification times are set by writes only (utimes is accepted
-/// and ignored).
+/// user); the modification time follows writes and `touch`, and setting a
+/// given time is accepted and ignored.
 ///
 /// Runs in the foreground until unmounted: `fusermount3 -u MOUNTPOINT`,
 /// `umount MOUNTPOINT`, or SIGINT/SIGTERM/SIGHUP. A clean unmount commits

@@ -478,7 +478,22 @@ fn rw_mount_commits_changes_at_unmount() {
     fs::write(&local, pattern(200_000, 4)).unwrap();
     run(Command::new("cp").arg(&local).arg(img.p("copied")));
     run(Command::new("touch").arg(img.p("touched")));
+    let before = fs::metadata(img.p("copied")).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
     run(Command::new("touch").arg(img.p("copied")));
+    let after = fs::metadata(img.p("copied")).unwrap().modified().unwrap();
+    assert!(
+        after > before,
+        "touch did not move mtime: {before:?} -> {after:?}"
+    );
+    // A given time is accepted and ignored.
+    run(Command::new("touch")
+        .args(["-d", "2001-01-01"])
+        .arg(img.p("copied")));
+    assert_eq!(
+        fs::metadata(img.p("copied")).unwrap().modified().unwrap(),
+        after
+    );
 
     // The mount sees its own uncommitted changes.
     let mut want_keep = pattern(10_000, 2);
@@ -752,6 +767,54 @@ fn many_files_and_forget() {
     assert!(m.unmount().success());
 }
 
+#[test]
+fn parallel_readers_and_a_writer() {
+    require_fuse!();
+    const LEN: usize = 8 << 20;
+    let img = Image::new(64, |fs| {
+        fs.create("shared")
+            .unwrap()
+            .write_at(0, &pattern(LEN, 5))
+            .unwrap();
+    });
+    let m = img.mount(&["--rw", "--threads", "4", "--commit-interval", "1"]);
+    let want = Arc::new(pattern(LEN, 5));
+    let readers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let path = img.p("shared");
+            let want = want.clone();
+            std::thread::spawn(move || {
+                let f = fs::File::open(&path).unwrap();
+                let mut buf = vec![0u8; 300_000];
+                for i in 0..40u64 {
+                    let off = (i * 7919 * 4096 + t * 12345) % (LEN as u64 - buf.len() as u64);
+                    f.read_exact_at(&mut buf, off).unwrap();
+                    assert!(buf[..] == want[off as usize..off as usize + buf.len()]);
+                }
+            })
+        })
+        .collect();
+    // Meanwhile another file is written in 1 MiB pieces (and the periodic
+    // commit runs under the readers).
+    let data = pattern(24 << 20, 6);
+    {
+        let mut f = fs::File::create(img.p("written")).unwrap();
+        for c in data.chunks(1 << 20) {
+            f.write_all(c).unwrap();
+        }
+    }
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(fs::read(img.p("written")).unwrap() == data);
+    assert!(m.unmount().success());
+    let s = img.open().snapshot();
+    assert!(s.read_to_vec("written").unwrap() == data);
+    assert!(s.read_to_vec("shared").unwrap()[..] == want[..]);
+    drop(s);
+    img.assert_clean();
+}
+
 /// Drop the page cache (the mount's files included: FOPEN_KEEP_CACHE
 /// keeps it across opens), then read the image back in, so that both the
 /// core and the mount read a cached image and only the FUSE path differs.
@@ -769,7 +832,7 @@ fn cold_mount_warm_image(img: &Image) {
 fn throughput() {
     require_fuse!();
     const SIZE: usize = 256 << 20;
-    let img = Image::new(320, |fs| {
+    let img = Image::new(640, |fs| {
         let f = fs.create("big").unwrap();
         let chunk = pattern(8 << 20, 9);
         for i in 0..SIZE / chunk.len() {
@@ -820,4 +883,18 @@ fn throughput() {
         }
         assert!(m.unmount().success());
     }
+
+    // Writes through a --rw mount, committed by conv=fsync.
+    let m = img.mount(&["--rw", "--commit-interval", "0"]);
+    let t = Instant::now();
+    run(Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", img.p("w").display()))
+        .args(["bs=1M", "count=256", "conv=fsync"]));
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "FUSE --rw dd write bs=1M conv=fsync: {:.0} MiB/s ({secs:.2} s)",
+        mib / secs
+    );
+    assert!(m.unmount().success());
 }
