@@ -510,6 +510,7 @@ impl NotafsFuse {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn do_setattr(
         &self,
         ino: u64,

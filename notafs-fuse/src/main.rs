@@ -68,6 +68,11 @@ struct Args {
     #[arg(long)]
     allow_other: bool,
 
+    /// Kernel readahead of the mount in KiB (0: kernel default, 128).
+    /// Setting it needs root; otherwise the default stays.
+    #[arg(long, value_name = "KIB", default_value_t = 1024)]
+    readahead_kb: u32,
+
     /// Stay in the foreground (always the case; accepted for habit).
     #[arg(short = 'f', long)]
     foreground: bool,
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
         direct: args.direct,
         threads: args.threads,
         allow_other: args.allow_other,
+        readahead_kb: (args.readahead_kb > 0).then_some(args.readahead_kb),
     };
     match run(&cfg) {
         Ok(()) => ExitCode::SUCCESS,

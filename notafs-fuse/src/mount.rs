@@ -31,6 +31,8 @@ pub struct MountConfig {
     pub threads: usize,
     /// Let other users see the mount (kernel permission checks apply).
     pub allow_other: bool,
+    /// Kernel readahead of the mount, in KiB (needs root; None: leave it).
+    pub readahead_kb: Option<u32>,
 }
 
 /// Mount and serve until the filesystem is unmounted (by `fusermount3 -u`,
@@ -133,6 +135,16 @@ pub fn run(cfg: &MountConfig) -> Result<(), Box<dyn std::error::Error>> {
             }
         })?;
 
+    if let Some(kb) = cfg.readahead_kb {
+        // The kernel offers FUSE only its default readahead (128 KiB) at
+        // INIT; as root, raise it through sysfs once the mount serves
+        // requests (stat goes through the daemon: not from this thread).
+        let mp = cfg.mountpoint.clone();
+        thread::Builder::new()
+            .name("readahead".into())
+            .spawn(move || set_readahead(&mp, kb))?;
+    }
+
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let committer = if cfg.rw && !cfg.commit_interval.is_zero() {
         let fs = fs.clone();
@@ -227,5 +239,24 @@ fn lazy_unmount(path: &std::path::Path) {
             .arg("-z")
             .arg(path)
             .status();
+    }
+}
+
+/// Set the readahead of the FUSE mount at `mp` (its BDI is named after the
+/// anonymous device number of the mount).
+fn set_readahead(mp: &std::path::Path, kb: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = match std::fs::metadata(mp) {
+        Ok(m) => m.dev(),
+        Err(e) => {
+            warn!("readahead: stat {}: {e}", mp.display());
+            return;
+        }
+    };
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    match std::fs::write(&path, kb.to_string()) {
+        Ok(()) => tracing::debug!(kb, path, "readahead set"),
+        Err(e) => tracing::debug!("readahead: {path}: {e} (left at the kernel default)"),
     }
 }

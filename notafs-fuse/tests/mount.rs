@@ -160,7 +160,12 @@ impl Mount {
             .args(args)
             .arg(img)
             .arg(mnt)
-            .env("RUST_LOG", "info,fuser::session=error")
+            .env(
+                "RUST_LOG",
+                // NOTAFS_FUSE_TEST_LOG=fuser=debug shows every request.
+                std::env::var("NOTAFS_FUSE_TEST_LOG")
+                    .unwrap_or_else(|_| "info,fuser::session=error".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn notafs-fuse");
