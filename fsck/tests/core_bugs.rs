@@ -1,5 +1,5 @@
 //! Reproducers of notafs-core bugs found while building fsck.notafs. Each is
-//! `#[ignore]`d until the core is fixed; run with `--ignored`.
+//! Regression tests for core bugs found by the fsck corpus work (all fixed).
 mod common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -92,7 +92,6 @@ fn shared_subtree_small_is_reported() {
 // in the read path, bound the work per read (e.g. visited set or a limit
 // on nodes per scan proportional to the file's size).
 #[test]
-#[ignore]
 fn shared_subtree_dag_does_not_hang_check() {
     let img = dag_image(5);
     let r = bounded(Duration::from_secs(10), move || {
@@ -108,7 +107,6 @@ fn shared_subtree_dag_does_not_hang_check() {
 // CORE BUG (same root cause, read path): reading file `a` through a DAG of
 // 6 extent nodes does not finish.
 #[test]
-#[ignore]
 fn shared_subtree_dag_does_not_hang_read() {
     let img = dag_image(5);
     let r = bounded(Duration::from_secs(10), move || mount_and_read(&img));
@@ -128,7 +126,6 @@ fn shared_subtree_dag_does_not_hang_read() {
 // roll back to. Fix: when a referenced extent overlaps the free list, prefer
 // rolling back (or verify the data of the overlapping extents first).
 #[test]
-#[ignore]
 fn repair_does_not_legitimise_pointer_into_free_space() {
     let good = good_image();
     let mut i = Img::new(good);

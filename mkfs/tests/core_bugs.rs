@@ -12,7 +12,6 @@ use notafs_core::{FormatOptions, Fs};
 /// [4, 1] instead of [4, 3, 2, 1]. A fresh `Fs::open` lists all four.
 /// (`notafs demo` prints the generations after reopening for this reason.)
 #[test]
-#[ignore = "notafs-core bug: Fs::generations omits intermediate commits made through the handle"]
 fn generations_lists_every_commit_made_through_the_handle() {
     let dev = Arc::new(MemoryDevice::new(4096, 4096).unwrap());
     let fs = Fs::format(dev.clone(), &FormatOptions::default()).unwrap();

@@ -228,12 +228,6 @@ fn check_superblocks(dev: &dyn BlockDevice, sb: &Superblock, source: u64, r: &mu
     }
 }
 
-/// Blocks referenced by one generation, gathered by a full walk.
-pub(crate) struct Reach {
-    pub claimed: ExtentSet,
-    pub list_nodes: Vec<u64>,
-}
-
 fn claim(set: &mut ExtentSet, start: u64, len: u64, what: &str, r: &mut CheckReport) {
     if set.overlaps(start, len) {
         r.push(
@@ -677,8 +671,11 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
     let (used, inode_count, max_ino) = reachable_counted(&io, &base_slot)?;
     let mut held = ExtentSet::new();
     let generation = newest_seen + 1;
+    // Hold the blocks of every other generation still in the ring, newer
+    // ones included: until the new root is durable a crash must find them
+    // intact, and older ones stay readable for N more commits.
     for s in &slots {
-        if s.generation >= base || s.generation + sb.ring_slots as u64 <= generation {
+        if s.generation == base {
             continue;
         }
         if let Ok(set) = reachable(&io, s) {
@@ -759,6 +756,22 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
         &slot.encode(sb.block_size),
     )?;
     dev.flush()?;
+    // The generations newer than `base` were abandoned: wipe their slots so
+    // they are no longer offered as retained (their blocks stay held, so a
+    // crash before or during this is harmless).
+    let mut wiped = false;
+    for s in &slots {
+        if s.generation > base && s.generation != generation {
+            let idx = s.generation % sb.ring_slots as u64;
+            if idx != generation % sb.ring_slots as u64 {
+                dev.write(sb.ring_start + idx, &vec![0u8; sb.block_size as usize])?;
+                wiped = true;
+            }
+        }
+    }
+    if wiped {
+        dev.flush()?;
+    }
     let mut rep = RepairReport::default();
     rep.actions.push(if base < fs.generation() || base < newest_seen {
         format!("rolled back to generation {base} as new generation {generation}, free space rebuilt")

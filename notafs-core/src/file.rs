@@ -168,6 +168,7 @@ fn write_blocks(
     lb: u64,
     data: &[u8],
     done: &mut u64,
+    committing: bool,
 ) -> Result<()> {
     let io = fs.io().clone();
     let bs = io.layout.block_size as usize;
@@ -184,8 +185,12 @@ fn write_blocks(
     }
     *done = 0;
     while *done < n {
-        fs.reserve_for_data(t)?;
-        let (pb, got) = t.alloc.alloc(n - *done, hint, false)?;
+        if committing {
+            t.alloc.reserve = 0;
+        } else {
+            fs.reserve_for_data(t)?;
+        }
+        let (pb, got) = t.alloc.alloc(n - *done, hint, committing)?;
         let chunk = &data[(*done as usize) * bs..((*done + got) as usize) * bs];
         if let Err(e) = io.dev.write(pb, chunk) {
             return fs.fail_write(e.into());
@@ -200,7 +205,15 @@ fn write_blocks(
 }
 
 /// Write out the buffered partial blocks of `ino`.
-pub(crate) fn flush_buffer(fs: &Fs, t: &mut Txn, ino: u64, forget_last: bool) -> Result<()> {
+/// `committing`: the commit is spending its reserve, so data written now
+/// may use it (it was accounted for when the blocks were buffered).
+pub(crate) fn flush_buffer(
+    fs: &Fs,
+    t: &mut Txn,
+    ino: u64,
+    forget_last: bool,
+    committing: bool,
+) -> Result<()> {
     let bs = fs.io().layout.block_size as usize;
     let buf = match t.inodes.get_mut(&ino) {
         Some(st) => std::mem::take(&mut st.buf),
@@ -222,7 +235,7 @@ pub(crate) fn flush_buffer(fs: &Fs, t: &mut Txn, ino: u64, forget_last: bool) ->
     }
     for (lb, data) in runs {
         let mut done = 0;
-        write_blocks(fs, t, ino, lb, &data, &mut done)?;
+        write_blocks(fs, t, ino, lb, &data, &mut done, committing)?;
     }
     Ok(())
 }
@@ -357,12 +370,18 @@ impl File {
                 };
                 t.buffered_bytes = t.buffered_bytes.saturating_sub(removed * bs as usize);
                 let mut done = 0;
-                let r = write_blocks(&self.fs, t, self.ino, lb, src, &mut done);
+                let r = write_blocks(&self.fs, t, self.ino, lb, src, &mut done, false);
                 *progress = pos + done * bs;
                 r?;
                 pos += nblocks * bs;
             } else {
                 let take = (bs - in_block).min(end - pos);
+                let is_new = !state(t, &io, self.ino)?.buf.contains_key(&lb);
+                if is_new {
+                    // A buffered block is a claim on space the commit must
+                    // honour: refuse it now rather than fail the commit.
+                    self.fs.reserve_check_pub(t, 1)?;
+                }
                 let mut block = load_block(&self.fs, t, self.ino, lb)?;
                 block[in_block as usize..(in_block + take) as usize]
                     .copy_from_slice(&data[(pos - off) as usize..(pos - off + take) as usize]);
@@ -379,11 +398,11 @@ impl File {
         st.inode.mtime_ns = now_ns();
         t.changed = true;
         if t.buffered_bytes > self.fs.buffer_limit() {
-            flush_buffer(&self.fs, t, self.ino, false)?;
+            flush_buffer(&self.fs, t, self.ino, false, false)?;
             if t.buffered_bytes > self.fs.buffer_limit() {
                 let inos: Vec<u64> = t.inodes.keys().copied().collect();
                 for i in inos {
-                    flush_buffer(&self.fs, t, i, false)?;
+                    flush_buffer(&self.fs, t, i, false, false)?;
                 }
             }
         }
@@ -410,7 +429,6 @@ impl File {
             ));
         }
         let io = self.fs.io().clone();
-        let bs = io.layout.block_size as u64;
         let mut t = self.fs.txn();
         let old = state(&mut t, &io, self.ino)?.inode.size;
         if size < old {

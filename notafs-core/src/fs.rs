@@ -207,6 +207,8 @@ pub(crate) struct Txn {
 pub(crate) struct Committed {
     pub slot: RootSlot,
     pub free_list: Vec<u64>,
+    /// Slots committed through this handle (for `generations`).
+    pub recent: Vec<RootSlot>,
 }
 
 pub(crate) struct Inner {
@@ -269,11 +271,6 @@ impl Fs {
         dev.write(sb.ring_start, &zeros)?;
         // The first generation: empty table, free list = the whole data area.
         let layout = Layout::from_superblock(&sb);
-        let io = NodeIo {
-            dev: dev.clone(),
-            cache: Arc::new(NodeCache::new(64)),
-            layout,
-        };
         let mut alloc = Allocator {
             free: allocator::ExtentSet::new(),
             pending: BTreeMap::new(),
@@ -560,6 +557,7 @@ impl Fs {
                 committed: RwLock::new(Committed {
                     slot,
                     free_list: list.nodes,
+                    recent: Vec::new(),
                 }),
                 txn: Mutex::new(txn),
                 pins: Mutex::new(BTreeMap::new()),
@@ -687,6 +685,15 @@ impl Fs {
                 _ => None,
             });
         let mut all: BTreeMap<u64, RootSlot> = fresh.map(|r| (r.generation, r)).collect();
+        for r in &self
+            .inner
+            .committed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .recent
+        {
+            all.insert(r.generation, *r);
+        }
         all.insert(cur.generation, cur);
         for (g, r) in all.iter().rev() {
             if *g + n <= cur.generation || *g > cur.generation {
@@ -1057,6 +1064,8 @@ impl Fs {
     /// dirty so far, the file table path, the free list, and `extra` nodes.
     fn commit_reserve(&self, t: &Txn, extra: u64) -> u64 {
         let l = &self.inner.io.layout;
+        // Buffered partial blocks get their device blocks at commit.
+        let buffered = (t.buffered_bytes / l.block_size as usize) as u64;
         let dirty: usize = t.files.dirty_nodes
             + t.inodes
                 .values()
@@ -1073,7 +1082,16 @@ impl Fs {
             + 8;
         let list_nodes = list_entries.div_ceil(per) + 1;
         let height = t.files.height as u64 + 1;
-        (dirty as u64 + list_nodes + 2 * height + 8 + extra) * l.node_blocks
+        (dirty as u64 + list_nodes + 2 * height + 8 + extra) * l.node_blocks + buffered
+    }
+
+    pub(crate) fn reserve_check_pub(&self, t: &mut Txn, extra_blocks: u64) -> Result<()> {
+        let r = self.commit_reserve(t, 0) + extra_blocks;
+        t.alloc.reserve = r;
+        if t.alloc.free.total() < r {
+            return Err(Error::NoSpace);
+        }
+        Ok(())
     }
 
     /// Refuse an operation that would eat into what the commit needs.
@@ -1117,7 +1135,7 @@ impl Fs {
         let inos: Vec<u64> = t.inodes.keys().copied().collect();
         let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
         for ino in &inos {
-            crate::file::flush_buffer(self, t, *ino, faults.forget_last_extent)?;
+            crate::file::flush_buffer(self, t, *ino, faults.forget_last_extent, true)?;
         }
         for ino in inos {
             let Some(mut st) = t.inodes.remove(&ino) else {
@@ -1213,6 +1231,11 @@ impl Fs {
                 .unwrap_or_else(|e| e.into_inner());
             c.slot = slot;
             c.free_list = list_blocks;
+            let n = self.inner.sb.ring_slots as usize;
+            c.recent.push(slot);
+            if c.recent.len() > n {
+                c.recent.remove(0);
+            }
         }
         let freed = std::mem::take(&mut t.alloc.freed);
         if !freed.is_empty() {
@@ -1402,6 +1425,3 @@ fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<Fs>();
 }
-
-pub(crate) type ExtentsTree = Tree<Extents>;
-pub(crate) type ExtentVal = Extent;

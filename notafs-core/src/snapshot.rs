@@ -47,10 +47,6 @@ impl Snapshot {
         self.slot.inode_count
     }
 
-    pub(crate) fn files(&self) -> &Tree<Files> {
-        &self.files
-    }
-
     pub(crate) fn fs(&self) -> &Fs {
         &self.fs
     }

@@ -68,18 +68,6 @@ fn matching(h: &History, t: &Tree) -> String {
     }
 }
 
-/// Prefix of messages about a known, reported core bug (see
-/// tests/tests/core_bugs.rs): counted apart unless `--strict`.
-pub const KNOWN_REPAIR_BUG: &str = "[known core bug: repair rollback] ";
-
-fn dropped(h: &History, g: u64) -> &'static str {
-    if h.dropped.contains(&g) {
-        "[known core bug: repair rollback] rolled back by repair but still listed as "
-    } else {
-        ""
-    }
-}
-
 /// The five checks of the oracle on one crash image that stands for every
 /// cut in `cut..=last_cut`.
 pub fn check_state(
@@ -102,16 +90,10 @@ pub fn check_state(
         .gens
         .get(&g)
         .ok_or_else(|| format!("opened generation {g} that the model never committed"))?;
-    let known = if h.dropped.contains(&g) {
-        // A generation a repair (in flight or done) rolls back.
-        KNOWN_REPAIR_BUG
-    } else {
-        ""
-    };
-    let got = listing(&fs.snapshot()).map_err(|e| format!("{known}reading generation {g}: {e}"))?;
+    let got = listing(&fs.snapshot()).map_err(|e| format!("reading generation {g}: {e}"))?;
     if got != **want {
         return Err(format!(
-            "{known}generation {g} content differs from the model: {} (it equals {})",
+            "generation {g} content differs from the model: {} (it equals {})",
             want.diff(&got),
             matching(h, &got)
         ));
@@ -127,7 +109,7 @@ pub fn check_state(
     .map_err(|e| format!("check failed to run: {e}"))?;
     if !rep.is_clean() {
         return Err(format!(
-            "{known}check not clean: {}",
+            "check not clean: {}",
             problems(&rep, Severity::Error)
         ));
     }
@@ -168,18 +150,12 @@ pub fn check_state(
                 ..OpenOptions::default()
             },
         )
-        .map_err(|e| {
-            format!(
-                "{}retained generation {old} does not open: {e}",
-                dropped(h, old)
-            )
-        })?;
+        .map_err(|e| format!("retained generation {old} does not open: {e}"))?;
         let got = listing(&ofs.snapshot())
-            .map_err(|e| format!("{}reading retained generation {old}: {e}", dropped(h, old)))?;
+            .map_err(|e| format!("reading retained generation {old}: {e}"))?;
         if got != **want {
             return Err(format!(
-                "{}retained generation {old} differs from the model: {} (it equals {})",
-                dropped(h, old),
+                "retained generation {old} differs from the model: {} (it equals {})",
                 want.diff(&got),
                 matching(h, &got)
             ));
@@ -187,29 +163,40 @@ pub fn check_state(
     }
     // 5. Usable: a new write and commit succeed and read back after reopen.
     let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 + g as u32) as u8).collect();
-    let f = match fs.create(PROBE) {
-        Ok(f) => f,
-        Err(notafs_core::Error::NoSpace) => {
-            // A full image may refuse a create; usable then means a removal
-            // commits and frees room for it.
-            let big = got
-                .files
-                .iter()
-                .max_by_key(|(_, v)| v.len())
-                .map(|(k, _)| k.clone())
-                .ok_or("probe create: NoSpace on an empty filesystem")?;
-            fs.remove(&big)
-                .map_err(|e| format!("probe: remove {big} on a full image failed: {e}"))?;
-            fs.commit()
-                .map_err(|e| format!("probe: commit of a removal failed: {e}"))?;
-            fs.create(PROBE)
-                .map_err(|e| format!("probe create failed after freeing {big}: {e}"))?
+    // A full image may refuse the probe. Usable then means: a removal
+    // commits, and after the N commits that the reuse rule holds freed
+    // blocks for, the space comes back.
+    let ring = fs.superblock().ring_slots as usize;
+    let mut removed = false;
+    let mut attempts = 0;
+    let f = loop {
+        let r = fs
+            .open_file_with(PROBE, true, true)
+            .and_then(|f| f.write_at(0, &data).map(|_| f));
+        match r {
+            Ok(f) => break f,
+            Err(notafs_core::Error::NoSpace) if attempts <= ring + 1 => {
+                fs.abort()
+                    .map_err(|e| format!("probe: abort failed: {e}"))?;
+                if !removed {
+                    let big = got
+                        .files
+                        .iter()
+                        .max_by_key(|(_, v)| v.len())
+                        .map(|(k, _)| k.clone())
+                        .ok_or("probe: NoSpace on an empty filesystem")?;
+                    fs.remove(&big)
+                        .map_err(|e| format!("probe: remove {big} on a full image failed: {e}"))?;
+                    removed = true;
+                }
+                fs.commit()
+                    .map_err(|e| format!("probe: commit while freeing space failed: {e}"))?;
+                attempts += 1;
+            }
+            Err(e) => return Err(format!("probe create/write failed: {e}")),
         }
-        Err(e) => return Err(format!("probe create failed: {e}")),
     };
     let g = fs.generation();
-    f.write_at(0, &data)
-        .map_err(|e| format!("probe write failed: {e}"))?;
     let g2 = fs
         .commit()
         .map_err(|e| format!("probe commit failed: {e}"))?;

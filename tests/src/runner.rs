@@ -111,8 +111,6 @@ pub struct RunOptions {
     /// Stop after this many violations.
     pub max_violations: u64,
     pub progress: bool,
-    /// Count known (reported, not yet fixed) core bugs as violations.
-    pub strict: bool,
 }
 
 /// A violation found by a run.
@@ -140,8 +138,6 @@ pub struct KindStats {
 pub struct Outcome {
     pub states: u64,
     pub violations: Vec<Violation>,
-    /// Violations of known, reported core bugs (not counted unless strict).
-    pub known: Vec<Violation>,
     pub per_kind: BTreeMap<Kind, KindStats>,
     pub workloads: u64,
     pub elapsed: Duration,
@@ -217,19 +213,6 @@ pub fn run(o: &RunOptions) -> Outcome {
                     }
                     let mut g = out.lock().unwrap_or_else(|e| e.into_inner());
                     g.workloads += 1;
-                    let known = !o.strict
-                        && found
-                            .as_ref()
-                            .is_some_and(|f| f.1.starts_with(crate::oracle::KNOWN_REPAIR_BUG));
-                    if known {
-                        let (state, message) = found.take().expect("some");
-                        g.known.push(Violation {
-                            index: i,
-                            workload: w.clone(),
-                            state,
-                            message,
-                        });
-                    }
                     if let Some((state, message)) = found {
                         st.violations = 1;
                         g.violations.push(Violation {

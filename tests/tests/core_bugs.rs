@@ -1,5 +1,5 @@
 //! Core bugs found by notafs-crashtest, as minimal reproducers. Each is
-//! `#[ignore]`d until notafs-core is fixed; run with `--ignored`.
+//! Regression tests for core bugs found by the crash harness (all fixed).
 use std::sync::Arc;
 
 use notafs_blockdev::memory::MemoryDevice;
@@ -20,7 +20,7 @@ use notafs_core::{FormatOptions, Fs, OpenOptions};
 /// (e.g. repair wipes the dropped slots after its own slot is durable, or
 /// the new slot records the rollback so open skips generations between).
 #[test]
-#[ignore = "core bug: repair rollback leaves dropped generations listed as retained"]
+
 fn repair_rollback_leaves_dropped_generations_retained() {
     let dev = Arc::new(MemoryDevice::new(4096, 256).unwrap());
     let d: Arc<dyn BlockDevice> = dev.clone();
@@ -100,7 +100,7 @@ fn repair_rollback_leaves_dropped_generations_retained() {
 /// untouched until the new root is durable (hold them as pending, like any
 /// commit's freed blocks).
 #[test]
-#[ignore = "core bug: a crash during repair rollback corrupts the newest generation"]
+
 fn crash_during_repair_rollback_corrupts_newest_generation() {
     use notafs_blockdev::crash::{CrashDevice, EnumOptions};
     let dev = Arc::new(CrashDevice::new(4096, 256).unwrap());
@@ -158,7 +158,7 @@ fn crash_during_repair_rollback_corrupts_newest_generation() {
 /// an accepted change can always be committed. Reproducer: the harness
 /// workload itself (`notafs-crashtest --seed 1 --workload 270`).
 #[test]
-#[ignore = "core bug: commit fails with NoSpace after the reserve check accepted the change"]
+
 fn near_full_commit_nospace_after_reserve_accepted() {
     let out = tests::runner::run(&tests::runner::RunOptions {
         seed: 1,

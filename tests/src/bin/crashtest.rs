@@ -58,10 +58,6 @@ struct Args {
     /// Progress on stderr every 100k states.
     #[arg(long)]
     progress: bool,
-    /// Count known, reported core bugs (tests/tests/core_bugs.rs) as
-    /// violations instead of listing them apart.
-    #[arg(long)]
-    strict: bool,
 }
 
 fn main() -> ExitCode {
@@ -126,7 +122,6 @@ fn main() -> ExitCode {
         only: a.workload,
         max_violations: a.max_violations.max(1),
         progress: a.progress,
-        strict: a.strict,
     };
     println!(
         "notafs-crashtest: seed {}, budget {} states{}, {} threads{}",
@@ -149,15 +144,6 @@ fn main() -> ExitCode {
             s.nospace,
             s.skipped_ops,
             s.violations
-        );
-    }
-    if let Some(k) = out.known.first() {
-        println!(
-            "  known core bug hit in {} workload(s) (not counted; --strict counts them): workload #{}: {}: {}",
-            out.known.len(),
-            k.index,
-            k.state,
-            k.message
         );
     }
     if let Some(v) = out.violations.first() {
