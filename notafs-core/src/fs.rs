@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::allocator::{self, Allocator};
 use crate::btree::{NodeIo, Tree};
 use crate::cache::NodeCache;
-use crate::extent_tree::{Extent, Extents};
+use crate::extent_tree::Extents;
 use crate::file_table::{EntryKey, FileType, Files, Inode, ROOT_INO};
 use crate::node::{Layout, Ptr};
 use crate::root_ring::RootSlot;

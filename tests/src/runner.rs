@@ -177,7 +177,7 @@ pub fn run(o: &RunOptions) -> Outcome {
                         workloads: 1,
                         ..KindStats::default()
                     };
-                    let mut found;
+                    let found;
                     match exec::execute(&w) {
                         Err(e) => {
                             found = Some((
