@@ -170,7 +170,6 @@ fn near_full_commit_nospace_after_reserve_accepted() {
         only: Some(270),
         max_violations: 1,
         progress: false,
-        strict: true,
     });
     if let Some(v) = out.violations.first() {
         panic!("{}: {}", v.state, v.message);

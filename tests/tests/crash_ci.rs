@@ -27,7 +27,6 @@ fn crash_states_ci_budget() {
         only: None,
         max_violations: 1,
         progress: false,
-        strict: std::env::var_os("NOTAFS_CRASH_STRICT").is_some(),
     });
     let secs = t.elapsed().as_secs_f64();
     for (k, s) in &out.per_kind {
