@@ -433,6 +433,7 @@ fn check_generation(
             continue;
         }
         let limit = i.size.div_ceil(bs);
+        let mut to_verify: Vec<(u64, Vec<u32>)> = Vec::new();
         let mut prev_end = 0u64;
         for (lb, e) in &extents {
             let Some(end) = lb.checked_add(e.len()) else {
@@ -466,31 +467,20 @@ fn check_generation(
             claim(&mut claimed, e.pblock, e.len(), "data extent", r);
             data_blocks += e.len();
             if opts.verify_data {
-                let mut buf = vec![0u8; (e.len() * bs) as usize];
-                match io.dev.read(e.pblock, &mut buf) {
-                    Err(err) => r.push(
-                        Severity::Error,
-                        "data",
-                        format!(
-                            "{:?}: read of blocks {}+{} failed: {err}",
-                            k.name,
-                            e.pblock,
-                            e.len()
-                        ),
-                    ),
-                    Ok(()) => {
-                        if let Err(err) =
-                            crate::data::check_blocks(&buf, &e.crcs, e.pblock, bs as usize)
-                        {
-                            r.push(Severity::Error, "data", format!("{:?}: {err}", k.name));
-                        }
-                    }
-                }
-                verified += buf.len() as u64;
-                if let Some(p) = opts.progress {
-                    p(verified.min(total_bytes), total_bytes);
-                }
+                to_verify.push((e.pblock, e.crcs.clone()));
             }
+        }
+        if opts.verify_data {
+            verify_runs(
+                &io,
+                &k.name,
+                &mut to_verify,
+                bs,
+                &mut verified,
+                total_bytes,
+                opts,
+                r,
+            );
         }
     }
     r.stats.verified_bytes = verified;
@@ -557,6 +547,59 @@ fn check_generation(
         );
     }
     Ok(())
+}
+
+/// Read and verify data extents, merging physically contiguous ones into
+/// reads of up to 16 MiB so the device streams at its sequential speed.
+#[allow(clippy::too_many_arguments)]
+fn verify_runs(
+    io: &NodeIo,
+    name: &str,
+    runs: &mut Vec<(u64, Vec<u32>)>,
+    bs: u64,
+    verified: &mut u64,
+    total: u64,
+    opts: &CheckOptions<'_>,
+    r: &mut CheckReport,
+) {
+    const MAX_RUN: u64 = 16 << 20;
+    runs.sort_by_key(|x| x.0);
+    let mut buf = Vec::new();
+    let mut i = 0;
+    while i < runs.len() {
+        let start = runs[i].0;
+        let mut crcs: Vec<u32> = runs[i].1.clone();
+        let mut j = i + 1;
+        while j < runs.len()
+            && runs[j].0 == start + crcs.len() as u64
+            && (crcs.len() + runs[j].1.len()) as u64 * bs <= MAX_RUN
+        {
+            crcs.extend_from_slice(&runs[j].1);
+            j += 1;
+        }
+        buf.resize((crcs.len() as u64 * bs) as usize, 0);
+        match io.dev.read(start, &mut buf) {
+            Err(err) => r.push(
+                Severity::Error,
+                "data",
+                format!(
+                    "{name:?}: read of blocks {start}+{} failed: {err}",
+                    crcs.len()
+                ),
+            ),
+            Ok(()) => {
+                if let Err(err) = crate::data::check_blocks(&buf, &crcs, start, bs as usize) {
+                    r.push(Severity::Error, "data", format!("{name:?}: {err}"));
+                }
+            }
+        }
+        *verified += buf.len() as u64;
+        if let Some(p) = opts.progress {
+            p((*verified).min(total), total);
+        }
+        i = j;
+    }
+    runs.clear();
 }
 
 /// Blocks referenced by generation `slot` (trees, data, free-list nodes).

@@ -21,10 +21,33 @@ pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
 /// A handle to a file in the current transaction. Reads see uncommitted
 /// writes; a handle survives commits and renames of its file.
-#[derive(Clone)]
 pub struct File {
     fs: Fs,
     ino: u64,
+}
+
+impl Clone for File {
+    fn clone(&self) -> Self {
+        if let Some(h) = self.fs.txn().handles.get_mut(&self.ino) {
+            h.1 += 1;
+        }
+        File {
+            fs: self.fs.clone(),
+            ino: self.ino,
+        }
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        let mut t = self.fs.txn();
+        if let Some(h) = t.handles.get_mut(&self.ino) {
+            h.1 = h.1.saturating_sub(1);
+            if h.1 == 0 {
+                t.handles.remove(&self.ino);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for File {
@@ -43,7 +66,11 @@ fn now_ns() -> u64 {
 /// Make sure `ino` has a transaction state, loading its inode.
 fn state<'a>(t: &'a mut Txn, io: &NodeIo, ino: u64) -> Result<&'a mut InodeState> {
     if !t.inodes.contains_key(&ino) {
-        let key = t.handles.get(&ino).cloned().ok_or(Error::Stale)?;
+        let key = t
+            .handles
+            .get(&ino)
+            .map(|h| h.0.clone())
+            .ok_or(Error::Stale)?;
         let inode = t.files.get(io, &key)?.ok_or(Error::Stale)?;
         if inode.ino != ino {
             return Err(Error::Stale);
@@ -67,7 +94,7 @@ fn current(t: &Txn, io: &NodeIo, ino: u64) -> Result<Inode> {
     if let Some(st) = t.inodes.get(&ino) {
         return Ok(st.inode);
     }
-    let key = t.handles.get(&ino).ok_or(Error::Stale)?;
+    let key = &t.handles.get(&ino).ok_or(Error::Stale)?.0;
     match t.files.get(io, key)? {
         Some(i) if i.ino == ino => Ok(i),
         _ => Err(Error::Stale),
@@ -465,6 +492,17 @@ impl File {
                 t.buffered_bytes += bs as usize;
             }
         }
+        Ok(())
+    }
+
+    /// Set the modification time (ns since the Unix epoch), as `touch -d`.
+    pub fn set_mtime(&self, mtime_ns: u64) -> Result<()> {
+        self.fs.check_writable_pub()?;
+        let io = self.fs.io().clone();
+        let mut t = self.fs.txn();
+        let st = state(&mut t, &io, self.ino)?;
+        st.inode.mtime_ns = mtime_ns;
+        t.changed = true;
         Ok(())
     }
 

@@ -198,8 +198,10 @@ pub(crate) struct Txn {
     pub base_alloc: Allocator,
     /// Inodes with changes not yet in `files`.
     pub inodes: HashMap<u64, InodeState>,
-    /// Keys of inodes that have open handles.
-    pub handles: HashMap<u64, EntryKey>,
+    /// Keys of inodes that have open handles, with the number of handles
+    /// (an entry goes away with its last handle, so the map is bounded by
+    /// the files open at once).
+    pub handles: HashMap<u64, (EntryKey, usize)>,
     pub buffered_bytes: usize,
     pub changed: bool,
 }
@@ -822,7 +824,7 @@ impl Fs {
     /// Create an empty file; fails if `p` exists.
     pub fn create(&self, p: &str) -> Result<crate::File> {
         let (key, inode) = self.create_inode(p, FileType::File)?;
-        self.txn().handles.insert(inode.ino, key);
+        self.txn().handles.entry(inode.ino).or_insert((key, 0)).1 += 1;
         Ok(crate::File::new(self.clone(), inode.ino))
     }
 
@@ -843,7 +845,7 @@ impl Fs {
             None => Err(Error::NotFound(p.to_string())),
             Some((_, i)) if i.kind == FileType::Dir => Err(Error::IsADirectory(p.to_string())),
             Some((key, i)) => {
-                self.txn().handles.insert(i.ino, key);
+                self.txn().handles.entry(i.ino).or_insert((key, 0)).1 += 1;
                 let f = crate::File::new(self.clone(), i.ino);
                 if truncate {
                     f.set_len(0)?;
@@ -1052,7 +1054,7 @@ impl Fs {
             st.key = tkey.clone();
         }
         if let Some(k) = t.handles.get_mut(&finode.ino) {
-            *k = tkey;
+            k.0 = tkey;
         }
         t.changed = true;
         Ok(())
@@ -1286,11 +1288,11 @@ impl Fs {
         // Handles whose file no longer exists (created in the aborted
         // transaction) or moved back become stale or follow the old name.
         let io = self.io().clone();
-        let handles: Vec<(u64, EntryKey)> = t.handles.drain().collect();
-        for (ino, key) in handles {
+        let handles: Vec<(u64, (EntryKey, usize))> = t.handles.drain().collect();
+        for (ino, (key, n)) in handles {
             if let Some(i) = t.files.get(&io, &key)? {
                 if i.ino == ino {
-                    t.handles.insert(ino, key);
+                    t.handles.insert(ino, (key, n));
                 }
             }
         }

@@ -153,3 +153,33 @@ fn discard_on_release_keeps_retained_generations_readable() {
     let r = notafs_core::check::check(d.clone(), &Default::default()).unwrap();
     assert!(r.is_clean(), "{:?}", r.problems);
 }
+
+#[test]
+fn handles_are_refcounted_and_mtime_settable() {
+    let fs = Fs::format(dev(1024), &FormatOptions::default()).unwrap();
+    let f = fs.create("a").unwrap();
+    f.write_at(0, b"abc").unwrap();
+    let g = f.clone();
+    let h = fs.open_file("a").unwrap();
+    drop(f);
+    drop(h);
+    // The last remaining handle still works across a commit and a rename.
+    fs.commit().unwrap();
+    fs.rename("a", "b").unwrap();
+    let mut buf = [0u8; 3];
+    assert_eq!(g.read_at(0, &mut buf).unwrap(), 3);
+    assert_eq!(&buf, b"abc");
+    g.set_mtime(1_234_000_000_000).unwrap();
+    assert_eq!(fs.stat("b").unwrap().mtime_ns, 1_234_000_000_000);
+    fs.commit().unwrap();
+    assert_eq!(fs.snapshot().stat("b").unwrap().mtime_ns, 1_234_000_000_000);
+    // Many short-lived handles do not break anything.
+    for _ in 0..1000 {
+        let _ = fs.open_file("b").unwrap();
+    }
+    drop(g);
+    assert!(matches!(
+        fs.open_file("a"),
+        Err(notafs_core::Error::NotFound(_))
+    ));
+}
