@@ -187,6 +187,9 @@ pub fn open_fs(device: &str, write: bool, generation: Option<u64>) -> CliResult<
     let opts = OpenOptions {
         read_only: !write,
         generation,
+        // Background flushes during long copies: commits then find the
+        // data mostly durable already.
+        write_behind: Some(8 << 20),
         ..OpenOptions::default()
     };
     Fs::open(dev, &opts).map_err(|e| {

@@ -132,6 +132,7 @@ pub fn check(dev: Arc<dyn BlockDevice>, opts: &CheckOptions<'_>) -> Result<Check
                 generation: g,
                 cache_bytes: opts.cache_bytes.unwrap_or(crate::DEFAULT_CACHE_BYTES),
                 discard: false,
+                write_behind: None,
             },
         )
     };
@@ -685,6 +686,7 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
             generation: None,
             cache_bytes: crate::DEFAULT_CACHE_BYTES,
             discard: false,
+            write_behind: None,
         },
     )
     .or_else(|_| {
@@ -695,6 +697,7 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
                 generation: Some(base),
                 cache_bytes: crate::DEFAULT_CACHE_BYTES,
                 discard: false,
+                write_behind: None,
             },
         )
     })?;

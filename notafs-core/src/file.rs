@@ -222,6 +222,7 @@ fn write_blocks(
         if let Err(e) = io.dev.write(pb, chunk) {
             return fs.fail_write(e.into());
         }
+        fs.note_written(chunk.len() as u64);
         let crcs: Vec<u32> = chunk.chunks(bs).map(crate::checksum::crc).collect();
         unmap(t, &io, ino, lb + *done, got)?;
         map(t, &io, ino, lb + *done, pb, &crcs)?;

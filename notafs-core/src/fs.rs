@@ -73,6 +73,11 @@ pub struct OpenOptions {
     /// devices and SSDs get them back. Off by default; `Fs::trim` does it on
     /// demand.
     pub discard: bool,
+    /// Flush the device in the background after every this many bytes of
+    /// file data written (None: off). Commits then wait for much less; no
+    /// guarantee changes. Off by default (the crash harness needs the device
+    /// log to be deterministic); the CLI turns it on for large copies.
+    pub write_behind: Option<u64>,
 }
 
 impl Default for OpenOptions {
@@ -82,6 +87,7 @@ impl Default for OpenOptions {
             generation: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
             discard: false,
+            write_behind: None,
         }
     }
 }
@@ -222,7 +228,8 @@ pub(crate) struct Inner {
     pub committed: RwLock<Committed>,
     pub txn: Mutex<Txn>,
     pub pins: Mutex<BTreeMap<u64, usize>>,
-    pub failed: AtomicBool,
+    pub failed: Arc<AtomicBool>,
+    pub write_behind: Option<crate::write_behind::WriteBehind>,
     pub cache_bytes: usize,
     pub discard: bool,
     pub slots: Vec<SlotStatus>,
@@ -549,6 +556,13 @@ impl Fs {
             changed: false,
         };
         debug!(generation = slot.generation, "opened");
+        let failed = Arc::new(AtomicBool::new(false));
+        let write_behind = match opts.write_behind {
+            Some(n) if !read_only => {
+                crate::write_behind::WriteBehind::start(dev.clone(), n, failed.clone())
+            }
+            _ => None,
+        };
         Ok(Fs {
             inner: Arc::new(Inner {
                 dev,
@@ -563,7 +577,8 @@ impl Fs {
                 }),
                 txn: Mutex::new(txn),
                 pins: Mutex::new(BTreeMap::new()),
-                failed: AtomicBool::new(false),
+                write_behind,
+                failed,
                 cache_bytes: opts.cache_bytes.max(1 << 20),
                 discard: opts.discard && !read_only,
                 slots,
@@ -624,6 +639,13 @@ impl Fs {
     pub(crate) fn reserve_for_data(&self, t: &mut Txn) -> Result<()> {
         t.alloc.reserve = self.commit_reserve(t, 0);
         Ok(())
+    }
+
+    /// Tell the write-behind flusher (if any) about data just written.
+    pub(crate) fn note_written(&self, bytes: u64) {
+        if let Some(w) = &self.inner.write_behind {
+            w.written(bytes);
+        }
     }
 
     pub(crate) fn fail_write<T>(&self, e: Error) -> Result<T> {

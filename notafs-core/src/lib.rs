@@ -40,6 +40,7 @@ pub mod path;
 mod root_ring;
 mod snapshot;
 pub mod superblock;
+mod write_behind;
 
 pub use error::{Error, Result};
 pub use file::{Cursor, File, MAX_FILE_SIZE};

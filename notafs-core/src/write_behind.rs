@@ -1,0 +1,102 @@
+//! Write-behind flushing: a background thread that flushes the device while
+//! the writer keeps going, so that the barrier and flush of the next commit
+//! find little left to make durable.
+//!
+//! A flush is always allowed by the block contract (it only makes more
+//! things durable sooner), so this changes no crash guarantee: the commit
+//! still issues its own barrier and flush. It is off by default because it
+//! makes the device's operation log depend on timing, which the
+//! deterministic crash harness must not see.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use notafs_blockdev::BlockDevice;
+use tracing::warn;
+
+struct State {
+    pending: u64,
+    requested: bool,
+    stop: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+/// The flusher thread and what the writer uses to wake it.
+pub(crate) struct WriteBehind {
+    shared: Arc<Shared>,
+    threshold: u64,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WriteBehind {
+    /// Start a flusher for `dev` that flushes after every `threshold` bytes
+    /// written; a failed flush sets `failed` (the filesystem then refuses
+    /// writes, as after any failed flush).
+    pub fn start(
+        dev: Arc<dyn BlockDevice>,
+        threshold: u64,
+        failed: Arc<AtomicBool>,
+    ) -> Option<WriteBehind> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                pending: 0,
+                requested: false,
+                stop: false,
+            }),
+            cond: Condvar::new(),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("notafs-write-behind".into())
+            .spawn(move || loop {
+                {
+                    let mut g = s.state.lock().unwrap_or_else(|e| e.into_inner());
+                    while !g.requested && !g.stop {
+                        g = s.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+                    }
+                    if g.stop {
+                        return;
+                    }
+                    g.requested = false;
+                }
+                if let Err(e) = dev.flush() {
+                    warn!("background flush failed: {e}; refusing further writes");
+                    failed.store(true, Ordering::SeqCst);
+                }
+            })
+            .ok()?;
+        Some(WriteBehind {
+            shared,
+            threshold: threshold.max(1),
+            thread: Some(thread),
+        })
+    }
+
+    /// Account `bytes` just written; wake the flusher past the threshold.
+    pub fn written(&self, bytes: u64) {
+        let mut g = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.pending += bytes;
+        if g.pending >= self.threshold {
+            g.pending = 0;
+            g.requested = true;
+            self.shared.cond.notify_one();
+        }
+    }
+}
+
+impl Drop for WriteBehind {
+    fn drop(&mut self) {
+        {
+            let mut g = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            g.stop = true;
+            self.shared.cond.notify_one();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
