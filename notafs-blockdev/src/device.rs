@@ -138,68 +138,44 @@ pub fn check_range(geo: &Geometry, block: u64, count: u64) -> Result<()> {
     }
 }
 
-impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
-    fn geometry(&self) -> Geometry {
-        (**self).geometry()
-    }
-    fn read(&self, block: u64, buf: &mut [u8]) -> Result<()> {
-        (**self).read(block, buf)
-    }
-    fn write(&self, block: u64, data: &[u8]) -> Result<()> {
-        (**self).write(block, data)
-    }
-    fn write_zeroes(&self, block: u64, count: u64) -> Result<()> {
-        (**self).write_zeroes(block, count)
-    }
-    fn discard(&self, block: u64, count: u64) -> Result<()> {
-        (**self).discard(block, count)
-    }
-    fn flush(&self) -> Result<()> {
-        (**self).flush()
-    }
-    fn barrier(&self) -> Result<()> {
-        (**self).barrier()
-    }
-    fn write_batch(&self, writes: &[WriteReq<'_>]) -> Result<()> {
-        (**self).write_batch(writes)
-    }
-    fn read_batch(&self, reads: &mut [(u64, &mut [u8])]) -> Result<()> {
-        (**self).read_batch(reads)
-    }
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
+/// Forward every method to the pointee, so `Arc<dyn BlockDevice>` and
+/// `Box<dyn BlockDevice>` are devices themselves.
+macro_rules! forward_block_device {
+    ($($ptr:ident)::+) => {
+        impl<T: BlockDevice + ?Sized> BlockDevice for $($ptr)::+<T> {
+            fn geometry(&self) -> Geometry {
+                (**self).geometry()
+            }
+            fn read(&self, block: u64, buf: &mut [u8]) -> Result<()> {
+                (**self).read(block, buf)
+            }
+            fn write(&self, block: u64, data: &[u8]) -> Result<()> {
+                (**self).write(block, data)
+            }
+            fn write_zeroes(&self, block: u64, count: u64) -> Result<()> {
+                (**self).write_zeroes(block, count)
+            }
+            fn discard(&self, block: u64, count: u64) -> Result<()> {
+                (**self).discard(block, count)
+            }
+            fn flush(&self) -> Result<()> {
+                (**self).flush()
+            }
+            fn barrier(&self) -> Result<()> {
+                (**self).barrier()
+            }
+            fn write_batch(&self, writes: &[WriteReq<'_>]) -> Result<()> {
+                (**self).write_batch(writes)
+            }
+            fn read_batch(&self, reads: &mut [(u64, &mut [u8])]) -> Result<()> {
+                (**self).read_batch(reads)
+            }
+            fn describe(&self) -> String {
+                (**self).describe()
+            }
+        }
+    };
 }
 
-impl<T: BlockDevice + ?Sized> BlockDevice for Box<T> {
-    fn geometry(&self) -> Geometry {
-        (**self).geometry()
-    }
-    fn read(&self, block: u64, buf: &mut [u8]) -> Result<()> {
-        (**self).read(block, buf)
-    }
-    fn write(&self, block: u64, data: &[u8]) -> Result<()> {
-        (**self).write(block, data)
-    }
-    fn write_zeroes(&self, block: u64, count: u64) -> Result<()> {
-        (**self).write_zeroes(block, count)
-    }
-    fn discard(&self, block: u64, count: u64) -> Result<()> {
-        (**self).discard(block, count)
-    }
-    fn flush(&self) -> Result<()> {
-        (**self).flush()
-    }
-    fn barrier(&self) -> Result<()> {
-        (**self).barrier()
-    }
-    fn write_batch(&self, writes: &[WriteReq<'_>]) -> Result<()> {
-        (**self).write_batch(writes)
-    }
-    fn read_batch(&self, reads: &mut [(u64, &mut [u8])]) -> Result<()> {
-        (**self).read_batch(reads)
-    }
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
-}
+forward_block_device!(std::sync::Arc);
+forward_block_device!(Box);
