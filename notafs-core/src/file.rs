@@ -229,7 +229,47 @@ fn write_blocks(
         hint = Some(pb + got);
         *done += got;
     }
+    if !committing {
+        spill_metadata(fs, t, ino)?;
+    }
     Ok(())
+}
+
+/// Write a file's in-memory extent-tree nodes early, to fresh blocks, once
+/// they exceed a quarter of the cache, so that one transaction can be far
+/// larger than RAM. The nodes are not referenced by any root until the
+/// commit; if they change again they are copied and their fresh blocks
+/// freed at once. Running out of space here is not an error: the nodes just
+/// stay in memory until the commit.
+fn spill_metadata(fs: &Fs, t: &mut Txn, ino: u64) -> Result<()> {
+    let io = fs.io().clone();
+    let limit = (fs.buffer_limit() / 2) / io.layout.node_size as usize;
+    let dirty = t.inodes.get(&ino).map_or(0, |s| s.ext.dirty_nodes);
+    if dirty <= limit.max(16) {
+        return Ok(());
+    }
+    let generation = fs.generation() + 1;
+    let Some(mut st) = t.inodes.remove(&ino) else {
+        return Ok(());
+    };
+    let mut out = Vec::new();
+    let alloc = &mut t.alloc;
+    let nb = io.layout.node_blocks;
+    let res = st.ext.write(
+        &io,
+        generation,
+        &mut || alloc.alloc_exact(nb, false),
+        &mut out,
+    );
+    t.inodes.insert(ino, st);
+    match res {
+        Ok(_) | Err(Error::NoSpace) => {}
+        Err(e) => return Err(e),
+    }
+    if let Err(e) = crate::fs::write_coalesced(io.dev.as_ref(), &mut out) {
+        return fs.fail_write(e);
+    }
+    drain(t, ino, nb)
 }
 
 /// Write out the buffered partial blocks of `ino`.
@@ -350,14 +390,19 @@ impl File {
     }
 
     fn write_locked(&self, t: &mut Txn, off: u64, data: &[u8]) -> Result<()> {
+        // Refuse bad arguments before anything changes.
+        let end = off
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= MAX_FILE_SIZE)
+            .ok_or_else(|| Error::InvalidArgument("write past the maximum file size".into()))?;
         let mut pos = off;
         let res = self.write_inner(t, off, data, &mut pos);
-        if res.is_err() {
+        if res.is_err() && pos > off {
             // Keep what was written up to `pos` (a short write) and drop
             // anything mapped or buffered past the new end, so no stale
             // bytes can appear if the file grows later.
             if let Ok(st) = state(t, &self.fs.io().clone(), self.ino) {
-                let size = st.inode.size.max(pos.min(off + data.len() as u64));
+                let size = st.inode.size.max(pos.min(end));
                 st.inode.size = size;
                 t.changed = true;
                 let _ = self.cut(t, size);

@@ -304,7 +304,7 @@ fn offsets_near_max_file_size() {
     let g0 = fs.commit().unwrap();
 
     // Refused writes past the end currently change the size (CORE BUG,
-    // see `core_bug_refused_write_sets_size`): try them on a scratch file
+    // see `regression_refused_write_sets_size`): try them on a scratch file
     // that is removed before the commit.
     let s = fs.create("scratch").unwrap();
     is_invalid(s.write_at(MAX_FILE_SIZE, b"x"), "write at MAX");
@@ -315,7 +315,7 @@ fn offsets_near_max_file_size() {
     is_invalid(s.write_at(1 << 63, &[7u8; 8192]), "write at 2^63");
     if !cfg!(debug_assertions) {
         // Overflows `off + len` in the error path: a panic in debug builds
-        // (CORE BUG, see `core_bug_refused_write_overflow`).
+        // (CORE BUG, see `regression_refused_write_overflow`).
         is_invalid(s.write_at(u64::MAX, b"x"), "write at u64::MAX");
         is_invalid(s.write_at(u64::MAX - 2, b"wrap"), "write wrapping u64");
     }
@@ -401,15 +401,14 @@ fn small_fs() -> (tempfile::TempDir, Fs, notafs_core::File) {
     (dir, fs, f)
 }
 
-/// CORE BUG: a write refused with InvalidArgument (it would end past
+/// Regression (was a core bug): a write refused with InvalidArgument (it would end past
 /// MAX_FILE_SIZE) still grows the file to the write's offset.
 /// `File::write_locked` keeps "what was written up to `pos`" on error, but
 /// `pos` starts at `off`, so a write that wrote nothing sets the size to
 /// `off`: here MAX_FILE_SIZE, or 2^63 (> MAX_FILE_SIZE) for a write at
 /// 2^63, which is then committed.
 #[test]
-#[ignore = "CORE BUG: a refused write_at past MAX_FILE_SIZE sets the size to its offset"]
-fn core_bug_refused_write_sets_size() {
+fn regression_refused_write_sets_size() {
     let (_dir, fs, f) = small_fs();
     is_invalid(f.write_at(MAX_FILE_SIZE, b"x"), "write at MAX");
     assert_eq!(f.len().unwrap(), 4, "a refused write changed the size");
@@ -418,13 +417,12 @@ fn core_bug_refused_write_sets_size() {
     assert!(!fs.has_changes(), "a refused write left changes");
 }
 
-/// CORE BUG: `write_at(u64::MAX - 2, b"wrap")` is refused by the size
+/// Regression (was a core bug): `write_at(u64::MAX - 2, b"wrap")` is refused by the size
 /// check, then the error path of `File::write_locked` computes
 /// `off + data.len()`, which overflows: a panic in debug builds ("attempt
 /// to add with overflow"), a wrapped value in release builds.
 #[test]
-#[ignore = "CORE BUG: write_at near u64::MAX overflows in the error path (panics in debug)"]
-fn core_bug_refused_write_overflow() {
+fn regression_refused_write_overflow() {
     let (_dir, _fs, f) = small_fs();
     // In a debug build these panic inside the core.
     is_invalid(f.write_at(u64::MAX, b"x"), "write at u64::MAX");
