@@ -551,7 +551,8 @@ fn check_generation(
 }
 
 /// Read and verify data extents, merging physically contiguous ones into
-/// reads of up to 16 MiB so the device streams at its sequential speed.
+/// reads of up to 16 MiB, on a reader thread, so the device streams at its
+/// sequential speed while this thread checks the previous run's CRCs.
 #[allow(clippy::too_many_arguments)]
 fn verify_runs(
     io: &NodeIo,
@@ -565,42 +566,72 @@ fn verify_runs(
 ) {
     const MAX_RUN: u64 = 16 << 20;
     runs.sort_by_key(|x| x.0);
-    let mut buf = Vec::new();
-    let mut i = 0;
-    while i < runs.len() {
-        let start = runs[i].0;
-        let mut crcs: Vec<u32> = runs[i].1.clone();
-        let mut j = i + 1;
-        while j < runs.len()
-            && runs[j].0 == start + crcs.len() as u64
-            && (crcs.len() + runs[j].1.len()) as u64 * bs <= MAX_RUN
-        {
-            crcs.extend_from_slice(&runs[j].1);
-            j += 1;
+    // Merge contiguous runs.
+    let mut merged: Vec<(u64, Vec<u32>)> = Vec::new();
+    for (start, crcs) in runs.drain(..) {
+        match merged.last_mut() {
+            Some((s, c))
+                if *s + c.len() as u64 == start
+                    && (c.len() + crcs.len()) as u64 * bs <= MAX_RUN =>
+            {
+                c.extend_from_slice(&crcs)
+            }
+            _ => merged.push((start, crcs)),
         }
-        buf.resize((crcs.len() as u64 * bs) as usize, 0);
-        match io.dev.read(start, &mut buf) {
-            Err(err) => r.push(
-                Severity::Error,
-                "data",
-                format!(
-                    "{name:?}: read of blocks {start}+{} failed: {err}",
-                    crcs.len()
-                ),
-            ),
-            Ok(()) => {
-                if let Err(err) = crate::data::check_blocks(&buf, &crcs, start, bs as usize) {
-                    r.push(Severity::Error, "data", format!("{name:?}: {err}"));
+    }
+    type Msg = (
+        u64,
+        usize,
+        std::result::Result<(Vec<u8>, usize), notafs_blockdev::BlockError>,
+    );
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(2);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let plan: Vec<(u64, usize)> = merged.iter().map(|(s, c)| (*s, c.len())).collect();
+    std::thread::scope(|sc| {
+        let dev = &io.dev;
+        sc.spawn(move || {
+            for (start, n) in plan {
+                let len = n * bs as usize;
+                let mut buf = back_rx.try_recv().unwrap_or_default();
+                // A 4096-aligned window: O_DIRECT backends read straight
+                // into it instead of bouncing through a copy.
+                buf.resize(len + 4096, 0);
+                let a = buf.as_ptr().align_offset(4096).min(4096);
+                let res = dev.read(start, &mut buf[a..a + len]).map(|_| (buf, a));
+                if tx.send((start, len, res)).is_err() {
+                    return;
                 }
             }
+        });
+        for (start, crcs) in &merged {
+            let Ok((start_r, len, res)) = rx.recv() else {
+                break;
+            };
+            debug_assert_eq!(start_r, *start);
+            match res {
+                Err(err) => r.push(
+                    Severity::Error,
+                    "data",
+                    format!(
+                        "{name:?}: read of blocks {start}+{} failed: {err}",
+                        crcs.len()
+                    ),
+                ),
+                Ok((buf, a)) => {
+                    if let Err(err) =
+                        crate::data::check_blocks(&buf[a..a + len], crcs, *start, bs as usize)
+                    {
+                        r.push(Severity::Error, "data", format!("{name:?}: {err}"));
+                    }
+                    let _ = back_tx.send(buf);
+                }
+            }
+            *verified += len as u64;
+            if let Some(p) = opts.progress {
+                p((*verified).min(total), total);
+            }
         }
-        *verified += buf.len() as u64;
-        if let Some(p) = opts.progress {
-            p((*verified).min(total), total);
-        }
-        i = j;
-    }
-    runs.clear();
+    });
 }
 
 /// Blocks referenced by generation `slot` (trees, data, free-list nodes).
