@@ -6,9 +6,7 @@
 //! * [`exec`]: running a workload on a crash device in lockstep with the model;
 //! * [`oracle`]: what must hold for every crash state;
 //! * [`runner`]: threads, budgets, shrinking;
-//! * [`filedev`]: a minimal image-file device for the real-process test.
 pub mod exec;
-pub mod filedev;
 pub mod model;
 pub mod oracle;
 pub mod runner;

@@ -8,10 +8,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use notafs_blockdev::file::{FileDevice, FileOptions};
 use notafs_core::check::{check, CheckOptions};
 use notafs_core::{Fs, OpenOptions};
 use rand::{Rng, SeedableRng};
-use tests::filedev::FileDevice;
 use tests::model::pattern;
 
 #[test]
@@ -65,7 +65,7 @@ fn sigkill_writer_100_times() {
         if !image.exists() {
             continue; // killed before it created the image
         }
-        let dev = Arc::new(FileDevice::open(&image, 4096, 8 << 20).unwrap());
+        let dev = Arc::new(FileDevice::open(&image, &FileOptions::default()).unwrap());
         let fs = match Fs::open(dev.clone(), &OpenOptions::default()) {
             Ok(fs) => fs,
             Err(e) => {

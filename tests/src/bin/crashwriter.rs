@@ -8,8 +8,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use notafs_blockdev::file::{FileDevice, FileOptions};
 use notafs_core::{FormatOptions, Fs, OpenOptions};
-use tests::filedev::FileDevice;
 use tests::model::pattern;
 
 fn main() {
@@ -19,7 +19,11 @@ fn main() {
             .expect("usage: notafs-crashwriter IMAGE"),
     );
     let fresh = !path.exists();
-    let dev = Arc::new(FileDevice::open(&path, 4096, 8 << 20).expect("open image"));
+    let dev = Arc::new(if fresh {
+        FileDevice::create(&path, 8 << 20).expect("create image")
+    } else {
+        FileDevice::open(&path, &FileOptions::default()).expect("open image")
+    });
     let fs = if fresh {
         Fs::format(
             dev,
