@@ -763,29 +763,9 @@ impl Fs {
 
     /// Resolve `p` in the transaction: (key, inode), or None for the root.
     pub(crate) fn lookup(t: &Txn, io: &NodeIo, p: &str) -> Result<Option<(EntryKey, Inode)>> {
-        let comps = path::components(p)?;
-        let mut parent = ROOT_INO;
-        let mut found = None;
-        for (i, c) in comps.iter().enumerate() {
-            let key = EntryKey {
-                parent,
-                name: (*c).to_string(),
-            };
-            let ino = match t.files.get(io, &key)? {
-                Some(ino) => ino,
-                None => return Err(Error::NotFound(p.to_string())),
-            };
-            let ino = match t.inodes.get(&ino.ino) {
-                Some(st) => st.inode,
-                None => ino,
-            };
-            if i + 1 < comps.len() && ino.kind != FileType::Dir {
-                return Err(Error::NotADirectory(p.to_string()));
-            }
-            parent = ino.ino;
-            found = Some((key, ino));
-        }
-        Ok(found)
+        resolve(&t.files, io, p, &|i| {
+            t.inodes.get(&i.ino).map_or(i, |st| st.inode)
+        })
     }
 
     /// Key under which `p` would be created, checking its parent directory.
@@ -1396,6 +1376,37 @@ pub(crate) fn meta_of(i: &Inode) -> Metadata {
         size: i.size,
         mtime_ns: i.mtime_ns,
     }
+}
+
+/// Resolve path `p` in the file table `files`: its key and inode, or None
+/// for the root. `current` maps an inode to its up-to-date version (the
+/// transaction's changes not yet in the table).
+pub(crate) fn resolve(
+    files: &Tree<Files>,
+    io: &NodeIo,
+    p: &str,
+    current: &dyn Fn(Inode) -> Inode,
+) -> Result<Option<(EntryKey, Inode)>> {
+    let comps = path::components(p)?;
+    let mut parent = ROOT_INO;
+    let mut found = None;
+    for (i, c) in comps.iter().enumerate() {
+        let key = EntryKey {
+            parent,
+            name: (*c).to_string(),
+        };
+        let ino = current(
+            files
+                .get(io, &key)?
+                .ok_or_else(|| Error::NotFound(p.to_string()))?,
+        );
+        if i + 1 < comps.len() && ino.kind != FileType::Dir {
+            return Err(Error::NotADirectory(p.to_string()));
+        }
+        parent = ino.ino;
+        found = Some((key, ino));
+    }
+    Ok(found)
 }
 
 /// Entries of directory `dir` in `files`.

@@ -6,10 +6,10 @@
 use crate::btree::Tree;
 use crate::data;
 use crate::extent_tree::Extents;
-use crate::file_table::{EntryKey, FileType, Files, Inode, ROOT_INO};
-use crate::fs::{list_dir, meta_of, DirEntry, Fs, Metadata};
+use crate::file_table::{FileType, Files, Inode, ROOT_INO};
+use crate::fs::{list_dir, meta_of, resolve, DirEntry, Fs, Metadata};
 use crate::root_ring::RootSlot;
-use crate::{path, Error, Result};
+use crate::{Error, Result};
 
 /// A committed generation, readable while the writer goes on.
 pub struct Snapshot {
@@ -52,25 +52,7 @@ impl Snapshot {
     }
 
     fn lookup(&self, p: &str) -> Result<Option<Inode>> {
-        let comps = path::components(p)?;
-        let mut parent = ROOT_INO;
-        let mut found = None;
-        for (i, c) in comps.iter().enumerate() {
-            let key = EntryKey {
-                parent,
-                name: (*c).to_string(),
-            };
-            let ino = self
-                .files
-                .get(self.fs.io(), &key)?
-                .ok_or_else(|| Error::NotFound(p.to_string()))?;
-            if i + 1 < comps.len() && ino.kind != FileType::Dir {
-                return Err(Error::NotADirectory(p.to_string()));
-            }
-            parent = ino.ino;
-            found = Some(ino);
-        }
-        Ok(found)
+        Ok(resolve(&self.files, self.fs.io(), p, &|i| i)?.map(|x| x.1))
     }
 
     /// Metadata of `p`.
