@@ -250,6 +250,14 @@ impl Allocator {
     /// Free `[start, start+len)`: fresh blocks become free at once, committed
     /// ones wait in `freed` for this commit's generation.
     pub fn free(&mut self, start: u64, len: u64) -> Result<()> {
+        // A block that is already free or pending cannot be referenced: the
+        // image claims it twice. Freeing it again would count it twice and
+        // let two owners allocate it.
+        if self.free.overlaps(start, len) || self.pending.values().any(|p| p.overlaps(start, len)) {
+            return Err(Error::corrupt(format!(
+                "blocks {start}+{len} are referenced but listed as free"
+            )));
+        }
         let fresh_parts = self.fresh.intersect(start, len);
         let mut cursor = start;
         for (s, l) in fresh_parts {
@@ -354,7 +362,9 @@ pub fn read_list(
             "free list of {count} nodes cannot fit"
         )));
     }
-    let mut nodes = Vec::with_capacity(count as usize);
+    // The count is only a claim until the nodes are read: it must not size
+    // an allocation (u32::MAX nodes would ask for 32 GiB up front).
+    let mut nodes = Vec::new();
     let mut entries = Vec::new();
     let mut ptr = head;
     // Counting down from the declared length bounds the walk: a cycle

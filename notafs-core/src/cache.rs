@@ -36,8 +36,10 @@ impl NodeCache {
         NodeCache {
             capacity,
             inner: Mutex::new(Inner {
-                map: HashMap::with_capacity(capacity),
-                slots: Vec::with_capacity(capacity),
+                // Grown on demand: `capacity` comes from the caller's byte
+                // budget and may be far more than will ever be used.
+                map: HashMap::new(),
+                slots: Vec::new(),
                 hand: 0,
                 hits: 0,
                 misses: 0,

@@ -372,8 +372,7 @@ fn check_generation(
     let total_bytes: u64 = inodes
         .iter()
         .filter(|(_, i)| i.kind == FileType::File)
-        .map(|(_, i)| i.size)
-        .sum();
+        .fold(0u64, |a, (_, i)| a.saturating_add(i.size));
     let mut verified = 0u64;
     let mut data_blocks = 0u64;
     for (k, i) in &inodes {
@@ -384,7 +383,7 @@ fn check_generation(
             }
             FileType::File => r.stats.files += 1,
         }
-        r.stats.file_bytes += i.size;
+        r.stats.file_bytes = r.stats.file_bytes.saturating_add(i.size);
         let ext = Tree::<Extents>::from_disk(i.extents, i.extent_height, i.ino)?;
         let mut extents: Vec<(u64, crate::extent_tree::Extent)> = Vec::new();
         let res = ext.walk(&io, &mut |p, _, node, lo, hi| {
@@ -493,8 +492,8 @@ fn check_generation(
     for b in &list.nodes {
         claim(&mut claimed, *b, nb, "free-list node", r);
     }
-    let mut free = 0;
-    let mut pending = 0;
+    let mut free = 0u64;
+    let mut pending = 0u64;
     let mut listed = ExtentSet::new();
     for &(s, l, t) in &list.entries {
         if claimed.overlaps(s, l) {
@@ -512,13 +511,17 @@ fn check_generation(
             );
         }
         if t == 0 {
-            free += l;
+            free = free.saturating_add(l);
         } else {
-            pending += l;
+            pending = pending.saturating_add(l);
         }
     }
     let reserved = layout.data_start + (layout.block_count - layout.data_end);
-    let accounted = claimed.total() + free + pending + reserved;
+    let accounted = claimed
+        .total()
+        .saturating_add(free)
+        .saturating_add(pending)
+        .saturating_add(reserved);
     r.stats.free_blocks = free;
     r.stats.pending_blocks = pending;
     r.stats.reserved_blocks = reserved;
@@ -747,7 +750,7 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
         .ok_or(Error::NoSuchGeneration(base))?;
     let (used, inode_count, max_ino) = reachable_counted(&io, &base_slot)?;
     let mut held = ExtentSet::new();
-    let generation = newest_seen + 1;
+    let generation = crate::fs::next_generation(newest_seen)?;
     // Hold the blocks of every other generation still in the ring, newer
     // ones included: until the new root is durable a crash must find them
     // intact, and older ones stay readable for N more commits.
@@ -820,7 +823,13 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
         files_height: base_slot.files_height,
         freelist: head,
         freelist_nodes: n_nodes as u32,
-        next_ino: base_slot.next_ino.max(max_ino + 1),
+        next_ino: base_slot
+            .next_ino
+            .max(max_ino.checked_add(1).ok_or_else(|| {
+                Error::corrupt(format!(
+                    "inode number {max_ino} leaves no next inode number"
+                ))
+            })?),
         inode_count,
         used_blocks: layout.block_count - free - pending,
         free_blocks: free,

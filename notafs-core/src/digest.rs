@@ -18,12 +18,21 @@ pub(crate) fn digest(snap: &Snapshot, root: &str) -> Result<[u8; 32]> {
     // Explicit stack: depth is bounded by MAX_DEPTH, never by recursion.
     let mut stack: Vec<(String, FileType, usize)> = vec![(root, meta.kind, 0)];
     let mut buf = vec![0u8; 1 << 20];
+    // A directory reached twice (a DAG in a damaged file table) would make
+    // the walk exponential in the depth: refuse it.
+    let mut dirs = std::collections::HashSet::new();
     while let Some((p, kind, depth)) = stack.pop() {
         if depth > path::MAX_DEPTH {
             return Err(Error::corrupt("directory tree deeper than 64 levels"));
         }
         match kind {
             FileType::Dir => {
+                let ino = snap.stat(&p)?.ino;
+                if !dirs.insert(ino) {
+                    return Err(Error::corrupt(format!(
+                        "directory inode {ino} is reachable by two paths ({p})"
+                    )));
+                }
                 h.update([2u8]);
                 h.update((p.len() as u32).to_le_bytes());
                 h.update(p.as_bytes());

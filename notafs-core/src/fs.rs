@@ -475,7 +475,7 @@ impl Fs {
             )?;
         }
         let list = allocator::read_list(io, s.freelist, s.freelist_nodes, s.generation)?;
-        let listed: u64 = list.entries.iter().map(|e| e.1).sum();
+        let listed = list.entries.iter().fold(0u64, |a, e| a.saturating_add(e.1));
         if listed > io.layout.data_end - io.layout.data_start {
             return Err(Error::corrupt("free list lists more blocks than exist"));
         }
@@ -522,7 +522,7 @@ impl Fs {
             None => 0,
             Some(g) => candidates
                 .iter()
-                .position(|c| c.0.generation == g && g + sb.ring_slots as u64 > newest)
+                .position(|c| c.0.generation == g && newest - g < sb.ring_slots as u64)
                 .ok_or(Error::NoSuchGeneration(g))?,
         };
         let read_only =
@@ -720,7 +720,7 @@ impl Fs {
         }
         all.insert(cur.generation, cur);
         for (g, r) in all.iter().rev() {
-            if *g + n <= cur.generation || *g > cur.generation {
+            if *g > cur.generation || cur.generation - *g >= n {
                 continue;
             }
             v.push(GenerationInfo {
@@ -805,6 +805,14 @@ impl Fs {
         let key = Self::new_key(&t, &io, p)?;
         if t.files.get(&io, &key)?.is_some() {
             return Err(Error::Exists(p.to_string()));
+        }
+        // The next inode number comes from the root slot: one the decoder
+        // would reject, or the last one, must not reach the table.
+        if t.next_ino <= ROOT_INO || t.next_ino == u64::MAX {
+            return Err(Error::corrupt(format!(
+                "root records next inode number {}",
+                t.next_ino
+            )));
         }
         let inode = Inode {
             ino: t.next_ino,
@@ -932,11 +940,12 @@ impl Fs {
         if inode.kind == FileType::Dir && !list_dir(&t.files, &io, inode.ino)?.is_empty() {
             return Err(Error::DirectoryNotEmpty(p.to_string()));
         }
+        let count = Self::one_less(t.inode_count)?;
         self.free_inode_data(&mut t, &io, inode)?;
         t.files.remove(&io, &key)?;
         Self::drain_freed(&mut t, &io.layout)?;
         t.handles.remove(&inode.ino);
-        t.inode_count -= 1;
+        t.inode_count = count;
         t.changed = true;
         Ok(())
     }
@@ -1024,6 +1033,7 @@ impl Fs {
         // Refuse before changing anything: a failed rename leaves no trace.
         self.reserve_check(&mut t, 8)?;
         if let Some(existing) = t.files.get(&io, &tkey)? {
+            let count = Self::one_less(t.inode_count)?;
             let existing = t
                 .inodes
                 .get(&existing.ino)
@@ -1043,7 +1053,7 @@ impl Fs {
             }
             self.free_inode_data(&mut t, &io, existing)?;
             t.handles.remove(&existing.ino);
-            t.inode_count -= 1;
+            t.inode_count = count;
         }
         self.reserve_check(&mut t, 8)?;
         let rec = t
@@ -1060,6 +1070,14 @@ impl Fs {
         }
         t.changed = true;
         Ok(())
+    }
+
+    /// The inode count after removing one (the count comes from the root
+    /// slot, so zero with an entry to remove is damage).
+    fn one_less(count: u64) -> Result<u64> {
+        count
+            .checked_sub(1)
+            .ok_or_else(|| Error::corrupt("root counts no inodes, yet one is being removed"))
     }
 
     // ----- commit ----------------------------------------------------------
@@ -1131,7 +1149,7 @@ impl Fs {
                 .unwrap_or_else(|e| e.into_inner());
             (c.slot, c.free_list.clone())
         };
-        let generation = prev.generation + 1;
+        let generation = next_generation(prev.generation)?;
         let faults = self.faults();
         t.alloc.reserve = 0;
 
@@ -1341,6 +1359,14 @@ impl Fs {
         self.inner.dev.flush()?;
         Ok(n)
     }
+}
+
+/// The generation a commit after `g` gets. u64::MAX is never valid on disk
+/// (it has no successor), so the generation before it is the last one.
+pub(crate) fn next_generation(g: u64) -> Result<u64> {
+    g.checked_add(1)
+        .filter(|n| *n < u64::MAX)
+        .ok_or_else(|| Error::corrupt(format!("generation {g} leaves no room for another commit")))
 }
 
 /// Write encoded blocks sorted by address, merging adjacent ones into single
