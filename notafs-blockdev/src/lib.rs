@@ -14,6 +14,7 @@ pub mod crash;
 pub mod fault;
 pub mod file;
 pub mod memory;
+pub mod nbd;
 pub mod open;
 pub mod raw;
 

@@ -4,13 +4,14 @@
 //! * `memory:SIZE` — a zero-filled [`MemoryDevice`] (`memory:64M`);
 //! * `file:PATH` or a plain `PATH` — a regular file opens as a
 //!   [`FileDevice`], a block special file as a [`RawDevice`];
-//! * `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH` — reserved
-//!   for the NBD backend (see [`open_nbd`]); refused until it exists.
+//! * `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH` — an
+//!   [`NbdDevice`] (see [`crate::nbd`]).
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use crate::file::{FileDevice, FileOptions, DEFAULT_FILE_BLOCK_SIZE};
 use crate::memory::MemoryDevice;
+use crate::nbd::{NbdDevice, NbdOptions};
 use crate::raw::{RawDevice, RawOptions};
 use crate::{BlockDevice, BlockError, Geometry, Result};
 
@@ -108,14 +109,16 @@ fn open_path(path: &Path, opts: &OpenOptions) -> Result<Box<dyn BlockDevice>> {
     }
 }
 
-/// Extension point for the NBD backend: parse the URI (nbd://host:port/export
-/// or nbd+unix:///export?socket=PATH, as in the NBD URI spec) and connect.
-/// Until that backend exists, NBD URIs are refused with this error.
-fn open_nbd(uri: &str, _opts: &OpenOptions) -> Result<Box<dyn BlockDevice>> {
-    tracing::debug!(uri, "NBD URI given but the NBD backend is not built yet");
-    Err(BlockError::Unsupported {
-        op: "nbd:// (NBD support comes with the NBD backend)",
-    })
+/// The NBD backend: parse the URI (`nbd://HOST[:PORT]/EXPORT` or
+/// `nbd+unix:///EXPORT?socket=PATH`, as in the NBD URI spec) and connect.
+/// `read_only` and `block_size` are passed on; `direct` has no meaning here.
+fn open_nbd(uri: &str, opts: &OpenOptions) -> Result<Box<dyn BlockDevice>> {
+    let no = NbdOptions {
+        read_only: opts.read_only,
+        block_size: opts.block_size,
+        ..NbdOptions::default()
+    };
+    Ok(Box::new(NbdDevice::open_uri(uri, &no)?))
 }
 
 /// Parse a size: plain bytes (`4096`) or a number with a binary unit

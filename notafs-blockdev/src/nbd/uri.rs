@@ -1,0 +1,215 @@
+//! NBD URIs (the subset of the NBD URI spec notafs needs):
+//! `nbd://HOST[:PORT][/EXPORT]` and `nbd+unix:///[EXPORT]?socket=PATH`.
+//! The export name is the path without its leading `/`, percent-decoded.
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::{BlockError, Result};
+
+/// IANA port of NBD.
+pub const DEFAULT_PORT: u16 = 10809;
+
+/// Where the server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NbdAddr {
+    /// TCP host (name or address; IPv6 without brackets) and port.
+    Tcp { host: String, port: u16 },
+    /// Unix domain socket path.
+    Unix(PathBuf),
+}
+
+/// A parsed NBD URI: server address and export name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NbdTarget {
+    pub addr: NbdAddr,
+    pub export: String,
+}
+
+impl fmt::Display for NbdTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.addr {
+            NbdAddr::Tcp { host, port } if host.contains(':') => {
+                write!(f, "nbd://[{host}]:{port}/{}", self.export)
+            }
+            NbdAddr::Tcp { host, port } => write!(f, "nbd://{host}:{port}/{}", self.export),
+            NbdAddr::Unix(p) => write!(f, "nbd+unix:///{}?socket={}", self.export, p.display()),
+        }
+    }
+}
+
+fn bad(uri: &str, why: &str) -> BlockError {
+    BlockError::Invalid(format!("bad NBD URI {uri:?}: {why}"))
+}
+
+fn percent_decode(uri: &str, s: &str) -> Result<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| bad(uri, "bad percent escape"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad(uri, "not UTF-8 after percent-decoding"))
+}
+
+/// Parse an NBD URI.
+pub fn parse_uri(uri: &str) -> Result<NbdTarget> {
+    let (unix, rest) = if let Some(r) = uri.strip_prefix("nbd+unix://") {
+        (true, r)
+    } else if let Some(r) = uri.strip_prefix("nbd://") {
+        (false, r)
+    } else if uri.starts_with("nbds://") || uri.starts_with("nbds+unix://") {
+        return Err(BlockError::Unsupported {
+            op: "NBD over TLS (nbds://)",
+        });
+    } else {
+        return Err(bad(uri, "expected nbd:// or nbd+unix://"));
+    };
+    let (before_query, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match before_query.find('/') {
+        Some(i) => (&before_query[..i], &before_query[i + 1..]),
+        None => (before_query, ""),
+    };
+    let export = percent_decode(uri, path)?;
+    if export.len() > super::proto::MAX_EXPORT_NAME {
+        return Err(bad(uri, "export name longer than 4096 bytes"));
+    }
+    let mut socket = None;
+    for kv in query.into_iter().flat_map(|q| q.split('&')) {
+        if kv.is_empty() {
+            continue;
+        }
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "socket" => socket = Some(percent_decode(uri, v)?),
+            _ => return Err(bad(uri, &format!("unknown query parameter {k:?}"))),
+        }
+    }
+    let addr = if unix {
+        if !authority.is_empty() {
+            return Err(bad(
+                uri,
+                "nbd+unix:// takes no host (use nbd+unix:///EXPORT?socket=PATH)",
+            ));
+        }
+        match socket {
+            Some(s) if !s.is_empty() => NbdAddr::Unix(PathBuf::from(s)),
+            _ => return Err(bad(uri, "nbd+unix:// needs ?socket=PATH")),
+        }
+    } else {
+        if socket.is_some() {
+            return Err(bad(uri, "?socket= is only for nbd+unix://"));
+        }
+        let (host, port) = if let Some(r) = authority.strip_prefix('[') {
+            let (h, after) = r
+                .split_once(']')
+                .ok_or_else(|| bad(uri, "unterminated [IPv6 address]"))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| bad(uri, "junk after ]"))?,
+                ),
+            };
+            (h, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad(uri, "no host"));
+        }
+        let port = match port {
+            None => DEFAULT_PORT,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad(uri, "bad port"))?,
+        };
+        NbdAddr::Tcp {
+            host: host.to_string(),
+            port,
+        }
+    };
+    Ok(NbdTarget { addr, export })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris() {
+        let t = parse_uri("nbd://example.com/disk").unwrap();
+        assert_eq!(
+            t.addr,
+            NbdAddr::Tcp {
+                host: "example.com".into(),
+                port: 10809
+            }
+        );
+        assert_eq!(t.export, "disk");
+        let t = parse_uri("nbd://127.0.0.1:1234").unwrap();
+        assert_eq!(
+            t.addr,
+            NbdAddr::Tcp {
+                host: "127.0.0.1".into(),
+                port: 1234
+            }
+        );
+        assert_eq!(t.export, "");
+        let t = parse_uri("nbd://[::1]:99/a%20b").unwrap();
+        assert_eq!(
+            t.addr,
+            NbdAddr::Tcp {
+                host: "::1".into(),
+                port: 99
+            }
+        );
+        assert_eq!(t.export, "a b");
+        assert_eq!(t.to_string(), "nbd://[::1]:99/a b");
+        let t = parse_uri("nbd+unix:///?socket=/tmp/s%2Bx.sock").unwrap();
+        assert_eq!(t.addr, NbdAddr::Unix("/tmp/s+x.sock".into()));
+        assert_eq!(t.export, "");
+        let t = parse_uri("nbd+unix:///exp?socket=/s").unwrap();
+        assert_eq!(t.export, "exp");
+        for b in [
+            "nbd://",
+            "nbd://:10809/x",
+            "nbd://h:0/x",
+            "nbd://h:99999/x",
+            "nbd://h:x/x",
+            "nbd://[::1/x",
+            "nbd://h/x?socket=/s",
+            "nbd+unix:///x",
+            "nbd+unix://host/x?socket=/s",
+            "nbd+unix:///x?socket=",
+            "nbd+unix:///x?sockt=/s",
+            "nbd://h/%zz",
+            "nbd://h/%ff",
+            "http://h/x",
+        ] {
+            assert!(parse_uri(b).is_err(), "{b}");
+        }
+        assert!(matches!(
+            parse_uri("nbds://h/x"),
+            Err(BlockError::Unsupported { .. })
+        ));
+    }
+}

@@ -1,0 +1,1237 @@
+//! The NBD backend against real servers (qemu-nbd, nbdkit) and against a
+//! scripted fake server for out-of-order replies, errors and hostile input.
+//! Tests needing a server binary print "SKIPPED: <reason>" when it is absent.
+mod common;
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::*;
+use notafs_blockdev::file::{FileDevice, FileOptions};
+use notafs_blockdev::memory::MemoryDevice;
+use notafs_blockdev::nbd::{flags, NbdDevice, NbdOptions};
+use notafs_blockdev::{open, BlockDevice, BlockError, OpenOptions, WriteReq};
+use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
+
+// ---------------------------------------------------------------------------
+// Real servers
+
+fn have(bin: &str) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A server process on a Unix socket; killed (and reaped) on drop.
+struct Server {
+    child: Option<Child>,
+    sock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn spawn(bin: &str, args: impl FnOnce(&Path) -> Vec<String>) -> Option<Server> {
+        if !have(bin) {
+            println!("SKIPPED: {bin} is not installed");
+            eprintln!("SKIPPED: {bin} is not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("nbd.sock");
+        let child = Command::new(bin)
+            .args(args(&sock))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+        let mut s = Server {
+            child: Some(child),
+            sock,
+            _dir: dir,
+        };
+        let t0 = Instant::now();
+        while !s.sock.exists() {
+            if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{bin} exited at start: {st}");
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{bin} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(s)
+    }
+
+    /// `qemu-nbd` serving the raw image `img`.
+    fn qemu(img: &Path) -> Option<Server> {
+        let img = img.display().to_string();
+        Server::spawn("qemu-nbd", |sock| {
+            vec![
+                "-k".into(),
+                sock.display().to_string(),
+                "-f".into(),
+                "raw".into(),
+                "--persistent".into(),
+                "--shared=8".into(),
+                "--discard=unmap".into(),
+                "--cache=none".into(),
+                img,
+            ]
+        })
+    }
+
+    /// `nbdkit -f -U SOCK [extra...]`, e.g. `memory 1M`.
+    fn nbdkit(extra: &[&str]) -> Option<Server> {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Server::spawn("nbdkit", |sock| {
+            let mut v = vec![
+                "-f".into(),
+                "--exit-with-parent".into(),
+                "-U".into(),
+                sock.display().to_string(),
+            ];
+            v.extend(extra);
+            v
+        })
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.sock.display())
+    }
+
+    fn connect(&self) -> NbdDevice {
+        NbdDevice::open_uri(&self.uri(), &NbdOptions::default()).expect("connect")
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An image of `blocks` 4 KiB blocks filled with a pattern.
+fn patterned_image(dir: &Path, blocks: u64) -> PathBuf {
+    let img = make_image(dir, "img", blocks * 4096);
+    let f = FileDevice::open(&img, &FileOptions::default()).unwrap();
+    for b in 0..blocks {
+        f.write(b, &pattern(77, b, 4096)).unwrap();
+    }
+    f.flush().unwrap();
+    img
+}
+
+// ---------------------------------------------------------------------------
+// The model test (same idea as tests/backends.rs)
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write { block: u16, count: u8, seed: u8 },
+    Read { block: u16, count: u8 },
+    WriteZeroes { block: u16, count: u8 },
+    Discard { block: u16, count: u8 },
+    Batch { writes: Vec<(u16, u8, u8)> },
+    ReadBatch { reads: Vec<(u16, u8)> },
+    Misaligned { block: u16, extra: u8 },
+    Flush,
+    Barrier,
+}
+
+impl Arbitrary for Op {
+    fn arbitrary(g: &mut Gen) -> Self {
+        match u8::arbitrary(g) % 20 {
+            0..=5 => Op::Write {
+                block: u16::arbitrary(g),
+                count: u8::arbitrary(g),
+                seed: u8::arbitrary(g),
+            },
+            6..=9 => Op::Read {
+                block: u16::arbitrary(g),
+                count: u8::arbitrary(g),
+            },
+            10..=11 => Op::WriteZeroes {
+                block: u16::arbitrary(g),
+                count: u8::arbitrary(g),
+            },
+            12..=13 => Op::Discard {
+                block: u16::arbitrary(g),
+                count: u8::arbitrary(g),
+            },
+            14..=15 => Op::Batch {
+                writes: (0..1 + usize::arbitrary(g) % 12)
+                    .map(|_| (u16::arbitrary(g), u8::arbitrary(g), u8::arbitrary(g)))
+                    .collect(),
+            },
+            16 => Op::ReadBatch {
+                reads: (0..1 + usize::arbitrary(g) % 12)
+                    .map(|_| (u16::arbitrary(g), u8::arbitrary(g)))
+                    .collect(),
+            },
+            17 => Op::Misaligned {
+                block: u16::arbitrary(g),
+                extra: u8::arbitrary(g),
+            },
+            18 => Op::Barrier,
+            _ => Op::Flush,
+        }
+    }
+
+    fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
+        match self.clone() {
+            Op::Batch { writes } => Box::new(writes.shrink().map(|writes| Op::Batch { writes })),
+            _ => quickcheck::empty_shrinker(),
+        }
+    }
+}
+
+/// 1 in 16 ranges goes past the end on purpose.
+fn range(n: u64, block: u16, count: u8) -> (u64, u64) {
+    let count = 1 + (count as u64 % 8);
+    let block = if block % 16 == 15 {
+        n - 1 + (block as u64 % 3)
+    } else {
+        block as u64 % n
+    };
+    (block, count)
+}
+
+fn same(
+    what: &str,
+    a: &notafs_blockdev::Result<()>,
+    b: &notafs_blockdev::Result<()>,
+) -> Result<(), String> {
+    match (a, b) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(x), Err(y)) if std::mem::discriminant(x) == std::mem::discriminant(y) => Ok(()),
+        _ => Err(format!("{what}: memory {a:?} vs nbd {b:?}")),
+    }
+}
+
+fn check_against_memory(dev: &dyn BlockDevice, ops: &[Op]) -> Result<(), String> {
+    let geo = dev.geometry();
+    let bs = geo.block_size as usize;
+    let n = geo.block_count;
+    let mut init = vec![0u8; n as usize * bs];
+    dev.read(0, &mut init)
+        .map_err(|e| format!("initial read: {e}"))?;
+    let mem = MemoryDevice::from_vec(geo.block_size, init);
+    let mut known = vec![true; n as usize];
+    let compare = |block: u64, a: &[u8], b: &[u8], known: &[bool]| -> Result<(), String> {
+        for (i, (x, y)) in a.chunks(bs).zip(b.chunks(bs)).enumerate() {
+            let blk = block + i as u64;
+            if known[blk as usize] && x != y {
+                return Err(format!("block {blk} differs from the memory device"));
+            }
+        }
+        Ok(())
+    };
+    let data_for = |seed: u8, b: u64, c: u64| -> Vec<u8> {
+        (0..c)
+            .flat_map(|k| pattern(seed as u64, b + k, bs))
+            .collect()
+    };
+    for (i, op) in ops.iter().enumerate() {
+        let what = format!("op {i} {op:?}");
+        match op {
+            Op::Write { block, count, seed } => {
+                let (b, c) = range(n, *block, *count);
+                let d = data_for(*seed, b, c);
+                let r1 = mem.write(b, &d);
+                same(&what, &r1, &dev.write(b, &d))?;
+                if r1.is_ok() {
+                    known[b as usize..(b + c) as usize].fill(true);
+                }
+            }
+            Op::Read { block, count } => {
+                let (b, c) = range(n, *block, *count);
+                let mut x = vec![0u8; c as usize * bs];
+                let mut y = vec![0u8; c as usize * bs];
+                let r1 = mem.read(b, &mut x);
+                same(&what, &r1, &dev.read(b, &mut y))?;
+                if r1.is_ok() {
+                    compare(b, &x, &y, &known).map_err(|e| format!("{what}: {e}"))?;
+                }
+            }
+            Op::WriteZeroes { block, count } => {
+                let (b, c) = range(n, *block, *count);
+                let r1 = mem.write_zeroes(b, c);
+                same(&what, &r1, &dev.write_zeroes(b, c))?;
+                if r1.is_ok() {
+                    known[b as usize..(b + c) as usize].fill(true);
+                }
+            }
+            Op::Discard { block, count } => {
+                let (b, c) = range(n, *block, *count);
+                let r1 = mem.discard(b, c);
+                same(&what, &r1, &dev.discard(b, c))?;
+                if r1.is_ok() {
+                    known[b as usize..(b + c) as usize].fill(false);
+                }
+            }
+            Op::Batch { writes } => {
+                let bufs: Vec<(u64, Vec<u8>)> = writes
+                    .iter()
+                    .map(|&(block, count, seed)| {
+                        let (b, c) = range(n, block, count);
+                        (b, data_for(seed, b, c))
+                    })
+                    .collect();
+                let overlap = bufs.iter().enumerate().any(|(i, (b1, d1))| {
+                    bufs.iter().skip(i + 1).any(|(b2, d2)| {
+                        let (e1, e2) = (b1 + (d1.len() / bs) as u64, b2 + (d2.len() / bs) as u64);
+                        *b1 < e2 && *b2 < e1
+                    })
+                });
+                if overlap {
+                    continue;
+                }
+                let reqs: Vec<WriteReq<'_>> = bufs
+                    .iter()
+                    .map(|(b, d)| WriteReq { block: *b, data: d })
+                    .collect();
+                let r1 = mem.write_batch(&reqs);
+                same(&what, &r1, &dev.write_batch(&reqs))?;
+                for (b, d) in &bufs {
+                    let c = (d.len() / bs) as u64;
+                    if b + c > n {
+                        break;
+                    }
+                    known[*b as usize..(b + c) as usize].fill(true);
+                }
+            }
+            Op::ReadBatch { reads } => {
+                let rs: Vec<(u64, u64)> = reads.iter().map(|&(b, c)| range(n, b, c)).collect();
+                let mut xs: Vec<Vec<u8>> =
+                    rs.iter().map(|r| vec![0u8; r.1 as usize * bs]).collect();
+                let mut ys = xs.clone();
+                let mut xa: Vec<(u64, &mut [u8])> = rs
+                    .iter()
+                    .zip(xs.iter_mut())
+                    .map(|(r, x)| (r.0, &mut x[..]))
+                    .collect();
+                let mut ya: Vec<(u64, &mut [u8])> = rs
+                    .iter()
+                    .zip(ys.iter_mut())
+                    .map(|(r, y)| (r.0, &mut y[..]))
+                    .collect();
+                let r1 = mem.read_batch(&mut xa);
+                same(&what, &r1, &dev.read_batch(&mut ya))?;
+                // Compare the reads before the first refused one.
+                for (k, (b, c)) in rs.iter().enumerate() {
+                    if b + c > n {
+                        break;
+                    }
+                    compare(*b, &xs[k], &ys[k], &known).map_err(|e| format!("{what}: {e}"))?;
+                }
+            }
+            Op::Misaligned { block, extra } => {
+                let (b, _) = range(n, *block, 1);
+                let len = bs + 1 + (*extra as usize % (bs - 1));
+                if dev.write(b, &vec![0xEE; len]).is_ok() {
+                    return Err(format!("{what}: misaligned write accepted"));
+                }
+                if dev.read(b, &mut vec![0; len]).is_ok() {
+                    return Err(format!("{what}: misaligned read accepted"));
+                }
+            }
+            Op::Flush => dev.flush().map_err(|e| format!("{what}: {e}"))?,
+            Op::Barrier => dev.barrier().map_err(|e| format!("{what}: {e}"))?,
+        }
+    }
+    let mut x = vec![0u8; n as usize * bs];
+    let mut y = vec![0u8; n as usize * bs];
+    mem.read(0, &mut x).map_err(|e| e.to_string())?;
+    dev.read(0, &mut y).map_err(|e| e.to_string())?;
+    compare(0, &x, &y, &known).map_err(|e| format!("final read: {e}"))
+}
+
+thread_local! {
+    static DUT: RefCell<Option<Arc<dyn BlockDevice>>> = const { RefCell::new(None) };
+}
+
+fn prop(ops: Vec<Op>) -> TestResult {
+    let dev = DUT.with(|d| d.borrow().clone()).expect("device under test");
+    match check_against_memory(&*dev, &ops) {
+        Ok(()) => TestResult::passed(),
+        Err(e) => TestResult::error(format!("{}: {e}", dev.describe())),
+    }
+}
+
+fn quickcheck_device(dev: Arc<dyn BlockDevice>, tests: u64) {
+    DUT.with(|d| *d.borrow_mut() = Some(dev));
+    QuickCheck::new()
+        .tests(tests)
+        .rng(Gen::new(40))
+        .quickcheck(prop as fn(Vec<Op>) -> TestResult);
+    DUT.with(|d| *d.borrow_mut() = None);
+}
+
+#[test]
+fn model_qemu_nbd() {
+    let dir = disk_tempdir();
+    let img = patterned_image(dir.path(), 70);
+    let Some(srv) = Server::qemu(&img) else {
+        return;
+    };
+    let dev = srv.connect();
+    let geo = dev.geometry();
+    assert_eq!((geo.block_size, geo.block_count), (4096, 70));
+    let f = dev.export_info().flags;
+    for fl in [
+        flags::SEND_FLUSH,
+        flags::SEND_TRIM,
+        flags::SEND_WRITE_ZEROES,
+    ] {
+        assert_ne!(f & fl, 0, "qemu-nbd flags {f:#x} lack {fl:#x}");
+    }
+    assert!(geo.caps.discard && geo.caps.write_zeroes && !geo.caps.native_barrier);
+    assert_eq!(geo.atomic_unit, 0);
+    quickcheck_device(Arc::new(dev), 120);
+}
+
+#[test]
+fn model_nbdkit_memory() {
+    let Some(srv) = Server::nbdkit(&["memory", "286720"]) else {
+        return;
+    };
+    let dev = srv.connect();
+    assert_eq!(dev.geometry().block_count, 70);
+    assert_ne!(dev.export_info().flags & flags::CAN_MULTI_CONN, 0);
+    quickcheck_device(Arc::new(dev), 120);
+}
+
+/// No WRITE_ZEROES advertised → emulated with writes; caps say so.
+#[test]
+fn model_nbdkit_without_write_zeroes() {
+    let Some(srv) = Server::nbdkit(&["--filter=nozero", "memory", "286720"]) else {
+        return;
+    };
+    let dev = srv.connect();
+    assert_eq!(dev.export_info().flags & flags::SEND_WRITE_ZEROES, 0);
+    assert!(!dev.geometry().caps.write_zeroes);
+    dev.write(3, &[0xAB; 4096 * 4]).unwrap();
+    dev.write_zeroes(3, 4).unwrap();
+    let mut b = vec![1u8; 4096 * 4];
+    dev.read(3, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0));
+    quickcheck_device(Arc::new(dev), 60);
+}
+
+/// A 64 KiB maximum request size: large transfers must be split (the
+/// server refuses anything larger with EINVAL).
+#[test]
+fn large_requests_are_split_at_the_server_maximum() {
+    let Some(srv) = Server::nbdkit(&[
+        "--filter=blocksize-policy",
+        "memory",
+        "16M",
+        "blocksize-maximum=65536",
+        "blocksize-preferred=8192",
+        "blocksize-error-policy=error",
+    ]) else {
+        return;
+    };
+    let dev = srv.connect();
+    assert_eq!(dev.export_info().block_size.map(|b| b.2), Some(65536));
+    assert_eq!(dev.max_request(), 65536);
+    assert_eq!(dev.geometry().block_size, 8192);
+    let data: Vec<u8> = (0..512).flat_map(|b| pattern(5, b, 8192)).collect(); // 4 MiB
+    dev.write(100, &data).unwrap();
+    dev.write_zeroes(1000, 300).unwrap();
+    dev.discard(1500, 200).unwrap();
+    let mut back = vec![0u8; data.len()];
+    dev.read(100, &mut back).unwrap();
+    assert!(back == data, "4 MiB read back differs");
+    let mut z = vec![1u8; 300 * 8192];
+    dev.read(1000, &mut z).unwrap();
+    assert!(z.iter().all(|&x| x == 0));
+    // blocksize-error-policy=error makes nbdkit refuse (EINVAL) any request
+    // over 64 KiB, so the transfers above only pass when split.
+    assert!(data.len() > 65536);
+}
+
+// ---------------------------------------------------------------------------
+// Specific behaviour on qemu-nbd
+
+#[test]
+fn flush_trim_write_zeroes_reach_the_image() {
+    let dir = disk_tempdir();
+    let img = patterned_image(dir.path(), 256);
+    let Some(srv) = Server::qemu(&img) else {
+        return;
+    };
+    let dev = srv.connect();
+    dev.write(10, &pattern(1, 10, 4096)).unwrap();
+    dev.write_zeroes(20, 30).unwrap();
+    dev.discard(100, 50).unwrap();
+    dev.flush().unwrap();
+    dev.barrier().unwrap();
+    let bytes = std::fs::read(&img).unwrap();
+    assert_eq!(bytes[10 * 4096..11 * 4096], pattern(1, 10, 4096)[..]);
+    assert!(bytes[20 * 4096..50 * 4096].iter().all(|&b| b == 0));
+    assert_eq!(bytes[50 * 4096..51 * 4096], pattern(77, 50, 4096)[..]);
+    assert_eq!(bytes[19 * 4096..20 * 4096], pattern(77, 19, 4096)[..]);
+    // --discard=unmap on a raw file punches holes: the range reads zero.
+    assert!(bytes[100 * 4096..150 * 4096].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn batches_with_many_requests_in_flight() {
+    let dir = disk_tempdir();
+    let img = make_image(dir.path(), "img", 64 << 20);
+    let Some(srv) = Server::qemu(&img) else {
+        return;
+    };
+    let dev = Arc::new(srv.connect());
+    // 1000 scattered single-block writes + 20 of 1 MiB, one batch.
+    let mut bufs: Vec<(u64, Vec<u8>)> = (0..1000u64)
+        .map(|i| ((i * 7919) % 8000, pattern(3, (i * 7919) % 8000, 4096)))
+        .collect();
+    bufs.sort_by_key(|b| b.0);
+    bufs.dedup_by_key(|b| b.0);
+    for k in 0..20u64 {
+        let b = 8192 + k * 256;
+        bufs.push((b, (0..256).flat_map(|j| pattern(4, b + j, 4096)).collect()));
+    }
+    let reqs: Vec<WriteReq<'_>> = bufs
+        .iter()
+        .map(|(b, d)| WriteReq { block: *b, data: d })
+        .collect();
+    dev.write_batch(&reqs).unwrap();
+    let mut outs: Vec<Vec<u8>> = bufs.iter().map(|(_, d)| vec![0u8; d.len()]).collect();
+    let mut rb: Vec<(u64, &mut [u8])> = bufs
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|((b, _), o)| (*b, &mut o[..]))
+        .collect();
+    dev.read_batch(&mut rb).unwrap();
+    for ((b, d), o) in bufs.iter().zip(&outs) {
+        assert!(d == o, "block {b} read back differs");
+    }
+    // Several threads at once on one device.
+    let hs: Vec<_> = (0..4u64)
+        .map(|t| {
+            let dev = dev.clone();
+            std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    let b = 12000 + t * 1000 + i;
+                    dev.write(b, &pattern(t, b, 4096)).unwrap();
+                    let mut r = vec![0u8; 4096];
+                    dev.read(b, &mut r).unwrap();
+                    assert_eq!(r, pattern(t, b, 4096));
+                    if i % 50 == 0 {
+                        dev.flush().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn bad_requests_fail_without_touching_anything() {
+    let dir = disk_tempdir();
+    let img = patterned_image(dir.path(), 64);
+    let Some(srv) = Server::qemu(&img) else {
+        return;
+    };
+    let dev = srv.connect();
+    let mut b = vec![0u8; 4096];
+    assert!(matches!(
+        dev.read(0, &mut b[..100]),
+        Err(BlockError::Misaligned { .. })
+    ));
+    assert!(matches!(
+        dev.write(0, &b[..4095]),
+        Err(BlockError::Misaligned { .. })
+    ));
+    assert!(matches!(dev.write(0, &[]), Err(BlockError::Empty)));
+    assert!(matches!(
+        dev.read(64, &mut b),
+        Err(BlockError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        dev.write(63, &[0u8; 8192]),
+        Err(BlockError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        dev.write(u64::MAX, &b),
+        Err(BlockError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        dev.write_zeroes(60, 5),
+        Err(BlockError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        dev.discard(u64::MAX, 2),
+        Err(BlockError::OutOfRange { .. })
+    ));
+    assert!(matches!(dev.write_zeroes(0, 0), Err(BlockError::Empty)));
+    let huge = vec![0u8; (1 << 30) + 4096]; // calloc: not touched
+    assert!(matches!(
+        dev.write(0, &huge),
+        Err(BlockError::TooLarge { .. })
+    ));
+    drop(huge);
+    // A batch stops at the bad write; the one before it is done.
+    let good = pattern(9, 1, 4096);
+    let r = dev.write_batch(&[
+        WriteReq {
+            block: 1,
+            data: &good,
+        },
+        WriteReq {
+            block: 64,
+            data: &good,
+        },
+        WriteReq {
+            block: 2,
+            data: &good,
+        },
+    ]);
+    assert!(matches!(r, Err(BlockError::OutOfRange { .. })), "{r:?}");
+    dev.read(1, &mut b).unwrap();
+    assert_eq!(b, good);
+    dev.read(2, &mut b).unwrap();
+    assert_eq!(
+        b,
+        pattern(77, 2, 4096),
+        "write after the bad one was issued"
+    );
+    for blk in [0, 3, 63] {
+        dev.read(blk, &mut b).unwrap();
+        assert_eq!(b, pattern(77, blk, 4096), "block {blk} changed");
+    }
+    assert!(!dev.is_dead());
+    // Read-only handle.
+    let ro = NbdDevice::open_uri(
+        &srv.uri(),
+        &NbdOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(ro.write(0, &b), Err(BlockError::Invalid(_))));
+    assert!(ro.write_zeroes(0, 1).is_err());
+    assert!(ro.discard(0, 1).is_err());
+    ro.read(0, &mut b).unwrap();
+    ro.flush().unwrap();
+}
+
+#[test]
+fn open_routes_nbd_uris() {
+    let dir = disk_tempdir();
+    let img = patterned_image(dir.path(), 32);
+    let Some(srv) = Server::qemu(&img) else {
+        return;
+    };
+    let uri = srv.uri();
+    let d = open(&uri, &OpenOptions::default()).unwrap();
+    assert_eq!(d.geometry().block_count, 32);
+    assert!(d.describe().starts_with("nbd+unix:///"), "{}", d.describe());
+    let mut b = vec![0u8; 4096];
+    d.read(5, &mut b).unwrap();
+    assert_eq!(b, pattern(77, 5, 4096));
+    drop(d);
+    let d = open(
+        &uri,
+        &OpenOptions {
+            block_size: Some(512),
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (d.geometry().block_size, d.geometry().block_count),
+        (512, 256)
+    );
+    assert!(d.write(0, &[0u8; 512]).is_err());
+    // Nothing listening / junk URIs.
+    let e = open(
+        &format!("nbd+unix:///?socket={}/nope.sock", dir.path().display()),
+        &OpenOptions::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(e.is_io(), "{e}");
+    for bad in ["nbd+unix:///x", "nbd://", "nbd://h:0/"] {
+        assert!(
+            matches!(
+                open(bad, &OpenOptions::default()),
+                Err(BlockError::Invalid(_))
+            ),
+            "{bad}"
+        );
+    }
+    // An export that does not exist is refused by the server (nbdkit names
+    // exports; qemu-nbd's is "").
+    let e = open(
+        &format!("nbd+unix:///nosuch?socket={}", srv.sock.display()),
+        &OpenOptions::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(e, BlockError::Invalid(_)), "{e}");
+}
+
+/// A dead server gives errors promptly, on this and every later call.
+#[test]
+fn server_death_is_an_error_not_a_hang() {
+    let dir = disk_tempdir();
+    let img = patterned_image(dir.path(), 64);
+    let Some(mut srv) = Server::qemu(&img) else {
+        return;
+    };
+    let dev = srv.connect();
+    let mut b = vec![0u8; 4096];
+    dev.read(0, &mut b).unwrap();
+    srv.kill();
+    let t0 = Instant::now();
+    let e = dev.read(1, &mut b).expect_err("read after the server died");
+    assert!(e.is_io(), "{e}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(dev.is_dead());
+    assert!(dev.write(0, &b).unwrap_err().is_io());
+    assert!(dev.flush().unwrap_err().is_io());
+    // Even after a restart on the same socket: no silent reconnect.
+    let srv2 = Server::qemu(&img);
+    if srv2.is_some() {
+        assert!(dev.read(0, &mut b).is_err());
+    }
+}
+
+/// nbdkit's error filter: server errors carry their errno and leave the
+/// connection usable.
+#[test]
+fn server_errors_map_to_errno() {
+    let Some(srv) = Server::nbdkit(&[
+        "--filter=error",
+        "memory",
+        "1M",
+        "error-pwrite=ENOSPC",
+        "error-pwrite-rate=100%",
+        "error-trim=EIO",
+        "error-trim-rate=100%",
+    ]) else {
+        return;
+    };
+    let dev = srv.connect();
+    let e = dev.write(0, &[1u8; 4096]).unwrap_err();
+    match &e {
+        BlockError::Io { source, .. } => {
+            assert_eq!(source.raw_os_error(), Some(libc::ENOSPC), "{e}")
+        }
+        _ => panic!("{e}"),
+    }
+    let e = dev.discard(0, 1).unwrap_err();
+    match &e {
+        BlockError::Io { source, .. } => assert_eq!(source.raw_os_error(), Some(libc::EIO), "{e}"),
+        _ => panic!("{e}"),
+    }
+    let mut b = vec![1u8; 8192];
+    dev.read(0, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0));
+    dev.flush().unwrap();
+    assert!(!dev.is_dead());
+}
+
+// ---------------------------------------------------------------------------
+// A scripted fake server
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const OPT_REPLY: u64 = 0x0003_e889_0455_65a9;
+const SIMPLE: u32 = 0x6744_6698;
+
+fn rd<const N: usize>(s: &mut UnixStream) -> [u8; N] {
+    let mut b = [0u8; N];
+    s.read_exact(&mut b).unwrap();
+    b
+}
+
+fn opt_reply(s: &mut UnixStream, opt: u32, typ: u32, data: &[u8]) {
+    let mut m = Vec::new();
+    m.extend_from_slice(&OPT_REPLY.to_be_bytes());
+    m.extend_from_slice(&opt.to_be_bytes());
+    m.extend_from_slice(&typ.to_be_bytes());
+    m.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    m.extend_from_slice(data);
+    s.write_all(&m).unwrap();
+}
+
+/// Server side of the handshake: fixed newstyle, answer NBD_OPT_GO with
+/// `size` and `tflags`. Returns the export name asked for.
+fn serve_handshake(s: &mut UnixStream, size: u64, tflags: u16) -> String {
+    s.write_all(&NBDMAGIC.to_be_bytes()).unwrap();
+    s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
+    s.write_all(&3u16.to_be_bytes()).unwrap();
+    let cflags = u32::from_be_bytes(rd::<4>(s));
+    assert_eq!(cflags, 3);
+    assert_eq!(u64::from_be_bytes(rd::<8>(s)), IHAVEOPT);
+    let opt = u32::from_be_bytes(rd::<4>(s));
+    assert_eq!(opt, 7, "expected NBD_OPT_GO");
+    let len = u32::from_be_bytes(rd::<4>(s)) as usize;
+    let mut d = vec![0u8; len];
+    s.read_exact(&mut d).unwrap();
+    let nl = u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize;
+    let name = String::from_utf8(d[4..4 + nl].to_vec()).unwrap();
+    let mut info = vec![0u8, 0];
+    info.extend_from_slice(&size.to_be_bytes());
+    info.extend_from_slice(&tflags.to_be_bytes());
+    opt_reply(s, 7, 3, &info);
+    opt_reply(s, 7, 1, &[]);
+    name
+}
+
+struct Req {
+    cmd: u16,
+    cookie: u64,
+    off: u64,
+    len: u32,
+    data: Vec<u8>,
+}
+
+/// Read one request, or None on EOF / timeout.
+fn read_req(s: &mut UnixStream) -> Option<Req> {
+    let mut h = [0u8; 28];
+    if s.read_exact(&mut h).is_err() {
+        return None;
+    }
+    assert_eq!(u32::from_be_bytes(h[0..4].try_into().unwrap()), 0x2560_9513);
+    let cmd = u16::from_be_bytes(h[6..8].try_into().unwrap());
+    let cookie = u64::from_be_bytes(h[8..16].try_into().unwrap());
+    let off = u64::from_be_bytes(h[16..24].try_into().unwrap());
+    let len = u32::from_be_bytes(h[24..28].try_into().unwrap());
+    let mut data = Vec::new();
+    if cmd == 1 {
+        data = vec![0u8; len as usize];
+        let t = s.read_timeout().unwrap();
+        s.set_read_timeout(None).unwrap();
+        s.read_exact(&mut data).unwrap();
+        s.set_read_timeout(t).unwrap();
+    }
+    Some(Req {
+        cmd,
+        cookie,
+        off,
+        len,
+        data,
+    })
+}
+
+fn simple_reply(s: &mut UnixStream, err: u32, cookie: u64, data: &[u8]) {
+    let mut m = Vec::new();
+    m.extend_from_slice(&SIMPLE.to_be_bytes());
+    m.extend_from_slice(&err.to_be_bytes());
+    m.extend_from_slice(&cookie.to_be_bytes());
+    m.extend_from_slice(data);
+    s.write_all(&m).unwrap();
+}
+
+/// A fake server accepting one connection and running `f` on it.
+struct Fake {
+    sock: PathBuf,
+    _dir: tempfile::TempDir,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Fake {
+    fn start(f: impl FnOnce(UnixStream) + Send + 'static) -> Fake {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("fake.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        let handle = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            f(s)
+        });
+        Fake {
+            sock,
+            _dir: dir,
+            handle: Some(handle),
+        }
+    }
+    fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.sock.display())
+    }
+    fn join(mut self) {
+        self.handle.take().unwrap().join().unwrap();
+    }
+}
+
+fn opts_fast() -> NbdOptions {
+    NbdOptions {
+        connect_timeout: Duration::from_secs(2),
+        io_timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    }
+}
+
+/// A memory-backed fake server that gathers requests until the client
+/// pauses, then answers them in *reverse* order.
+#[test]
+fn replies_out_of_order_are_matched_by_cookie() {
+    const SIZE: u64 = 1 << 20;
+    let fake = Fake::start(|mut s| {
+        serve_handshake(&mut s, SIZE, 1 | 4 | 32 | 64);
+        let mut mem = vec![0u8; SIZE as usize];
+        let mut reversed = 0;
+        loop {
+            let mut batch = Vec::new();
+            s.set_read_timeout(None).unwrap();
+            match read_req(&mut s) {
+                Some(r) => batch.push(r),
+                None => break,
+            }
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            while let Some(r) = read_req(&mut s) {
+                if r.cmd == 2 {
+                    break;
+                }
+                batch.push(r);
+            }
+            if batch.len() > 1 {
+                reversed += 1;
+            }
+            for r in batch.into_iter().rev() {
+                let (o, l) = (r.off as usize, r.len as usize);
+                match r.cmd {
+                    0 => simple_reply(&mut s, 0, r.cookie, &mem[o..o + l]),
+                    1 => {
+                        mem[o..o + l].copy_from_slice(&r.data);
+                        simple_reply(&mut s, 0, r.cookie, &[]);
+                    }
+                    2 => return,
+                    6 | 4 => {
+                        mem[o..o + l].fill(0);
+                        simple_reply(&mut s, 0, r.cookie, &[]);
+                    }
+                    _ => simple_reply(&mut s, 0, r.cookie, &[]),
+                }
+            }
+        }
+        assert!(reversed > 0, "no batch arrived with several requests");
+    });
+    let dev = NbdDevice::open_uri(&fake.uri(), &opts_fast()).unwrap();
+    let bufs: Vec<(u64, Vec<u8>)> = (0..40u64)
+        .map(|i| (i * 6, pattern(8, i * 6, 4096)))
+        .collect();
+    let reqs: Vec<WriteReq<'_>> = bufs
+        .iter()
+        .map(|(b, d)| WriteReq { block: *b, data: d })
+        .collect();
+    dev.write_batch(&reqs).unwrap();
+    let mut outs = vec![vec![0u8; 4096]; bufs.len()];
+    let mut rb: Vec<(u64, &mut [u8])> = bufs
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|((b, _), o)| (*b, &mut o[..]))
+        .collect();
+    dev.read_batch(&mut rb).unwrap();
+    for ((b, d), o) in bufs.iter().zip(&outs) {
+        assert!(d == o, "block {b}: reply data went to the wrong request");
+    }
+    dev.flush().unwrap();
+    drop(dev);
+    fake.join();
+}
+
+#[test]
+fn error_reply_keeps_the_connection() {
+    let fake = Fake::start(|mut s| {
+        serve_handshake(&mut s, 1 << 20, 1 | 4);
+        while let Some(r) = read_req(&mut s) {
+            match r.cmd {
+                0 => simple_reply(&mut s, 5, r.cookie, &vec![0u8; r.len as usize]), // EIO + data
+                1 => simple_reply(&mut s, 28, r.cookie, &[]),                       // ENOSPC
+                2 => return,
+                _ => simple_reply(&mut s, 0, r.cookie, &[]),
+            }
+        }
+    });
+    let dev = NbdDevice::open_uri(&fake.uri(), &opts_fast()).unwrap();
+    let mut b = vec![0u8; 8192];
+    let e = dev.read(0, &mut b).unwrap_err();
+    assert!(
+        matches!(&e, BlockError::Io { source, .. } if source.raw_os_error() == Some(libc::EIO)),
+        "{e}"
+    );
+    let e = dev.write(0, &b).unwrap_err();
+    assert!(
+        matches!(&e, BlockError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC)),
+        "{e}"
+    );
+    dev.flush().unwrap();
+    assert!(!dev.is_dead());
+    // WRITE_ZEROES not advertised → emulated as writes → ENOSPC too.
+    assert!(dev.write_zeroes(0, 1).is_err());
+    // TRIM not advertised → a no-op.
+    dev.discard(0, 1).unwrap();
+    drop(dev);
+    fake.join();
+}
+
+/// Hostile or broken servers: errors, no hang, no huge allocation.
+#[test]
+fn hostile_servers_are_refused() {
+    fn expect_open_err(f: impl FnOnce(UnixStream) + Send + 'static) -> BlockError {
+        let fake = Fake::start(f);
+        let t0 = Instant::now();
+        let r = NbdDevice::open_uri(&fake.uri(), &opts_fast());
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t0.elapsed()
+        );
+        let e = r.err().expect("connect to a hostile server succeeded");
+        fake.join();
+        e
+    }
+    // Silent server: handshake timeout.
+    let e = expect_open_err(|s| {
+        std::thread::sleep(Duration::from_secs(4));
+        drop(s)
+    });
+    assert!(e.to_string().contains("timed out"), "{e}");
+    // Not NBD.
+    let e = expect_open_err(|mut s| {
+        let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+    });
+    assert!(matches!(e, BlockError::Invalid(_)), "{e}");
+    // Oldstyle.
+    let e = expect_open_err(|mut s| {
+        let _ = s.write_all(&NBDMAGIC.to_be_bytes());
+        let _ = s.write_all(&0x0000_4202_8186_1253_u64.to_be_bytes());
+    });
+    assert!(e.to_string().contains("oldstyle"), "{e}");
+    // An option reply claiming 3 GiB.
+    let e = expect_open_err(|mut s| {
+        s.write_all(&NBDMAGIC.to_be_bytes()).unwrap();
+        s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
+        s.write_all(&1u16.to_be_bytes()).unwrap();
+        let _ = rd::<4>(&mut s);
+        let mut m = Vec::new();
+        m.extend_from_slice(&OPT_REPLY.to_be_bytes());
+        m.extend_from_slice(&7u32.to_be_bytes());
+        m.extend_from_slice(&3u32.to_be_bytes());
+        m.extend_from_slice(&(3u32 << 30).to_be_bytes());
+        let _ = s.write_all(&m);
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    assert!(e.to_string().contains("option reply of"), "{e}");
+    // Unknown export.
+    let e = expect_open_err(|mut s| {
+        s.write_all(&NBDMAGIC.to_be_bytes()).unwrap();
+        s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
+        s.write_all(&1u16.to_be_bytes()).unwrap();
+        let _ = rd::<4>(&mut s);
+        let _ = rd::<16>(&mut s);
+        let mut d = vec![0u8; 8];
+        s.read_exact(&mut d).unwrap();
+        opt_reply(&mut s, 7, (1 << 31) + 6, b"no such export");
+        let _ = s.read(&mut [0u8; 64]);
+    });
+    assert!(e.to_string().contains("no such export"), "{e}");
+    // ACK without NBD_INFO_EXPORT.
+    let e = expect_open_err(|mut s| {
+        s.write_all(&NBDMAGIC.to_be_bytes()).unwrap();
+        s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
+        s.write_all(&1u16.to_be_bytes()).unwrap();
+        let _ = rd::<4>(&mut s);
+        let _ = rd::<16>(&mut s);
+        let mut d = vec![0u8; 8];
+        s.read_exact(&mut d).unwrap();
+        opt_reply(&mut s, 7, 1, &[]);
+    });
+    assert!(e.to_string().contains("NBD_INFO_EXPORT"), "{e}");
+
+    // In transmission: a reply for a cookie never sent, a structured reply,
+    // and no reply at all. Each ends the connection; later calls fail too.
+    type Bad = fn(&mut UnixStream, &Req);
+    let cases: [(Bad, &str); 3] = [
+        (
+            |s, r| simple_reply(s, 0, r.cookie ^ 0xdead, &[]),
+            "unknown handle",
+        ),
+        (
+            |s, r| {
+                let mut m = 0x668e_33efu32.to_be_bytes().to_vec();
+                m.extend_from_slice(&[0, 1, 0, 1]);
+                m.extend_from_slice(&r.cookie.to_be_bytes());
+                m.extend_from_slice(&u32::MAX.to_be_bytes());
+                s.write_all(&m).unwrap();
+            },
+            "structured",
+        ),
+        (
+            |_, _| std::thread::sleep(Duration::from_secs(4)),
+            "timed out",
+        ),
+    ];
+    for (bad, msg) in cases {
+        let fake = Fake::start(move |mut s| {
+            serve_handshake(&mut s, 1 << 20, 1 | 4);
+            if let Some(r) = read_req(&mut s) {
+                bad(&mut s, &r);
+            }
+            let _ = read_req(&mut s);
+        });
+        let dev = NbdDevice::open_uri(&fake.uri(), &opts_fast()).unwrap();
+        let t0 = Instant::now();
+        let mut b = vec![0u8; 4096];
+        let e = dev.read(0, &mut b).unwrap_err();
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "took {:?}",
+            t0.elapsed()
+        );
+        assert!(e.is_io() && e.to_string().contains(msg), "{msg}: {e}");
+        assert!(dev.is_dead());
+        let e2 = dev.read(0, &mut b).unwrap_err();
+        assert!(e2.to_string().contains("reopen"), "{e2}");
+        drop(dev);
+        fake.join();
+    }
+}
+
+/// Servers without NBD_OPT_GO: fall back to NBD_OPT_EXPORT_NAME.
+#[test]
+fn export_name_fallback() {
+    let fake = Fake::start(|mut s| {
+        s.write_all(&NBDMAGIC.to_be_bytes()).unwrap();
+        s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
+        s.write_all(&1u16.to_be_bytes()).unwrap(); // fixed, zeroes sent
+        assert_eq!(u32::from_be_bytes(rd::<4>(&mut s)), 1);
+        let h = rd::<16>(&mut s);
+        let len = u32::from_be_bytes(h[12..16].try_into().unwrap()) as usize;
+        let mut d = vec![0u8; len];
+        s.read_exact(&mut d).unwrap();
+        opt_reply(&mut s, 7, (1 << 31) + 1, &[]);
+        let h = rd::<16>(&mut s);
+        assert_eq!(u32::from_be_bytes(h[8..12].try_into().unwrap()), 1);
+        let len = u32::from_be_bytes(h[12..16].try_into().unwrap()) as usize;
+        let mut d = vec![0u8; len];
+        s.read_exact(&mut d).unwrap();
+        assert_eq!(d, b"");
+        s.write_all(&(1u64 << 20).to_be_bytes()).unwrap();
+        s.write_all(&(1u16 | 2).to_be_bytes()).unwrap(); // read-only
+        s.write_all(&[0u8; 124]).unwrap();
+        while let Some(r) = read_req(&mut s) {
+            if r.cmd == 2 {
+                return;
+            }
+            simple_reply(&mut s, 0, r.cookie, &vec![7u8; r.len as usize]);
+        }
+    });
+    let dev = NbdDevice::open_uri(&fake.uri(), &opts_fast()).unwrap();
+    assert!(!dev.export_info().used_go);
+    assert_eq!(dev.geometry().block_count, 256);
+    assert!(
+        dev.write(0, &[0u8; 4096]).is_err(),
+        "read-only export accepted a write"
+    );
+    let mut b = vec![0u8; 4096];
+    dev.read(3, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 7));
+    drop(dev);
+    fake.join();
+}
+
+// ---------------------------------------------------------------------------
+// Throughput (run with --ignored --nocapture, in release)
+
+fn mbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e6
+}
+
+fn seq(dev: &dyn BlockDevice, total: u64) -> (f64, f64) {
+    let chunk = 1 << 20;
+    let bs = dev.geometry().block_size as u64;
+    let data: Vec<u8> = (0..chunk as u64 / 4096)
+        .flat_map(|b| pattern(2, b, 4096))
+        .collect();
+    let t = Instant::now();
+    for i in 0..total / chunk as u64 {
+        dev.write(i * chunk as u64 / bs, &data).unwrap();
+    }
+    dev.flush().unwrap();
+    let w = mbps(total, t.elapsed());
+    let mut buf = vec![0u8; chunk];
+    let t = Instant::now();
+    for i in 0..total / chunk as u64 {
+        dev.read(i * chunk as u64 / bs, &mut buf).unwrap();
+    }
+    let r = mbps(total, t.elapsed());
+    assert_eq!(buf, data);
+    (w, r)
+}
+
+#[test]
+#[ignore]
+fn throughput_nbd_vs_file() {
+    let total = 512u64 << 20;
+    let dir = disk_tempdir();
+    let img = make_image(dir.path(), "img", total);
+    let direct = FileDevice::open(
+        &img,
+        &FileOptions {
+            direct: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (fw, fr) = seq(&direct, total);
+    drop(direct);
+    let buffered = FileDevice::open(&img, &FileOptions::default()).unwrap();
+    let (bw, br) = seq(&buffered, total);
+    drop(buffered);
+    let Some(srv) = Server::qemu(&img) else {
+        return;
+    };
+    let dev = srv.connect();
+    let (nw, nr) = seq(&dev, total);
+    // Batched: the same 1 MiB writes, 16 per write_batch.
+    let data: Vec<u8> = vec![0x5A; 1 << 20];
+    let t = Instant::now();
+    for g in 0..total / (16 << 20) {
+        let reqs: Vec<WriteReq<'_>> = (0..16u64)
+            .map(|k| WriteReq {
+                block: (g * 16 + k) * 256,
+                data: &data,
+            })
+            .collect();
+        dev.write_batch(&reqs).unwrap();
+    }
+    dev.flush().unwrap();
+    let nbw = mbps(total, t.elapsed());
+    println!("sequential 1 MiB, {} MiB:", total >> 20);
+    println!("  file O_DIRECT   write {fw:7.0} MB/s  read {fr:7.0} MB/s");
+    println!("  file buffered   write {bw:7.0} MB/s  read {br:7.0} MB/s");
+    println!("  nbd (qemu-nbd)  write {nw:7.0} MB/s  read {nr:7.0} MB/s  batched(16) write {nbw:7.0} MB/s");
+}
