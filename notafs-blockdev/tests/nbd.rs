@@ -762,6 +762,57 @@ fn server_errors_map_to_errno() {
     assert!(!dev.is_dead());
 }
 
+/// notafs formatted, filled, committed and checked over NBD, then reopened
+/// through a fresh connection.
+#[test]
+fn notafs_on_qemu_nbd() {
+    use notafs_core::check::{check, CheckOptions};
+    use notafs_core::{FormatOptions, Fs};
+    let dir = disk_tempdir();
+    let img = make_image(dir.path(), "img", 64 << 20);
+    let Some(srv) = Server::qemu(&img) else {
+        return;
+    };
+    let data: Vec<u8> = (0..768).flat_map(|b| pattern(6, b, 4096)).collect(); // 3 MiB
+    {
+        let dev: Arc<dyn BlockDevice> = Arc::new(srv.connect());
+        let fs = Fs::format(dev, &FormatOptions::default()).unwrap();
+        let f = fs.create("big.bin").unwrap();
+        f.write_at(0, &data).unwrap();
+        fs.create("small.txt")
+            .unwrap()
+            .write_at(0, b"over nbd")
+            .unwrap();
+        fs.commit().unwrap();
+        f.write_at(100, b"second generation").unwrap();
+        fs.commit().unwrap();
+    }
+    let dev: Arc<dyn BlockDevice> = Arc::new(srv.connect());
+    let report = check(
+        dev.clone(),
+        &CheckOptions {
+            verify_data: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    let fs = Fs::open(dev, &notafs_core::OpenOptions::default()).unwrap();
+    let f = fs.open_file("big.bin").unwrap();
+    assert_eq!(f.len().unwrap(), data.len() as u64);
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(f.read_at(0, &mut back).unwrap(), data.len());
+    let mut want = data.clone();
+    want[100..117].copy_from_slice(b"second generation");
+    assert!(back == want, "file content differs after reopen");
+    let mut s = [0u8; 8];
+    fs.open_file("small.txt")
+        .unwrap()
+        .read_at(0, &mut s)
+        .unwrap();
+    assert_eq!(&s, b"over nbd");
+}
+
 // ---------------------------------------------------------------------------
 // A scripted fake server
 

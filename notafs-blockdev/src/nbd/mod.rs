@@ -72,6 +72,9 @@ pub const MAX_PAYLOAD: u32 = 32 << 20;
 pub const MAX_INFLIGHT: usize = 64;
 /// Payload bytes in flight per call, at most (bounds the copies held).
 pub const MAX_INFLIGHT_BYTES: usize = 64 << 20;
+/// Large reads and writes are sent as requests of this size, in flight
+/// together (see `NbdDevice::piece`).
+pub const PIPELINE_PIECE: usize = 256 << 10;
 /// Zero buffer size when write-zeroes is emulated.
 const ZERO_CHUNK: usize = 1 << 20;
 /// Largest TRIM sent at once.
@@ -332,13 +335,22 @@ impl NbdDevice {
         block * self.geo.block_size as u64
     }
 
-    /// Split a data transfer at `block` into jobs of at most `max_payload`.
+    /// Size of the requests a large transfer is split into: pieces of
+    /// [`PIPELINE_PIECE`] in flight together overlap the server's disk I/O
+    /// with the socket transfer (one 1 MiB request at a time is ~2.5x
+    /// slower on qemu-nbd).
+    fn piece(&self) -> usize {
+        (self.max_payload as usize).min(PIPELINE_PIECE.max(self.geo.block_size as usize))
+    }
+
+    /// Split a data transfer at `block` into jobs of at most `piece()` bytes.
     fn split_out<'a>(&self, cmd: u16, block: u64, data: &'a [u8], jobs: &mut Vec<Job<'a>>) {
         let off = self.off(block);
-        for (i, c) in data.chunks(self.max_payload as usize).enumerate() {
+        let piece = self.piece();
+        for (i, c) in data.chunks(piece).enumerate() {
             jobs.push(Job {
                 cmd,
-                offset: off + (i * self.max_payload as usize) as u64,
+                offset: off + (i * piece) as u64,
                 len: c.len() as u32,
                 data: Data::Out(c),
             });
@@ -347,7 +359,7 @@ impl NbdDevice {
 
     fn split_in<'a>(&self, block: u64, buf: &'a mut [u8], jobs: &mut Vec<Job<'a>>) {
         let off = self.off(block);
-        let mp = self.max_payload as usize;
+        let mp = self.piece();
         for (i, c) in buf.chunks_mut(mp).enumerate() {
             jobs.push(Job {
                 cmd: CMD_READ,
