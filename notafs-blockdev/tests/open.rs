@@ -100,15 +100,29 @@ fn missing_path_and_wrong_kinds() {
 }
 
 #[test]
-fn nbd_uris_are_refused_until_the_backend_exists() {
-    for uri in [
-        "nbd://localhost:10809/export",
-        "nbd+unix:///?socket=/tmp/nbd.sock",
-    ] {
-        let e = open(uri, &OpenOptions::default()).err().unwrap();
-        assert!(matches!(e, BlockError::Unsupported { .. }), "{e}");
-        assert!(e.to_string().contains("NBD backend"), "{e}");
-    }
+fn nbd_uris_route_to_the_nbd_backend() {
+    // A socket that does not exist: the NBD backend tries to connect and
+    // fails with an I/O error (not "unsupported", not a file lookup).
+    let e = open(
+        "nbd+unix:///?socket=/nonexistent/notafs-nbd.sock",
+        &OpenOptions::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(e.is_io(), "{e}");
+    // A unix URI without a socket is a malformed spec.
+    let e = open("nbd+unix:///x", &OpenOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(e, BlockError::Invalid(_)), "{e}");
+    // TLS is not implemented: refused before any connection.
+    let e = open("nbds://localhost/x", &OpenOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, BlockError::Unsupported { .. } | BlockError::Invalid(_)),
+        "{e}"
+    );
 }
 
 #[test]
