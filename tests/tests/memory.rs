@@ -188,8 +188,51 @@ fn bounded(commit_every: u64, write_size: usize, what: &str) {
     bounded_bytes(target_bytes(), commit_every, write_size, what)
 }
 
+/// Free bytes in /var/tmp (None if `df` cannot tell).
+fn free_disk() -> Option<u64> {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1", "/var/tmp"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The size to write: `want`, or less when /var/tmp cannot hold it (a
+/// machine with a small disk still runs the test, on what fits).
+fn fit(want: u64) -> Option<u64> {
+    let Some(free) = free_disk() else {
+        return Some(want);
+    };
+    let room = free.saturating_sub(GIB) * 4 / 5;
+    if room >= want {
+        return Some(want);
+    }
+    let reduced = (room / MIB * MIB).min(want);
+    if reduced < 256 * MIB {
+        eprintln!(
+            "SKIPPED: only {} MiB free in /var/tmp, {} MiB wanted",
+            free / MIB,
+            want / MIB
+        );
+        return None;
+    }
+    eprintln!(
+        "note: only {} MiB free in /var/tmp: writing {} MiB instead of {}",
+        free / MIB,
+        reduced / MIB,
+        want / MIB
+    );
+    Some(reduced)
+}
+
 fn bounded_bytes(bytes: u64, commit_every: u64, write_size: usize, what: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bytes) = fit(bytes) else { return };
     let base = baseline();
     let img = image(bytes);
     let r = run_writer(&img, bytes, commit_every, write_size, false);
