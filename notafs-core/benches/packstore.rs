@@ -43,49 +43,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use notafs_blockdev::{BlockDevice, Geometry, Result as BResult, WriteReq};
+mod common;
+
+use common::{drop_caches, peak_rss_mb, preallocate, reset_peak_rss, Counting};
+use notafs_blockdev::BlockDevice;
 use notafs_core::{FormatOptions, Fs, OpenOptions};
-
-/// Counts bytes written through it.
-struct Counting<D> {
-    inner: D,
-    written: AtomicU64,
-}
-
-impl<D: BlockDevice> BlockDevice for Counting<D> {
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn read(&self, b: u64, buf: &mut [u8]) -> BResult<()> {
-        self.inner.read(b, buf)
-    }
-    fn read_batch(&self, r: &mut [(u64, &mut [u8])]) -> BResult<()> {
-        self.inner.read_batch(r)
-    }
-    fn write(&self, b: u64, d: &[u8]) -> BResult<()> {
-        self.written.fetch_add(d.len() as u64, Ordering::Relaxed);
-        self.inner.write(b, d)
-    }
-    fn write_batch(&self, w: &[WriteReq<'_>]) -> BResult<()> {
-        for r in w {
-            self.written
-                .fetch_add(r.data.len() as u64, Ordering::Relaxed);
-        }
-        self.inner.write_batch(w)
-    }
-    fn write_zeroes(&self, b: u64, c: u64) -> BResult<()> {
-        self.inner.write_zeroes(b, c)
-    }
-    fn discard(&self, b: u64, c: u64) -> BResult<()> {
-        self.inner.discard(b, c)
-    }
-    fn flush(&self) -> BResult<()> {
-        self.inner.flush()
-    }
-    fn barrier(&self) -> BResult<()> {
-        self.inner.barrier()
-    }
-}
 
 // ---------------------------------------------------------------- helpers
 
@@ -94,36 +56,6 @@ fn env<T: std::str::FromStr>(k: &str, d: T) -> T {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(d)
-}
-
-fn drop_caches() -> bool {
-    let _ = Command::new("sync").status();
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
-}
-
-fn preallocate(path: &str, bytes: u64) {
-    let st = Command::new("fallocate")
-        .args(["-l", &bytes.to_string(), path])
-        .status();
-    if !st.is_ok_and(|s| s.success()) {
-        let f = std::fs::File::create(path).expect("create image");
-        f.set_len(bytes).expect("size image");
-    }
-}
-
-/// Reset the process's peak RSS (Linux: clear_refs 5).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn peak_rss_mb() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<f64>().ok())
-        .map(|k| k / 1024.0)
-        .unwrap_or(0.0)
 }
 
 /// SplitMix64: deterministic, dependency-free.
