@@ -18,14 +18,23 @@ use clap::Parser;
 use notafs_blockdev::BlockDevice;
 use notafs_core::check::{self, CheckOptions, CheckReport, Problem, RepairReport, Severity};
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_CORRECTED: i32 = 1;
-pub const EXIT_UNCORRECTED: i32 = 4;
-pub const EXIT_OPERATIONAL: i32 = 8;
-pub const EXIT_USAGE: i32 = 16;
-pub const EXIT_CANCELLED: i32 = 32;
+pub use notafs_tools_common::{
+    EXIT_CANCELLED, EXIT_CORRECTED, EXIT_OK, EXIT_OPERATIONAL, EXIT_UNCORRECTED, EXIT_USAGE,
+};
 
 const PROG: &str = "fsck.notafs";
+
+const AFTER_HELP: &str = "Exit status is the sum of: 0 no errors, 1 errors corrected, \
+     4 errors left uncorrected, 8 operational error (device unreadable, not a notafs \
+     filesystem, --generation not retained), 16 usage error, 32 cancelled.\n\
+     Without -n, -y or -p, fsck.notafs asks before repairing when stdin \
+     is a terminal, and otherwise behaves as with -n.\n\
+     The block size is read from the superblock; -b is only needed when both \
+     superblock copies are damaged.\n";
+
+fn after_help() -> String {
+    format!("{AFTER_HELP}\n{}", notafs_tools_common::DEVICE_FORMS)
+}
 
 /// Check and repair a notafs filesystem.
 #[derive(Parser, Debug)]
@@ -33,11 +42,7 @@ const PROG: &str = "fsck.notafs";
     name = PROG,
     version,
     about = "Check and repair a notafs filesystem",
-    after_help = "Exit status is the sum of: 0 no errors, 1 errors corrected, \
-                  4 errors left uncorrected, 8 operational error, 16 usage error, \
-                  32 cancelled.\n\
-                  Without -n, -y or -p, fsck.notafs asks before repairing when stdin \
-                  is a terminal, and otherwise behaves as with -n."
+    after_help = after_help()
 )]
 struct Args {
     /// Open the device read-only and answer "no" to every question: nothing is written.
@@ -66,14 +71,14 @@ struct Args {
     /// Print a machine-readable report on stdout.
     #[arg(long)]
     json: bool,
-    /// Logical block size of the device (default: 4096 for image files, the
-    /// sector size for block devices).
+    /// Logical block size to open the device with (default: the one the
+    /// superblock records; needed only when no superblock copy is readable).
     #[arg(short = 'b', long, value_name = "BYTES")]
     block_size: Option<u32>,
     /// Read with O_DIRECT (bypass the page cache).
     #[arg(long)]
     direct: bool,
-    /// Image file, block device, or device spec (memory:SIZE, nbd://...).
+    /// Image file, block device or NBD URI (see DEVICE below).
     #[arg(value_name = "DEVICE")]
     device: String,
 }
@@ -182,14 +187,13 @@ impl Fsck {
     }
 
     fn open(&self, read_only: bool) -> Result<Arc<dyn BlockDevice>, String> {
-        let opts = notafs_blockdev::OpenOptions {
+        let opts = notafs_tools_common::DeviceOptions {
             read_only,
             direct: self.args.direct,
             block_size: self.args.block_size,
         };
-        notafs_blockdev::open(&self.args.device, &opts)
-            .map(Arc::from)
-            .map_err(|e| format!("cannot open {}: {e}", self.args.device))
+        notafs_tools_common::open_fs_device_with(&self.args.device, &opts)
+            .map_err(|e| format!("cannot open {}", e.msg))
     }
 
     fn check(&self, dev: &Arc<dyn BlockDevice>) -> notafs_core::Result<CheckReport> {
@@ -244,6 +248,16 @@ impl Fsck {
                 ))
             }
         };
+        if let Some(g) = self.args.generation {
+            if report.newest.is_some() && !report.retained.contains(&g) {
+                let kept: Vec<String> = report.retained.iter().map(|g| g.to_string()).collect();
+                return self.operational(&format!(
+                    "{}: generation {g} is not retained (retained: {})",
+                    self.args.device,
+                    kept.join(" ")
+                ));
+            }
+        }
         self.print_report(&report);
         let v = verdict(&report);
         let mut code = EXIT_OK;
@@ -457,18 +471,15 @@ fn ask(q: &str) -> bool {
     matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
 }
 
+/// Logging: quiet (errors only: findings are the report's job) unless `-vv`
+/// (info) or `-vvv` (debug); `RUST_LOG` wins.
 fn init_tracing(verbose: u8) {
     let default = match verbose {
         0 | 1 => "error",
         2 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    notafs_tools_common::init_logging_at(default);
 }
 
 /// SIGINT: stop at once with exit code 32. Safe even during a repair: every
@@ -534,7 +545,7 @@ fn json_check(r: &CheckReport) -> String {
     let sb = match &r.superblock {
         Some(sb) => format!(
             "{{\"uuid\":\"{}\",\"label\":{},\"block_size\":{},\"node_size\":{},\"block_count\":{},\"root_slots\":{}}}",
-            sb.uuid.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            notafs_tools_common::format_uuid(&sb.uuid),
             js(&sb.label),
             sb.block_size,
             sb.node_size,

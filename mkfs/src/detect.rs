@@ -147,7 +147,7 @@ fn notafs_details(sb: &[u8]) -> String {
     let raw = &sb[104..168];
     let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
     let label = String::from_utf8_lossy(&raw[..end]);
-    let mut s = format!(" (UUID {}", notafs_cli::common::format_uuid(&uuid));
+    let mut s = format!(" (UUID {}", notafs_tools_common::format_uuid(&uuid));
     if !label.is_empty() {
         s.push_str(&format!(", label {label:?}"));
     }

@@ -5,14 +5,18 @@ use std::sync::Arc;
 
 use clap::{ArgAction, Parser};
 use notafs_blockdev::{BlockDevice, Capabilities, Geometry};
-use notafs_cli::common::{self, format_uuid, human_bytes, CliError, CliResult, DeviceOptions};
 use notafs_core::{FormatOptions, Fs, Superblock};
+use notafs_tools_common::{
+    self as common, format_uuid, human_bytes, CliError, CliResult, DeviceOptions,
+};
 use tracing::{info, warn};
 
 pub mod detect;
 
-/// Block size of image files when `-b` is not given.
-pub const DEFAULT_IMAGE_BLOCK_SIZE: u32 = 4096;
+/// Block size when `-b` is not given: image files always, block devices and
+/// NBD exports whose sectors are smaller (as mke2fs); a device with larger
+/// sectors keeps its own.
+pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
 
 const AFTER_HELP: &str = "\
 Exit status: 0 success, 8 operational error (device missing or unreadable, \
@@ -24,13 +28,19 @@ byte-identical images.
 Examples:
   mkfs.notafs -s 1G disk.img          create a sparse 1 GiB image and format it
   mkfs.notafs -n /dev/sdb             show what would be done, write nothing
-  mkfs.notafs -F -L backups /dev/sdb  overwrite whatever /dev/sdb holds";
+  mkfs.notafs -F -L backups /dev/sdb  overwrite whatever /dev/sdb holds
+  mkfs.notafs 'nbd+unix:///?socket=/run/nbd.sock'   format an NBD export
+";
+
+fn after_help() -> String {
+    format!("{AFTER_HELP}\n{}", common::DEVICE_FORMS)
+}
 
 /// Create a notafs filesystem.
 #[derive(Parser, Debug)]
-#[command(name = "mkfs.notafs", version, about, after_help = AFTER_HELP)]
+#[command(name = "mkfs.notafs", version, about, after_help = after_help())]
 pub struct Args {
-    /// Image file or block device to format.
+    /// Image file, block device or NBD URI to format (see DEVICE below).
     #[arg(value_name = "DEVICE")]
     pub device: String,
 
@@ -39,8 +49,8 @@ pub struct Args {
     #[arg(short = 's', long, value_name = "SIZE", value_parser = common::parse_size)]
     pub size: Option<u64>,
 
-    /// Block size in bytes: a power of two in 512..=65536 (default: the
-    /// device's logical block size, 4096 for image files).
+    /// Block size in bytes: a power of two in 512..=65536 (default: 4096, or
+    /// the device's logical block size when that is larger).
     #[arg(short = 'b', long, value_name = "BYTES", value_parser = parse_block_size)]
     pub block_size: Option<u32>,
 
@@ -143,9 +153,28 @@ pub struct Outcome {
 
 /// Run mkfs with parsed arguments; returns the outcome on success.
 pub fn run(args: &Args) -> CliResult<Outcome> {
+    // `path` names the device in messages; `local` is the local path, None
+    // for an NBD URI (or memory:), which exists as far as mkfs can tell
+    // until it is opened.
     let path = args.device.as_str();
-    let meta = std::fs::metadata(path);
-    let exists = meta.is_ok();
+    let local = common::local_path(path);
+    let meta = match local {
+        Some(p) => std::fs::metadata(p),
+        None => {
+            if args.size.is_some() {
+                return Err(CliError::op(format!(
+                    "{path}: --size applies to image files only, not to {}",
+                    if path.starts_with("memory:") {
+                        "memory devices (memory:SIZE gives the size)"
+                    } else {
+                        "network block devices"
+                    }
+                )));
+            }
+            Err(std::io::Error::other("not a local path"))
+        }
+    };
+    let exists = meta.is_ok() || local.is_none();
     let is_file = meta.as_ref().map(|m| m.is_file()).unwrap_or(false);
     let is_image = is_file || !exists;
 
@@ -165,7 +194,7 @@ pub fn run(args: &Args) -> CliResult<Outcome> {
         )));
     }
     let block_size = args.block_size.or(if is_image {
-        Some(DEFAULT_IMAGE_BLOCK_SIZE)
+        Some(DEFAULT_BLOCK_SIZE)
     } else {
         None
     });
@@ -191,15 +220,31 @@ pub fn run(args: &Args) -> CliResult<Outcome> {
     let mut signatures = Vec::new();
     // An image file smaller than one block holds nothing worth detecting
     // (and cannot be opened as a device until it is grown).
-    let openable = !is_file || cur_len >= block_size.unwrap_or(DEFAULT_IMAGE_BLOCK_SIZE) as u64;
+    let openable = !is_file || cur_len >= block_size.unwrap_or(DEFAULT_BLOCK_SIZE) as u64;
     let dev: Option<Arc<dyn BlockDevice>> = if exists && openable {
-        let dev = common::open_device(
-            path,
-            &DeviceOptions {
-                read_only: args.dry_run,
-                block_size,
-            },
-        )?;
+        let ro = |block_size| DeviceOptions {
+            read_only: args.dry_run,
+            block_size,
+            ..Default::default()
+        };
+        let mut dev = common::open_device(path, &ro(block_size))?;
+        if block_size.is_none() && dev.geometry().block_size < DEFAULT_BLOCK_SIZE {
+            // A block device (or NBD export) with small sectors: present
+            // 4096-byte blocks as mke2fs does, where the device allows it.
+            let small = dev.geometry().block_size;
+            drop(dev);
+            dev = match common::open_device(path, &ro(Some(DEFAULT_BLOCK_SIZE))) {
+                Ok(d) if d.geometry().block_count >= 2 => d,
+                other => {
+                    if let Err(e) = other {
+                        info!(
+                            "cannot present {DEFAULT_BLOCK_SIZE}-byte blocks ({e}); using {small}"
+                        );
+                    }
+                    common::open_device(path, &ro(None))?
+                }
+            };
+        }
         if let Some(bs) = args.block_size {
             let got = dev.geometry().block_size;
             if got != bs {
@@ -232,7 +277,7 @@ pub fn run(args: &Args) -> CliResult<Outcome> {
     let plan_geometry = |dev: Option<&Arc<dyn BlockDevice>>| -> Geometry {
         let bs = block_size
             .or(dev.map(|d| d.geometry().block_size))
-            .unwrap_or(DEFAULT_IMAGE_BLOCK_SIZE);
+            .unwrap_or(DEFAULT_BLOCK_SIZE);
         let bytes = grow.unwrap_or(cur_len);
         match (grow, dev) {
             (None, Some(d)) => d.geometry(),
@@ -268,7 +313,7 @@ pub fn run(args: &Args) -> CliResult<Outcome> {
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(path)
+                .open(local.unwrap_or(path))
                 .map_err(|e| CliError::op(format!("{path}: cannot create: {e}")))?;
             f.set_len(size)
                 .map_err(|e| CliError::op(format!("{path}: cannot set size to {size}: {e}")))?;
@@ -279,6 +324,7 @@ pub fn run(args: &Args) -> CliResult<Outcome> {
                 &DeviceOptions {
                     read_only: false,
                     block_size,
+                    ..Default::default()
                 },
             )?
         }

@@ -7,7 +7,7 @@ use notafs_core::{Fs, OpenOptions};
 use crate::common::{self, format_time_ns, human_bytes, CliError, CliResult};
 
 const AFTER_HELP: &str = "\
-DEVICE is an image file or a block device. Read commands (info, ls, tree, \
+DEVICE is an image file, a block device or an NBD URI (see below). Read commands (info, ls, tree, \
 stat, cat, get, hash, generations, dump) open it read-only and accept \
 --generation G to read an older retained generation. Write commands commit \
 once, on success: a failed command leaves the image as it was.
@@ -19,7 +19,12 @@ no space); 16 usage error.
 
 Logging: RUST_LOG (e.g. RUST_LOG=debug) or -v, -vv.
 
-Start with:  notafs demo";
+Start with:  notafs demo
+";
+
+fn help_after() -> String {
+    format!("{AFTER_HELP}\n{}", common::DEVICE_FORMS)
+}
 
 /// Inspect and script notafs images.
 #[derive(Parser, Debug)]
@@ -27,7 +32,7 @@ Start with:  notafs demo";
     name = "notafs",
     version,
     about = "Inspect and script notafs images",
-    after_help = AFTER_HELP
+    after_help = help_after()
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
@@ -95,6 +100,12 @@ pub enum Cmd {
         ro: ReadOpts,
     },
     /// Copy a file out of the image (LOCAL `-` is stdout).
+    ///
+    /// A regular LOCAL file is written under a temporary name and renamed
+    /// into place once complete, so a failed read leaves no partial file
+    /// behind (and an existing LOCAL untouched). LOCAL may also be a
+    /// device or FIFO such as /dev/null, or an existing directory (the file
+    /// keeps its name).
     Get {
         device: String,
         path: String,
@@ -103,10 +114,16 @@ pub enum Cmd {
         ro: ReadOpts,
     },
     /// Copy a local file (or stdin with `-`) into the image, replacing PATH; commits.
+    ///
+    /// If PATH is an existing directory, the file goes inside it under
+    /// LOCAL's name.
     Put {
         device: String,
         local: String,
         path: String,
+        /// Create PATH's missing parent directories (as `mkdir -p`, `install -D`).
+        #[arg(short = 'p', long)]
+        parents: bool,
     },
     /// Remove files (and directories with -r); commits.
     #[command(visible_alias = "remove")]
@@ -277,33 +294,20 @@ fn dispatch(cmd: Cmd, out: &mut dyn Write) -> CliResult<()> {
             let snap = fs.snapshot();
             let f = snap.open(&path)?;
             let len = f.len();
+            let pb = common::progress_bar(Some(len), "get");
             if local == "-" {
-                copy_out(f, Some(common::progress_bar(Some(len), "get")), out, &path)?;
+                copy_out(f, Some(pb), out, &path)?;
                 out.flush().map_err(w)
             } else {
-                let file = std::fs::File::create(&local)
-                    .map_err(|e| CliError::op(format!("{local}: {e}")))?;
-                let mut bw = std::io::BufWriter::with_capacity(1 << 20, file);
-                copy_out(
-                    f,
-                    Some(common::progress_bar(Some(len), "get")),
-                    &mut bw,
-                    &path,
-                )
-                .map_err(|e| e.context(&local))?;
-                let file = bw
-                    .into_inner()
-                    .map_err(|e| CliError::op(format!("{local}: {}", e.error())))?;
-                file.sync_all()
-                    .map_err(|e| CliError::op(format!("{local}: {e}")))?;
-                Ok(())
+                get_to_local(f, pb, &path, &local)
             }
         }
         Cmd::Put {
             device,
             local,
             path,
-        } => put(&device, &local, &path),
+            parents,
+        } => put(&device, &local, &path, parents),
         Cmd::Rm {
             device,
             paths,
@@ -502,14 +506,148 @@ fn file_digest(mut f: notafs_core::SnapshotFile<'_>, what: &str) -> CliResult<[u
     Ok(h.finalize().into())
 }
 
-/// Stream `local` (or stdin) into `path`, replacing it, and commit.
-fn put(device: &str, local: &str, path: &str) -> CliResult<()> {
+/// Write snapshot file `f` (image path `what`) to the local file `local`.
+///
+/// A regular file (or a new name) is written to a temporary file in the
+/// same directory, synced, then renamed over `local`: a failure anywhere
+/// removes the temporary and leaves `local` as it was. Anything else that
+/// exists (a character device such as /dev/null or /dev/stdout, a FIFO) is
+/// written directly and not synced (fsync of /dev/null fails with EINVAL).
+/// An existing directory receives the file under its own name.
+fn get_to_local(
+    f: notafs_core::SnapshotFile<'_>,
+    pb: indicatif::ProgressBar,
+    what: &str,
+    local: &str,
+) -> CliResult<()> {
+    use std::path::{Path, PathBuf};
+    let mut dest = PathBuf::from(local);
+    if dest.is_dir() {
+        let name = base_name(what);
+        if name.is_empty() {
+            return Err(CliError::usage(format!("{what}: not a file name")));
+        }
+        dest.push(name);
+    }
+    let shown = dest.display().to_string();
+    let meta = std::fs::metadata(&dest).ok();
+    if let Some(m) = &meta {
+        if m.is_dir() {
+            return Err(CliError::op(format!("{shown}: is a directory")));
+        }
+        if !m.is_file() {
+            // Device, FIFO, socket: stream into it as it is.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&dest)
+                .map_err(|e| CliError::op(format!("{shown}: {e}")))?;
+            let mut bw = std::io::BufWriter::with_capacity(1 << 20, file);
+            copy_out(f, Some(pb), &mut bw, what).map_err(|e| e.context(&shown))?;
+            return bw
+                .flush()
+                .map_err(|e| CliError::op(format!("{shown}: {e}")));
+        }
+    }
+    // A regular file or a new name: follow a symlink so the link survives
+    // and the temporary lives beside the real file.
+    let real = std::fs::canonicalize(&dest).unwrap_or_else(|_| dest.clone());
+    let dir = match real.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = real
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| CliError::usage(format!("{shown}: not a file name")))?;
+    let (tmp, file) = create_temp(&dir, &file_name).map_err(|e| {
+        CliError::op(format!(
+            "{shown}: creating a temporary file in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    struct Cleanup<'a>(Option<&'a Path>);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            if let Some(p) = self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let mut guard = Cleanup(Some(&tmp));
+    if let Some(m) = &meta {
+        // Replacing a file: keep its permission bits.
+        let _ = file.set_permissions(m.permissions());
+    }
+    let mut bw = std::io::BufWriter::with_capacity(1 << 20, file);
+    copy_out(f, Some(pb), &mut bw, what).map_err(|e| e.context(&shown))?;
+    let file = bw
+        .into_inner()
+        .map_err(|e| CliError::op(format!("{shown}: {}", e.error())))?;
+    file.sync_all()
+        .map_err(|e| CliError::op(format!("{shown}: {e}")))?;
+    drop(file);
+    std::fs::rename(&tmp, &real).map_err(|e| CliError::op(format!("{shown}: {e}")))?;
+    guard.0 = None;
+    // Make the rename durable too.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Create a new file `.NAME.notafs-get.N` in `dir` (mode 0666 less umask).
+fn create_temp(
+    dir: &std::path::Path,
+    name: &str,
+) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    let pid = std::process::id();
+    for i in 0u32.. {
+        let p = dir.join(format!(".{name}.notafs-get.{pid}.{i}"));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
+            Ok(f) => return Ok((p, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < 1000 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Stream `local` (or stdin) into `path`, replacing it, and commit; with
+/// `parents`, create the missing parent directories of `path` first.
+fn put(device: &str, local: &str, path: &str, parents: bool) -> CliResult<()> {
+    if path.trim().is_empty() {
+        return Err(CliError::usage(
+            "put: PATH is empty: name the file to create in the image (e.g. backup/file.tar, or / for the root directory)",
+        ));
+    }
+    if local.is_empty() {
+        return Err(CliError::usage(
+            "put: LOCAL is empty: name a local file, or - for stdin",
+        ));
+    }
     let fs = open_fs(device, true, None)?;
     let mut target = path.to_string();
-    if local != "-" {
-        if let Ok(m) = fs.stat(path) {
-            if m.is_dir() {
-                target = join(path, base_name(local));
+    let is_dir = matches!(fs.stat(path), Ok(m) if m.is_dir());
+    if is_dir {
+        if local == "-" {
+            return Err(CliError::not_found(format!(
+                "cannot write {}: is a directory (name the file to create inside it)",
+                display_path(path)
+            )));
+        }
+        target = join(path, base_name(local));
+    }
+    if parents && !is_dir {
+        let t = target.trim_end_matches('/');
+        if let Some((parent, _)) = t.rsplit_once('/') {
+            if !parent.trim_matches('/').is_empty() {
+                fs.create_dir_all(parent).map_err(|e| {
+                    CliError::from(e).context(format!("cannot create directory {parent}"))
+                })?;
             }
         }
     }
@@ -527,9 +665,18 @@ fn put(device: &str, local: &str, path: &str) -> CliResult<()> {
         let len = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
         (Box::new(f), len)
     };
-    let file = fs
-        .open_file_with(&target, true, true)
-        .map_err(|e| CliError::from(e).context(format!("cannot write {target}")))?;
+    let file = fs.open_file_with(&target, true, true).map_err(|e| {
+        let hint = matches!(e, notafs_core::Error::NotFound(_)) && !parents;
+        let e = CliError::from(e).context(format!("cannot write {target}"));
+        if hint {
+            CliError::new(
+                e.code,
+                format!("{} (use -p to create missing parent directories)", e.msg),
+            )
+        } else {
+            e
+        }
+    })?;
     let pb = common::progress_bar(total, "put");
     let mut buf = vec![0u8; 1 << 20];
     loop {

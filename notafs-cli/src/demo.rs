@@ -106,6 +106,7 @@ pub fn run(image: &str, out: &mut dyn Write) -> CliResult<()> {
         &DeviceOptions {
             read_only: false,
             block_size: Some(BLOCK_SIZE),
+            ..Default::default()
         },
     )?;
     let fs = Fs::format(

@@ -1,6 +1,8 @@
-//! The `notafs` inspection and scripting tool, and the helpers it shares
-//! with `mkfs.notafs` ([`common`]).
+//! The `notafs` inspection and scripting tool. The helpers it shares with
+//! `mkfs.notafs` and `fsck.notafs` live in [`notafs_tools_common`],
+//! re-exported here as [`common`].
 pub mod app;
-pub mod common;
 pub mod demo;
 pub mod dump;
+
+pub use notafs_tools_common as common;

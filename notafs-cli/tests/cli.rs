@@ -476,3 +476,173 @@ fn odd_block_sizes_open_without_options() {
         assert!(ok(&["info", s]).contains(&format!("block size:     {bs}")));
     }
 }
+
+/// Generation number `notafs info` reports.
+fn generation(img: &str) -> u64 {
+    let info = ok(&["info", img]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("generation:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no generation in {info}"))
+}
+
+#[test]
+fn put_dash_p_creates_parents() {
+    let d = tempfile::tempdir().unwrap();
+    let img = fresh(d.path(), "p.img", 32);
+    let img = img.to_str().unwrap();
+    let local = d.path().join("big.tar");
+    let content = data(300_000, 11);
+    std::fs::write(&local, &content).unwrap();
+    let local = local.to_str().unwrap();
+    // Without -p: a clear error that names the way out, and no commit.
+    let g0 = generation(img);
+    let o = run(&["put", img, local, "backup/big.tar"]);
+    assert_eq!(code(&o), 1, "{}", err(&o));
+    assert!(err(&o).contains("use -p"), "{}", err(&o));
+    assert_eq!(generation(img), g0);
+    // With -p (and --parents), from a file and from stdin, several levels.
+    ok(&["put", "-p", img, local, "backup/big.tar"]);
+    assert_eq!(run(&["cat", img, "backup/big.tar"]).stdout, content);
+    let mut child = notafs()
+        .args(["put", "--parents", img, "-", "/a/b/c/dir.tar"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    assert_eq!(run(&["cat", img, "a/b/c/dir.tar"]).stdout, b"from stdin");
+    // -p with parents that exist already, and into the root.
+    ok(&["put", "-p", img, local, "backup/again.tar"]);
+    ok(&["put", "-p", img, local, "top.tar"]);
+    assert_eq!(ok(&["ls", img, "backup"]), "again.tar\nbig.tar\n");
+    // A parent that is a file: refused, nothing committed.
+    let g1 = generation(img);
+    let o = run(&["put", "-p", img, local, "top.tar/x"]);
+    assert_eq!(code(&o), 1, "{}", err(&o));
+    assert_eq!(generation(img), g1);
+}
+
+#[test]
+fn put_refuses_an_empty_path() {
+    let d = tempfile::tempdir().unwrap();
+    let img = fresh(d.path(), "e.img", 32);
+    let img = img.to_str().unwrap();
+    let local = d.path().join("f");
+    std::fs::write(&local, b"x").unwrap();
+    let g0 = generation(img);
+    for args in [
+        vec!["put", img, local.to_str().unwrap(), ""],
+        vec!["put", img, "", "f"],
+    ] {
+        let o = run(&args);
+        assert_eq!(code(&o), 16, "{args:?}: {}", err(&o));
+        assert!(err(&o).contains("is empty"), "{}", err(&o));
+    }
+    assert_eq!(generation(img), g0, "a refused put committed");
+    assert_eq!(ok(&["ls", img]), "");
+}
+
+#[test]
+fn get_to_devices_and_directories() {
+    let d = tempfile::tempdir().unwrap();
+    let img = fresh(d.path(), "g.img", 32);
+    let img = img.to_str().unwrap();
+    let content = data(2 << 20, 5);
+    assert_eq!(code(&put_stdin(img, "f.bin", &content)), 0);
+    // /dev/null: no fsync (EINVAL) and exit 0.
+    let o = run(&["get", img, "f.bin", "/dev/null"]);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    // /dev/stdout into a pipe.
+    let o = run(&["get", img, "f.bin", "/dev/stdout"]);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    assert!(o.stdout == content);
+    // An existing directory receives the file under its name.
+    let sub = d.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    ok(&["get", img, "f.bin", sub.to_str().unwrap()]);
+    assert!(std::fs::read(sub.join("f.bin")).unwrap() == content);
+    // Replacing an existing file keeps its permission bits.
+    use std::os::unix::fs::PermissionsExt;
+    let tgt = d.path().join("old");
+    std::fs::write(&tgt, b"old").unwrap();
+    std::fs::set_permissions(&tgt, std::fs::Permissions::from_mode(0o640)).unwrap();
+    ok(&["get", img, "f.bin", tgt.to_str().unwrap()]);
+    assert!(std::fs::read(&tgt).unwrap() == content);
+    let mode = std::fs::metadata(&tgt).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+}
+
+/// Device blocks holding the data of `path`, from `notafs dump`.
+fn data_blocks(img: &str, path: &str) -> Vec<u64> {
+    let dump = ok(&["dump", img]);
+    let mut mine = false;
+    let mut v = Vec::new();
+    for l in dump.lines() {
+        let t = l.trim();
+        if t.starts_with("file ino") || t.starts_with("dir  ino") {
+            mine = t.contains(&format!(" {path} "));
+            continue;
+        }
+        if mine {
+            if let Some((_, r)) = t.split_once("-> device blocks ") {
+                let (a, b) = r.split_once("..").unwrap();
+                let (a, b): (u64, u64) = (a.parse().unwrap(), b.trim().parse().unwrap());
+                v.extend(a..b);
+            }
+        }
+    }
+    assert!(!v.is_empty(), "no extents for {path} in\n{dump}");
+    v
+}
+
+#[test]
+fn get_of_a_damaged_file_leaves_no_partial_file() {
+    use std::os::unix::fs::FileExt;
+    let d = tempfile::tempdir().unwrap();
+    let img = fresh(d.path(), "bad.img", 32);
+    let img = img.to_str().unwrap();
+    assert_eq!(code(&put_stdin(img, "f.bin", &data(3 << 20, 9))), 0);
+    // Damage a block well inside the file (after the first 1 MiB chunk has
+    // been written out).
+    let blocks = data_blocks(img, "/f.bin");
+    let b = blocks[blocks.len() * 2 / 3];
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_at(b"garbage!", b * 4096 + 100).unwrap();
+    drop(f);
+    let out_dir = d.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    // A new name: nothing is left behind.
+    let new = out_dir.join("new.bin");
+    let o = run(&["get", img, "f.bin", new.to_str().unwrap()]);
+    assert_eq!(code(&o), 8, "{}", err(&o));
+    assert!(!new.exists(), "partial file left behind");
+    // An existing file keeps its content.
+    let old = out_dir.join("old.bin");
+    std::fs::write(&old, b"previous content").unwrap();
+    let o = run(&["get", img, "f.bin", old.to_str().unwrap()]);
+    assert_eq!(code(&o), 8, "{}", err(&o));
+    assert_eq!(std::fs::read(&old).unwrap(), b"previous content");
+    // And no temporary remains.
+    let names: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["old.bin".to_string()]);
+}
+
+#[test]
+fn help_lists_the_device_forms() {
+    let o = run(&["--help"]);
+    assert_eq!(code(&o), 0);
+    for form in ["nbd://", "nbd+unix://", "nbds://", "file:PATH", "/dev/"] {
+        assert!(out(&o).contains(form), "--help lacks {form}:\n{}", out(&o));
+    }
+}

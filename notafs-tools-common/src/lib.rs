@@ -1,6 +1,8 @@
-//! Helpers shared by `notafs` and `mkfs.notafs`: exit codes, argument
-//! parsing with clap mapped to util-linux exit codes, size parsing, device
-//! opening, logging and progress bars.
+//! What the notafs tools (`mkfs.notafs`, `fsck.notafs`, `notafs`) share:
+//! exit codes, argument parsing with clap mapped to util-linux exit codes,
+//! size and UUID parsing, logging set-up, device opening (with the block
+//! size read from the superblock, whatever the device form) and progress
+//! bars.
 use std::fmt;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -10,6 +12,12 @@ use notafs_blockdev::BlockDevice;
 
 /// Exit status of a successful run.
 pub const EXIT_OK: i32 = 0;
+/// e2fsck: errors were found and corrected.
+pub const EXIT_CORRECTED: i32 = 1;
+/// e2fsck: errors were left uncorrected.
+pub const EXIT_UNCORRECTED: i32 = 4;
+/// e2fsck: cancelled by the user (SIGINT).
+pub const EXIT_CANCELLED: i32 = 32;
 /// Exit status of `notafs` for "no such file", "exists", "not a directory"
 /// and the like: the request was well formed but the image does not allow it.
 pub const EXIT_NOT_FOUND: i32 = 1;
@@ -118,17 +126,30 @@ pub fn exit_with(prog: &str, r: CliResult<()>) -> ! {
     }
 }
 
-/// Install the tracing subscriber: `RUST_LOG` wins; otherwise `warn`,
-/// raised to `info`, `debug`, `trace` by each `-v`. Logs go to stderr.
-pub fn init_logging(verbose: u8, quiet: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = match (quiet, verbose) {
+/// The default log level of a tool run with `-v` given `verbose` times
+/// (`quiet`: `-q`): `warn`, raised to `info`, `debug`, `trace` by each `-v`;
+/// `error` when quiet.
+pub fn log_level(verbose: u8, quiet: bool) -> &'static str {
+    match (quiet, verbose) {
         (true, 0) => "error",
         (_, 0) => "warn",
         (_, 1) => "info",
         (_, 2) => "debug",
         _ => "trace",
-    };
+    }
+}
+
+/// Install the tracing subscriber: `RUST_LOG` wins; otherwise `warn`,
+/// raised to `info`, `debug`, `trace` by each `-v`. Logs go to stderr,
+/// coloured only when stderr is a terminal.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    init_logging_at(log_level(verbose, quiet))
+}
+
+/// Install the tracing subscriber with `default` as the filter unless
+/// `RUST_LOG` is set (and valid).
+pub fn init_logging_at(default: &str) {
+    use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
         Ok(s) if !s.trim().is_empty() => {
             EnvFilter::try_new(s).unwrap_or_else(|_| EnvFilter::new(default))
@@ -259,43 +280,103 @@ pub fn format_time_ns(ns: u64) -> String {
     )
 }
 
+/// The device forms every tool accepts, for `--help` texts.
+pub const DEVICE_FORMS: &str = "\
+DEVICE is one of:
+  PATH                          an image file or a block device (/dev/sdb1, /dev/loop0)
+  file:PATH                     an image file or block device, named explicitly
+  nbd://HOST[:PORT]/EXPORT      an NBD export over TCP (port 10809 by default)
+  nbd+unix:///EXPORT?socket=S   an NBD export over a Unix socket
+  nbds://..., nbds+unix://...   the same over TLS
+  memory:SIZE                   a scratch in-memory device (testing)";
+
+/// Whether `spec` names a device by URI (`nbd://`, `memory:`, `file:`...)
+/// rather than by a local path.
+pub fn is_uri(spec: &str) -> bool {
+    spec.starts_with("memory:") || spec.starts_with("file:") || spec.contains("://")
+}
+
+/// The local path a device spec names, if it names one (`file:` stripped).
+pub fn local_path(spec: &str) -> Option<&str> {
+    if let Some(p) = spec.strip_prefix("file:") {
+        return Some(p);
+    }
+    (!is_uri(spec)).then_some(spec)
+}
+
 /// How to open a device.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceOptions {
     pub read_only: bool,
-    /// Logical block size to present for an image file (block devices have
-    /// their own); None lets the backend choose.
+    /// Logical block size to present; None lets the backend choose (4096
+    /// for image files, the sector size for block devices).
     pub block_size: Option<u32>,
+    /// O_DIRECT for image files (block devices always use it).
+    pub direct: bool,
 }
 
-/// Open the device (image file or block device) at `path`.
-pub fn open_device(path: &str, opts: &DeviceOptions) -> CliResult<Arc<dyn BlockDevice>> {
-    if !path.contains(':') && !Path::new(path).exists() {
-        return Err(CliError::op(format!("{path}: no such file or device")));
+/// Open the device named by `spec` (a path, `file:PATH`, an NBD URI,
+/// `memory:SIZE`).
+pub fn open_device(spec: &str, opts: &DeviceOptions) -> CliResult<Arc<dyn BlockDevice>> {
+    if let Some(p) = local_path(spec) {
+        if !Path::new(p).exists() {
+            return Err(CliError::op(format!("{spec}: no such file or device")));
+        }
     }
     let o = notafs_blockdev::OpenOptions {
         read_only: opts.read_only,
         block_size: opts.block_size,
-        ..Default::default()
+        direct: opts.direct,
     };
-    let dev = notafs_blockdev::open(path, &o).map_err(|e| CliError::op(format!("{path}: {e}")))?;
+    let dev = notafs_blockdev::open(spec, &o).map_err(|e| CliError::op(format!("{spec}: {e}")))?;
     Ok(Arc::from(dev))
 }
 
 /// Open the device holding a notafs filesystem, presenting the block size
-/// its superblock records when `path` is an image file (so images formatted
-/// with `-b 512` or `-b 16384` open without further options).
-pub fn open_fs_device(path: &str, read_only: bool) -> CliResult<Arc<dyn BlockDevice>> {
-    let block_size = if is_regular_file(path) {
-        probe_block_size(path)
-    } else {
-        None
-    };
-    open_device(
-        path,
+/// its superblock records (so filesystems formatted with `-b 512` or
+/// `-b 16384` open without further options), whatever the device form:
+/// image file, block device or NBD export. An explicit `opts.block_size`
+/// wins. When no superblock is found the device opens as the backend
+/// chooses, and the caller reports what it finds.
+pub fn open_fs_device_with(spec: &str, opts: &DeviceOptions) -> CliResult<Arc<dyn BlockDevice>> {
+    if opts.block_size.is_some() {
+        return open_device(spec, opts);
+    }
+    // Image files and block devices: read the superblock with plain reads
+    // before opening (no second open, no exclusive claim to undo).
+    if let Some(p) = local_path(spec) {
+        let bs = probe_block_size(p);
+        return open_device(
+            spec,
+            &DeviceOptions {
+                block_size: bs,
+                ..opts.clone()
+            },
+        );
+    }
+    let dev = open_device(spec, opts)?;
+    match probe_device_block_size(dev.as_ref()) {
+        Some(bs) if bs != dev.geometry().block_size => {
+            drop(dev);
+            open_device(
+                spec,
+                &DeviceOptions {
+                    block_size: Some(bs),
+                    ..opts.clone()
+                },
+            )
+        }
+        _ => Ok(dev),
+    }
+}
+
+/// [`open_fs_device_with`] with default options but `read_only`.
+pub fn open_fs_device(spec: &str, read_only: bool) -> CliResult<Arc<dyn BlockDevice>> {
+    open_fs_device_with(
+        spec,
         &DeviceOptions {
             read_only,
-            block_size,
+            ..Default::default()
         },
     )
 }
@@ -307,23 +388,29 @@ pub fn is_regular_file(path: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The block size a notafs superblock records in `b` (the start of a
+/// superblock copy), if `b` carries the magic and a valid block size.
+pub fn superblock_block_size(b: &[u8]) -> Option<u32> {
+    if b.len() < 60 || b[0..8] != notafs_core::superblock::MAGIC {
+        return None;
+    }
+    let bs = u32::from_le_bytes(b[56..60].try_into().ok()?);
+    notafs_blockdev::Geometry::valid_block_size(bs).then_some(bs)
+}
+
 /// Block size recorded in a notafs superblock at the start (or, failing
-/// that, the end) of the image file `path`; None when neither copy carries
-/// the magic and a sane block size.
+/// that, the end) of the image file or block device `path`, read with plain
+/// buffered reads; None when neither copy carries the magic and a sane
+/// block size.
 pub fn probe_block_size(path: &str) -> Option<u32> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
+    // Block devices report a zero length in their metadata: seek to the end.
+    let len = f.seek(SeekFrom::End(0)).ok()?;
+    f.seek(SeekFrom::Start(0)).ok()?;
     let mut head = [0u8; 64];
-    let ok = |b: &[u8]| -> Option<u32> {
-        if b[0..8] != notafs_core::superblock::MAGIC {
-            return None;
-        }
-        let bs = u32::from_le_bytes(b[56..60].try_into().ok()?);
-        notafs_blockdev::Geometry::valid_block_size(bs).then_some(bs)
-    };
     if f.read_exact(&mut head).is_ok() {
-        if let Some(bs) = ok(&head) {
+        if let Some(bs) = superblock_block_size(&head) {
             return Some(bs);
         }
     }
@@ -333,9 +420,39 @@ pub fn probe_block_size(path: &str) -> Option<u32> {
         if len >= bs as u64 * 2
             && f.seek(SeekFrom::Start(len - bs as u64)).is_ok()
             && f.read_exact(&mut head).is_ok()
-            && ok(&head) == Some(bs)
+            && superblock_block_size(&head) == Some(bs)
         {
             return Some(bs);
+        }
+        bs *= 2;
+    }
+    None
+}
+
+/// [`probe_block_size`] through an open device (NBD exports and anything
+/// else that is not a local path).
+pub fn probe_device_block_size(dev: &dyn BlockDevice) -> Option<u32> {
+    let geo = dev.geometry();
+    let dbs = geo.block_size as u64;
+    if geo.block_count == 0 {
+        return None;
+    }
+    let mut buf = vec![0u8; dbs as usize];
+    if dev.read(0, &mut buf).is_ok() {
+        if let Some(bs) = superblock_block_size(&buf) {
+            return Some(bs);
+        }
+    }
+    let len = geo.size_bytes();
+    let tail_blocks = 65536u64.div_ceil(dbs).min(geo.block_count);
+    let mut tail = vec![0u8; (tail_blocks * dbs) as usize];
+    dev.read(geo.block_count - tail_blocks, &mut tail).ok()?;
+    let mut bs = 512usize;
+    while bs <= tail.len() {
+        if len >= bs as u64 * 2
+            && superblock_block_size(&tail[tail.len() - bs..]) == Some(bs as u32)
+        {
+            return Some(bs as u32);
         }
         bs *= 2;
     }
