@@ -3,92 +3,62 @@
 //! Works from the raw device, not through a mounted [`Fs`], so that it can
 //! show as much as possible of a damaged image: the superblock, every root
 //! slot, and for one generation the file table nodes, every inode with its
-//! extent tree and extents, and the free-space list. Every node is checked
-//! (checksum from its parent, magic, address, kind) before it is decoded;
-//! damage is printed in place and the walk goes on. Visited nodes are
-//! remembered, so a cycle cannot make it loop. Never writes.
+//! extent tree and extents, and the free-space list. Every node is read,
+//! verified (checksum from its parent, magic, address, kind, level, owner)
+//! and decoded by notafs-core's own decoders ([`NodeIo`], the [`Files`] and
+//! [`Extents`] tree kinds, [`read_list`]): the format is decoded in one
+//! place only. Damage is printed in place and the walk goes on. Visited
+//! nodes are remembered, so a cycle cannot make it loop. Never writes.
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::Arc;
 
 use notafs_blockdev::BlockDevice;
-use notafs_core::codec::Dec;
 use notafs_core::raw::{
-    crc, Layout, Ptr, KIND_EXTENTS, KIND_FILES, KIND_FREELIST, MAX_HEIGHT, NODE_HEADER,
+    read_list, Child, Extents, Files, Inode, Layout, Node, NodeCache, NodeIo, Ptr, KIND_EXTENTS,
+    KIND_FILES, MAX_HEIGHT,
 };
-use notafs_core::{Fs, RootSlot, Superblock};
+use notafs_core::{FileType, Fs, RootSlot, Superblock};
 
 use crate::common::{format_time_ns, format_uuid, CliError, CliResult};
 
-struct Walker<'a> {
-    dev: &'a dyn BlockDevice,
-    layout: Layout,
+struct Walker {
+    io: NodeIo,
     seen: HashSet<u64>,
     out: String,
 }
 
-/// A node header as read from disk.
-struct Hdr {
-    level: u8,
-    count: u16,
-    generation: u64,
-}
-
-impl Walker<'_> {
+impl Walker {
     fn line(&mut self, depth: usize, s: impl AsRef<str>) {
         let _ = writeln!(self.out, "{:indent$}{}", "", s.as_ref(), indent = depth * 2);
     }
 
-    /// Read and check the node at `p`; Err is a description of the damage.
-    fn read(&mut self, p: Ptr, kind: u8, owner: u64) -> Result<(Hdr, Vec<u8>), String> {
-        if !self.layout.node_in_range(p.block) {
-            return Err(format!(
-                "pointer to block {} outside the data area {}..{}",
-                p.block, self.layout.data_start, self.layout.data_end
-            ));
-        }
+    /// Mark `p` visited; Err when it was already (a cycle or shared node).
+    fn visit(&mut self, p: Ptr) -> Result<(), String> {
         if !self.seen.insert(p.block) {
             return Err(format!(
                 "block {} already visited (cycle or shared node)",
                 p.block
             ));
         }
-        let mut buf = vec![0u8; self.layout.node_size as usize];
-        self.dev
-            .read(p.block, &mut buf)
-            .map_err(|e| format!("read error: {e}"))?;
-        let c = crc(&buf);
-        if c != p.crc {
-            return Err(format!(
-                "checksum {c:08x} but the parent expects {:08x}",
-                p.crc
-            ));
-        }
-        if &buf[0..4] != b"NTND" {
-            return Err("bad node magic".into());
-        }
-        let u64at = |o: usize| u64::from_le_bytes(buf[o..o + 8].try_into().unwrap_or([0; 8]));
-        let h = Hdr {
-            level: buf[5],
-            count: u16::from_le_bytes([buf[6], buf[7]]),
-            generation: u64at(16),
-        };
-        if buf[4] != kind {
-            return Err(format!("node of kind {} where {kind} was expected", buf[4]));
-        }
-        if u64at(8) != p.block {
-            return Err(format!("node claims address {} (misdirected)", u64at(8)));
-        }
-        if u64at(24) != owner {
-            return Err(format!("node owned by inode {} not {owner}", u64at(24)));
-        }
-        Ok((h, buf))
+        Ok(())
     }
 
-    /// Walk the file table; collect (parent, name, inode fields).
+    /// Walk the file table; collect (parent, name, inode).
     fn files(&mut self, p: Ptr, level: u8, depth: usize, acc: &mut Vec<Entry>) {
-        let (h, buf) = match self.read(p, KIND_FILES, 0) {
+        let r = self.visit(p).and_then(|()| {
+            let (h, _) = self
+                .io
+                .read_raw(p, KIND_FILES, Some(level), 0)
+                .map_err(|e| e.to_string())?;
+            let n = self
+                .io
+                .load::<Files>(p, level, 0)
+                .map_err(|e| e.to_string())?;
+            Ok((h, n))
+        });
+        let (h, node) = match r {
             Ok(x) => x,
             Err(e) => return self.line(depth, format!("!! file table node {}: {e}", p.block)),
         };
@@ -99,61 +69,38 @@ impl Walker<'_> {
                 p.block, h.level, h.generation, h.count
             ),
         );
-        if h.level != level {
-            self.line(
-                depth,
-                format!("!! level {} where {level} was expected", h.level),
-            );
-            return;
-        }
-        let mut d = Dec::new(&buf[NODE_HEADER..], "file table");
-        let mut children = Vec::new();
-        for _ in 0..h.count {
-            let r = (|| -> notafs_core::Result<()> {
-                let parent = d.u64()?;
-                let len = d.u16()? as usize;
-                let name = String::from_utf8_lossy(d.take(len)?).into_owned();
-                if h.level == 0 {
-                    let ino = d.u64()?;
-                    let kind = d.u8()?;
-                    let eh = d.u8()?;
-                    d.take(6)?;
-                    let size = d.u64()?;
-                    let mtime = d.u64()?;
-                    let eb = d.u64()?;
-                    let ec = d.u32()?;
-                    d.u32()?;
-                    acc.push(Entry {
-                        parent,
-                        name,
-                        ino,
-                        kind,
-                        size,
-                        mtime,
-                        ext: Ptr { block: eb, crc: ec },
-                        ext_height: eh,
-                    });
-                } else {
-                    let b = d.u64()?;
-                    let c = d.u32()?;
-                    children.push((parent, name, Ptr { block: b, crc: c }));
+        match node {
+            Node::Leaf(es) => acc.extend(es.into_iter().map(|(k, ino)| Entry {
+                parent: k.parent,
+                name: k.name,
+                ino,
+            })),
+            Node::Branch(cs) => {
+                for (k, c) in cs {
+                    self.line(depth + 1, format!("key ({}, {:?}) ->", k.parent, k.name));
+                    match c {
+                        Child::Disk(c) => self.files(c, level - 1, depth + 1, acc),
+                        Child::Mem(_) => self.line(depth + 1, "!! in-memory child"),
+                    }
                 }
-                Ok(())
-            })();
-            if let Err(e) = r {
-                self.line(depth, format!("!! {e}"));
-                return;
             }
-        }
-        for (parent, name, c) in children {
-            self.line(depth + 1, format!("key ({parent}, {name:?}) ->"));
-            self.files(c, h.level - 1, depth + 1, acc);
         }
     }
 
     /// Walk an extent tree, printing nodes and extents.
     fn extents(&mut self, p: Ptr, level: u8, owner: u64, depth: usize, bs: u64) {
-        let (h, buf) = match self.read(p, KIND_EXTENTS, owner) {
+        let r = self.visit(p).and_then(|()| {
+            let (h, _) = self
+                .io
+                .read_raw(p, KIND_EXTENTS, Some(level), owner)
+                .map_err(|e| e.to_string())?;
+            let n = self
+                .io
+                .load::<Extents>(p, level, owner)
+                .map_err(|e| e.to_string())?;
+            Ok((h, n))
+        });
+        let (h, node) = match r {
             Ok(x) => x,
             Err(e) => return self.line(depth, format!("!! extent node {}: {e}", p.block)),
         };
@@ -164,27 +111,10 @@ impl Walker<'_> {
                 p.block, h.level, h.generation, h.count
             ),
         );
-        if h.level != level {
-            self.line(
-                depth,
-                format!("!! level {} where {level} was expected", h.level),
-            );
-            return;
-        }
-        let mut d = Dec::new(&buf[NODE_HEADER..], "extent tree");
-        let mut children = Vec::new();
-        for _ in 0..h.count {
-            let r = (|| -> notafs_core::Result<()> {
-                let lblock = d.u64()?;
-                if h.level == 0 {
-                    let pblock = d.u64()?;
-                    let len = d.u32()? as u64;
-                    if len > self.layout.max_extent as u64 {
-                        return Err(notafs_core::Error::Corrupt(format!(
-                            "extent of {len} blocks"
-                        )));
-                    }
-                    d.take(4 * len as usize)?;
+        match node {
+            Node::Leaf(es) => {
+                for (lblock, x) in es {
+                    let (len, pblock) = (x.len(), x.pblock);
                     self.line(
                         depth + 1,
                         format!(
@@ -195,77 +125,47 @@ impl Walker<'_> {
                             pblock.saturating_add(len)
                         ),
                     );
-                } else {
-                    let b = d.u64()?;
-                    let c = d.u32()?;
-                    children.push((lblock, Ptr { block: b, crc: c }));
                 }
-                Ok(())
-            })();
-            if let Err(e) = r {
-                self.line(depth, format!("!! {e}"));
-                return;
             }
-        }
-        for (k, c) in children {
-            self.line(depth + 1, format!("from file block {k} ->"));
-            self.extents(c, h.level - 1, owner, depth + 1, bs);
+            Node::Branch(cs) => {
+                for (k, c) in cs {
+                    self.line(depth + 1, format!("from file block {k} ->"));
+                    match c {
+                        Child::Disk(c) => self.extents(c, level - 1, owner, depth + 1, bs),
+                        Child::Mem(_) => self.line(depth + 1, "!! in-memory child"),
+                    }
+                }
+            }
         }
     }
 
-    fn free_list(&mut self, head: Ptr, count: u32) {
-        let mut p = head;
+    /// The free-space list, decoded and validated by the core: its nodes
+    /// (with their headers), then its entries.
+    fn free_list(&mut self, head: Ptr, count: u32, generation: u64) {
+        let list = match read_list(&self.io, head, count, generation) {
+            Ok(l) => l,
+            Err(e) => return self.line(1, format!("!! {e}")),
+        };
+        let nodes: Vec<String> = list.nodes.iter().map(|b| b.to_string()).collect();
+        self.line(1, format!("nodes at blocks {}", nodes.join(" ")));
         let mut free = 0u64;
         let mut pending: BTreeMap<u64, u64> = BTreeMap::new();
-        for i in 0..count {
-            if p.is_null() {
-                self.line(1, format!("!! list ends after {i} of {count} nodes"));
-                break;
-            }
-            let (h, buf) = match self.read(p, KIND_FREELIST, 0) {
-                Ok(x) => x,
-                Err(e) => return self.line(1, format!("!! free list node {}: {e}", p.block)),
-            };
-            self.line(
-                1,
-                format!(
-                    "node {} generation {} entries {}",
-                    p.block, h.generation, h.count
-                ),
-            );
-            let mut d = Dec::new(&buf[NODE_HEADER..], "free list");
-            let r = (|| -> notafs_core::Result<Ptr> {
-                let next = Ptr {
-                    block: d.u64()?,
-                    crc: d.u32()?,
-                };
-                d.u32()?;
-                for _ in 0..h.count {
-                    let s = d.u64()?;
-                    let l = d.u64()?;
-                    let t = d.u64()?;
-                    if t == 0 {
-                        free = free.saturating_add(l);
-                        self.line(
-                            2,
-                            format!("free    {s}..{} ({l} blocks)", s.saturating_add(l)),
-                        );
-                    } else {
-                        *pending.entry(t).or_default() += l;
-                        self.line(
-                            2,
-                            format!(
-                                "pending {s}..{} ({l} blocks, freed by generation {t})",
-                                s.saturating_add(l)
-                            ),
-                        );
-                    }
-                }
-                Ok(next)
-            })();
-            match r {
-                Ok(n) => p = n,
-                Err(e) => return self.line(2, format!("!! {e}")),
+        for (s, l, t) in list.entries {
+            if t == 0 {
+                free = free.saturating_add(l);
+                self.line(
+                    2,
+                    format!("free    {s}..{} ({l} blocks)", s.saturating_add(l)),
+                );
+            } else {
+                *pending.entry(t).or_default() += l;
+                self.line(
+                    2,
+                    format!(
+                        "pending {s}..{} ({l} blocks, freed by generation {t})",
+                        s.saturating_add(l)
+                    ),
+                );
             }
         }
         self.line(1, format!("total free: {free} blocks"));
@@ -278,12 +178,7 @@ impl Walker<'_> {
 struct Entry {
     parent: u64,
     name: String,
-    ino: u64,
-    kind: u8,
-    size: u64,
-    mtime: u64,
-    ext: Ptr,
-    ext_height: u8,
+    ino: Inode,
 }
 
 fn ptr(p: Ptr) -> String {
@@ -305,8 +200,11 @@ pub fn dump_device(
     let (sb, src) = Fs::read_superblock(dev.as_ref())?;
     let layout = Layout::from_superblock(&sb);
     let mut wk = Walker {
-        dev: dev.as_ref(),
-        layout,
+        io: NodeIo {
+            dev: dev.clone(),
+            cache: Arc::new(NodeCache::new(64)),
+            layout,
+        },
         seen: HashSet::new(),
         out: String::new(),
     };
@@ -379,7 +277,7 @@ pub fn dump_device(
     // Inodes with their paths and extents.
     let parents: std::collections::HashMap<u64, (u64, String)> = entries
         .iter()
-        .map(|e| (e.ino, (e.parent, e.name.clone())))
+        .map(|e| (e.ino.ino, (e.parent, e.name.clone())))
         .collect();
     let path_of = |e: &Entry| -> String {
         let mut parts = vec![e.name.clone()];
@@ -406,26 +304,29 @@ pub fn dump_device(
     wk.line(0, "");
     wk.line(0, format!("inodes ({}):", shown.len()));
     for (path, e) in shown {
-        let kind = match e.kind {
-            1 => "file",
-            2 => "dir ",
-            _ => "????",
+        let i = &e.ino;
+        let kind = match i.kind {
+            FileType::File => "file",
+            FileType::Dir => "dir ",
         };
         wk.line(
             1,
             format!(
                 "{kind} ino {} {path} size {} mtime {} UTC",
-                e.ino,
-                e.size,
-                format_time_ns(e.mtime)
+                i.ino,
+                i.size,
+                format_time_ns(i.mtime_ns)
             ),
         );
-        if !e.ext.is_null() {
-            if e.ext_height == 0 || e.ext_height as usize > MAX_HEIGHT {
-                wk.line(2, format!("!! extent tree height {}", e.ext_height));
-            } else {
-                wk.extents(e.ext, e.ext_height - 1, e.ino, 2, sb.block_size as u64);
-            }
+        if !i.extents.is_null() {
+            // The core's decoder has checked the height against MAX_HEIGHT.
+            wk.extents(
+                i.extents,
+                i.extent_height - 1,
+                i.ino,
+                2,
+                sb.block_size as u64,
+            );
         }
     }
 
@@ -435,12 +336,7 @@ pub fn dump_device(
         0,
         format!("free-space list ({} nodes):", pick.freelist_nodes),
     );
-    let max_nodes = (layout.data_end - layout.data_start) / layout.node_blocks.max(1);
-    if pick.freelist_nodes as u64 > max_nodes {
-        wk.line(1, format!("!! {} nodes cannot fit", pick.freelist_nodes));
-    } else {
-        wk.free_list(pick.freelist, pick.freelist_nodes);
-    }
+    wk.free_list(pick.freelist, pick.freelist_nodes, pick.generation);
     match out.write_all(wk.out.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             Err(CliError::op(format!("writing output: {e}")))
@@ -449,7 +345,7 @@ pub fn dump_device(
     }
 }
 
-fn superblock(wk: &mut Walker<'_>, sb: &Superblock, src: u64, dev_blocks: u64) {
+fn superblock(wk: &mut Walker, sb: &Superblock, src: u64, dev_blocks: u64) {
     wk.line(
         0,
         format!(
