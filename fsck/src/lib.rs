@@ -97,6 +97,7 @@ enum Mode {
 
 /// Entry point of the binary: parse `std::env::args_os` and run.
 pub fn main_exit() -> i32 {
+    notafs_tools_common::generate_docs_if_asked::<Args>("8");
     install_sigint();
     run(std::env::args_os())
 }

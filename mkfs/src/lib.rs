@@ -440,6 +440,7 @@ pub fn print_summary(path: &str, o: &Outcome) {
 
 /// The `mkfs.notafs` program.
 pub fn main() -> ! {
+    common::generate_docs_if_asked::<Args>("8");
     let args: Args = common::parse_args();
     common::init_logging(args.verbose, args.quiet);
     let r = run(&args).map(|o| {

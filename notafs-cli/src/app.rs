@@ -951,6 +951,7 @@ fn generations(fs: &Fs, out: &mut dyn Write) -> CliResult<()> {
 
 /// The `notafs` program.
 pub fn main() -> ! {
+    common::generate_docs_if_asked::<Cli>("1");
     let cli: Cli = common::parse_args();
     common::init_logging(cli.verbose, false);
     common::exit_with("notafs", run(cli))

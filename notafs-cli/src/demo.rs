@@ -328,5 +328,25 @@ pub fn run(image: &str, out: &mut dyn Write) -> CliResult<()> {
     ] {
         say(format!("  {c}"))?;
     }
+    if !on_path("fsck.notafs") || !on_path("notafs") {
+        say(String::new())?;
+        say(
+            "(Install the tools under these names with ./install.sh --prefix ~/.local, \
+             then export PATH=~/.local/bin:~/.local/sbin:$PATH)"
+                .into(),
+        )?;
+    }
     Ok(())
+}
+
+/// Whether an executable `name` is on PATH.
+fn on_path(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| {
+            std::fs::metadata(d.join(name))
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+    })
 }

@@ -83,6 +83,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Man page and completions for the install script (same clap definitions).
+    notafs_tools_common::generate_docs_if_asked::<Args>("1");
     let args = Args::parse();
     let level = match args.verbose {
         0 => "info",

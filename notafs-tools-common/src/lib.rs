@@ -459,6 +459,78 @@ pub fn probe_device_block_size(dev: &dyn BlockDevice) -> Option<u32> {
     None
 }
 
+/// Environment variable that makes a tool write its manual pages and shell
+/// completions into the directory it names, then exit 0 (the install script
+/// uses it, so the pages come from the same clap definitions as `--help`).
+pub const GENERATE_DOCS_ENV: &str = "NOTAFS_GENERATE_DOCS";
+
+/// If [`GENERATE_DOCS_ENV`] is set, write `C`'s manual pages (in manual
+/// `section`) and shell completions there and exit; otherwise return.
+pub fn generate_docs_if_asked<C: clap::CommandFactory>(section: &str) {
+    let Some(dir) = std::env::var_os(GENERATE_DOCS_ENV) else {
+        return;
+    };
+    match generate_docs(C::command(), section, Path::new(&dir)) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            std::process::exit(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("{}: generating documentation: {e}", C::command().get_name());
+            std::process::exit(EXIT_OPERATIONAL)
+        }
+    }
+}
+
+/// Write the manual pages of `cmd` (one per subcommand too, named
+/// `CMD-SUB.SECTION`, as git's) under `dir/man/manSECTION/`, and its
+/// completions for bash, zsh and fish under `dir/completions/{bash,zsh,fish}/`
+/// with the file names those shells look for. Returns the files written.
+pub fn generate_docs(
+    cmd: clap::Command,
+    section: &str,
+    dir: &Path,
+) -> std::io::Result<Vec<std::path::PathBuf>> {
+    use clap_complete::Shell;
+    let name = cmd.get_name().to_string();
+    let mut written = Vec::new();
+    let man_dir = dir.join("man").join(format!("man{section}"));
+    std::fs::create_dir_all(&man_dir)?;
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    fn pages(
+        cmd: &clap::Command,
+        section: &str,
+        dir: &Path,
+        out: &mut Vec<std::path::PathBuf>,
+    ) -> std::io::Result<()> {
+        let man = clap_mangen::Man::new(cmd.clone())
+            .section(section)
+            .manual("notafs");
+        out.push(man.generate_to(dir)?);
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            pages(sub, section, dir, out)?;
+        }
+        Ok(())
+    }
+    pages(&cmd, section, &man_dir, &mut written)?;
+    for (shell, sub, file) in [
+        (Shell::Bash, "bash", name.clone()),
+        (Shell::Zsh, "zsh", format!("_{name}")),
+        (Shell::Fish, "fish", format!("{name}.fish")),
+    ] {
+        let d = dir.join("completions").join(sub);
+        std::fs::create_dir_all(&d)?;
+        let p = d.join(file);
+        let mut f = std::fs::File::create(&p)?;
+        clap_complete::generate(shell, &mut cmd, name.clone(), &mut f);
+        written.push(p);
+    }
+    Ok(written)
+}
+
 /// A byte-count progress bar on stderr, drawn only when stderr is a
 /// terminal (hidden otherwise, so pipelines and logs stay clean).
 pub fn progress_bar(total: Option<u64>, what: &str) -> indicatif::ProgressBar {
