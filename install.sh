@@ -11,7 +11,8 @@
 #
 # Installs:
 #   PREFIX/sbin/mkfs.notafs   (built as mkfs-notafs)  so `mkfs -t notafs` finds it
-#   PREFIX/sbin/fsck.notafs   (built as fsck-notafs)  so fsck(8) finds it
+#   PREFIX/sbin/fsck.notafs   (built as fsck-notafs)  so fsck(8) finds it,
+#   PREFIX/sbin/fsck.fuse.notafs -> fsck.notafs     for fstab type fuse.notafs
 #   PREFIX/bin/notafs, PREFIX/bin/notafs-fuse
 #   PREFIX/sbin/mount.fuse.notafs (the mount helper, when it is built)
 #   PREFIX/share/man/man{1,8}/..., PREFIX/share/bash-completion/completions/...,
@@ -61,6 +62,7 @@ if [ "$uninstall" = 1 ]; then
             rm -f "$root/share/man/man$s/$name.$s" "$root/share/man/man$s/$name"-*."$s"
         done
     done
+    rm -f "$root/sbin/fsck.fuse.notafs"
     echo "removed the notafs tools from $root"
     exit 0
 fi
@@ -106,6 +108,10 @@ echo "$tools" | {
         fi
     done
 }
+# fsck(8) runs fsck.TYPE with the type of the fstab entry: fuse.notafs for
+# a filesystem mounted through the FUSE helper.
+ln -sf fsck.notafs "$root/sbin/fsck.fuse.notafs"
+echo "installed $root/sbin/fsck.fuse.notafs -> fsck.notafs"
 echo "manual pages in $root/share/man, completions in $root/share/{bash-completion,zsh,fish}"
 case ":$PATH:" in
     *":$prefix/sbin:"*) ;;
