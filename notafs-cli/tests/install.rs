@@ -104,7 +104,13 @@ fn install_puts_every_tool_docs_and_completions_into_the_prefix() {
     sh("echo hello > f && notafs put -p disk.img f a/b/f");
     assert_eq!(sh("notafs cat disk.img a/b/f"), "hello\n");
     sh("fsck.notafs -n disk.img");
-    assert!(sh("notafs-fuse --help").contains("notafs-fuse"));
+    // Every tool's --help lists the device forms.
+    for tool in ["mkfs.notafs", "fsck.notafs", "notafs", "notafs-fuse"] {
+        let help = sh(&format!("{tool} --help"));
+        for form in ["nbd://", "nbd+unix://", "nbds://", "file:PATH", "/dev/"] {
+            assert!(help.contains(form), "{tool} --help lacks {form}:\n{help}");
+        }
+    }
     // --uninstall takes it all away again.
     let o = std::process::Command::new(repo_root().join("install.sh"))
         .args(["--uninstall", "--prefix"])

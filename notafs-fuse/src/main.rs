@@ -29,9 +29,14 @@ use notafs_fuse::{run, MountConfig};
 /// user.notafs.generation of the mount's root (user.notafs.committed is the
 /// newest commit of a --rw mount).
 #[derive(Parser, Debug)]
-#[command(name = "notafs-fuse", version, verbatim_doc_comment)]
+#[command(
+    name = "notafs-fuse",
+    version,
+    verbatim_doc_comment,
+    after_help = notafs_tools_common::DEVICE_FORMS
+)]
 struct Args {
-    /// Device: an image file, a block device, file:PATH or memory:SIZE.
+    /// Device: an image file, a block device or an NBD URI (see DEVICE below).
     device: String,
 
     /// Directory to mount on.
