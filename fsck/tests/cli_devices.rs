@@ -120,3 +120,29 @@ fn help_lists_the_device_forms() {
         );
     }
 }
+
+#[test]
+fn block_size_comes_from_the_backup_when_the_primary_is_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image_with_block_size(dir.path(), 512, 16384);
+    // Zero the primary superblock: only the backup (last 512-byte block)
+    // says the block size is 512.
+    let mut b = std::fs::read(&img).unwrap();
+    b[..512].fill(0);
+    std::fs::write(&img, &b).unwrap();
+    let r = run_fsck(&["-n", &img], LIM);
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("superblock"), "{}", r.stdout);
+    let r = run_fsck(&["-p", &img], LIM);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let r = run_fsck(&["-n", &img], LIM);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // A copy with the magic but a bad checksum is not trusted for the size.
+    let mut b = std::fs::read(&img).unwrap();
+    b[100] ^= 0xff;
+    let n = b.len();
+    b[n - 512 + 100] ^= 0xff;
+    std::fs::write(&img, &b).unwrap();
+    let r = run_fsck(&["-n", &img], LIM);
+    assert_eq!(r.code, 8, "{}{}", r.stdout, r.stderr);
+}

@@ -37,7 +37,7 @@ pub fn detect(head: &[u8], tail: &[u8], len: u64) -> Vec<Signature> {
     if at(head, 0, &magic) {
         push(
             "notafs",
-            format!("a notafs filesystem{}", notafs_details(head)),
+            format!("a notafs filesystem{}", notafs_details(head, 0, len)),
             0,
         );
     } else {
@@ -50,7 +50,7 @@ pub fn detect(head: &[u8], tail: &[u8], len: u64) -> Vec<Signature> {
                     "notafs",
                     format!(
                         "a notafs filesystem{} (backup superblock in the last {bs}-byte block)",
-                        notafs_details(&tail[o..])
+                        notafs_details(&tail[o..], len - bs as u64, len)
                     ),
                     len - bs as u64,
                 );
@@ -136,20 +136,16 @@ pub fn detect(head: &[u8], tail: &[u8], len: u64) -> Vec<Signature> {
     v
 }
 
-/// ", UUID x, label y" of a notafs superblock, or "" if unreadable.
-fn notafs_details(sb: &[u8]) -> String {
-    if sb.len() < 168 {
-        return String::new();
-    }
-    let Ok(uuid) = <[u8; 16]>::try_from(&sb[40..56]) else {
-        return String::new();
+/// " (UUID x, label y)" of the notafs superblock copy `sb` found at byte
+/// `off` of a device of `len` bytes, as decoded by notafs-core; " (damaged
+/// superblock copy)" when it does not verify.
+fn notafs_details(sb: &[u8], off: u64, len: u64) -> String {
+    let Some(sb) = notafs_tools_common::peek_superblock(sb, off, len) else {
+        return " (damaged superblock copy)".into();
     };
-    let raw = &sb[104..168];
-    let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
-    let label = String::from_utf8_lossy(&raw[..end]);
-    let mut s = format!(" (UUID {}", notafs_tools_common::format_uuid(&uuid));
-    if !label.is_empty() {
-        s.push_str(&format!(", label {label:?}"));
+    let mut s = format!(" (UUID {}", notafs_tools_common::format_uuid(&sb.uuid));
+    if !sb.label.is_empty() {
+        s.push_str(&format!(", label {:?}", sb.label));
     }
     s.push(')');
     s

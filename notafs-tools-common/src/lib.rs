@@ -388,14 +388,23 @@ pub fn is_regular_file(path: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The block size a notafs superblock records in `b` (the start of a
-/// superblock copy), if `b` carries the magic and a valid block size.
-pub fn superblock_block_size(b: &[u8]) -> Option<u32> {
-    if b.len() < 60 || b[0..8] != notafs_core::superblock::MAGIC {
+/// The superblock copy in `b` (at least its first 256 bytes), read from byte
+/// offset `off` of a device of `len` bytes, decoded and verified by
+/// notafs-core (magic, checksum, address, every field) for the one block
+/// size it can be valid with. None when no block size gives a valid copy.
+pub fn peek_superblock(b: &[u8], off: u64, len: u64) -> Option<notafs_core::Superblock> {
+    if b.len() < notafs_core::superblock::SUPERBLOCK_LEN
+        || b[0..8] != notafs_core::superblock::MAGIC
+    {
         return None;
     }
-    let bs = u32::from_le_bytes(b[56..60].try_into().ok()?);
-    notafs_blockdev::Geometry::valid_block_size(bs).then_some(bs)
+    (9..=16).map(|s| 1u32 << s).find_map(|bs| {
+        let bs64 = bs as u64;
+        if off % bs64 != 0 {
+            return None;
+        }
+        notafs_core::Superblock::decode(b, off / bs64, bs, len / bs64).ok()
+    })
 }
 
 /// Block size recorded in a notafs superblock at the start (or, failing
@@ -408,21 +417,22 @@ pub fn probe_block_size(path: &str) -> Option<u32> {
     // Block devices report a zero length in their metadata: seek to the end.
     let len = f.seek(SeekFrom::End(0)).ok()?;
     f.seek(SeekFrom::Start(0)).ok()?;
-    let mut head = [0u8; 64];
+    let mut head = [0u8; notafs_core::superblock::SUPERBLOCK_LEN];
     if f.read_exact(&mut head).is_ok() {
-        if let Some(bs) = superblock_block_size(&head) {
-            return Some(bs);
+        if let Some(sb) = peek_superblock(&head, 0, len) {
+            return Some(sb.block_size);
         }
     }
     // The backup copy sits in the last block, whose size we do not know yet.
-    let mut bs = 512u32;
+    let mut bs = 512u64;
     while bs <= 65536 {
-        if len >= bs as u64 * 2
-            && f.seek(SeekFrom::Start(len - bs as u64)).is_ok()
+        if len >= bs * 2
+            && f.seek(SeekFrom::Start(len - bs)).is_ok()
             && f.read_exact(&mut head).is_ok()
-            && superblock_block_size(&head) == Some(bs)
         {
-            return Some(bs);
+            if let Some(sb) = peek_superblock(&head, len - bs, len) {
+                return Some(sb.block_size);
+            }
         }
         bs *= 2;
     }
@@ -437,22 +447,22 @@ pub fn probe_device_block_size(dev: &dyn BlockDevice) -> Option<u32> {
     if geo.block_count == 0 {
         return None;
     }
+    let len = geo.size_bytes();
     let mut buf = vec![0u8; dbs as usize];
     if dev.read(0, &mut buf).is_ok() {
-        if let Some(bs) = superblock_block_size(&buf) {
-            return Some(bs);
+        if let Some(sb) = peek_superblock(&buf, 0, len) {
+            return Some(sb.block_size);
         }
     }
-    let len = geo.size_bytes();
     let tail_blocks = 65536u64.div_ceil(dbs).min(geo.block_count);
     let mut tail = vec![0u8; (tail_blocks * dbs) as usize];
     dev.read(geo.block_count - tail_blocks, &mut tail).ok()?;
     let mut bs = 512usize;
     while bs <= tail.len() {
-        if len >= bs as u64 * 2
-            && superblock_block_size(&tail[tail.len() - bs..]) == Some(bs as u32)
-        {
-            return Some(bs as u32);
+        if len >= bs as u64 * 2 {
+            if let Some(sb) = peek_superblock(&tail[tail.len() - bs..], len - bs as u64, len) {
+                return Some(sb.block_size);
+            }
         }
         bs *= 2;
     }
