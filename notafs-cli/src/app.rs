@@ -115,8 +115,8 @@ pub enum Cmd {
     },
     /// Copy a local file (or stdin with `-`) into the image, replacing PATH; commits.
     ///
-    /// If PATH is an existing directory, the file goes inside it under
-    /// LOCAL's name.
+    /// If PATH is an existing directory, or ends with `/`, the file goes
+    /// inside it under LOCAL's name.
     Put {
         device: String,
         local: String,
@@ -630,27 +630,6 @@ fn put(device: &str, local: &str, path: &str, parents: bool) -> CliResult<()> {
         ));
     }
     let fs = open_fs(device, true, None)?;
-    let mut target = path.to_string();
-    let is_dir = matches!(fs.stat(path), Ok(m) if m.is_dir());
-    if is_dir {
-        if local == "-" {
-            return Err(CliError::not_found(format!(
-                "cannot write {}: is a directory (name the file to create inside it)",
-                display_path(path)
-            )));
-        }
-        target = join(path, base_name(local));
-    }
-    if parents && !is_dir {
-        let t = target.trim_end_matches('/');
-        if let Some((parent, _)) = t.rsplit_once('/') {
-            if !parent.trim_matches('/').is_empty() {
-                fs.create_dir_all(parent).map_err(|e| {
-                    CliError::from(e).context(format!("cannot create directory {parent}"))
-                })?;
-            }
-        }
-    }
     let (mut input, total): (Box<dyn Read>, Option<u64>) = if local == "-" {
         (Box::new(std::io::stdin().lock()), None)
     } else {
@@ -665,6 +644,46 @@ fn put(device: &str, local: &str, path: &str, parents: bool) -> CliResult<()> {
         let len = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
         (Box::new(f), len)
     };
+    let mut target = path.to_string();
+    // A trailing slash names a directory, as with cp: the file goes inside.
+    let wants_dir = path.ends_with('/') && !path.trim_matches('/').is_empty();
+    let is_dir = match fs.stat(path) {
+        Ok(m) if m.is_dir() => true,
+        Ok(_) if wants_dir => {
+            return Err(CliError::not_found(format!(
+                "cannot write into {path}: not a directory"
+            )))
+        }
+        Err(notafs_core::Error::NotFound(_)) if wants_dir => {
+            if !parents {
+                return Err(CliError::not_found(format!(
+                    "cannot write into {path}: no such directory (use -p to create it)"
+                )));
+            }
+            fs.create_dir_all(path.trim_end_matches('/')).map_err(|e| {
+                CliError::from(e).context(format!("cannot create directory {path}"))
+            })?;
+            true
+        }
+        _ => false,
+    };
+    if is_dir {
+        if local == "-" {
+            return Err(CliError::not_found(format!(
+                "cannot write {}: is a directory (name the file to create inside it)",
+                display_path(path)
+            )));
+        }
+        target = join(path, base_name(local));
+    } else if parents {
+        if let Some((parent, _)) = target.trim_end_matches('/').rsplit_once('/') {
+            if !parent.trim_matches('/').is_empty() {
+                fs.create_dir_all(parent).map_err(|e| {
+                    CliError::from(e).context(format!("cannot create directory {parent}"))
+                })?;
+            }
+        }
+    }
     let file = fs.open_file_with(&target, true, true).map_err(|e| {
         let hint = matches!(e, notafs_core::Error::NotFound(_)) && !parents;
         let e = CliError::from(e).context(format!("cannot write {target}"));

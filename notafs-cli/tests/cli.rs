@@ -528,6 +528,20 @@ fn put_dash_p_creates_parents() {
     let o = run(&["put", "-p", img, local, "top.tar/x"]);
     assert_eq!(code(&o), 1, "{}", err(&o));
     assert_eq!(generation(img), g1);
+    // A trailing slash names a directory (as cp): never a file of that name.
+    let o = run(&["put", img, local, "newdir/"]);
+    assert_eq!(code(&o), 1, "{}", err(&o));
+    assert!(err(&o).contains("use -p"), "{}", err(&o));
+    let o = run(&["put", img, local, "top.tar/"]);
+    assert_eq!(code(&o), 1, "{}", err(&o));
+    assert_eq!(generation(img), g1);
+    ok(&["put", "-p", img, local, "x/y/"]);
+    assert_eq!(run(&["cat", img, "x/y/big.tar"]).stdout, content);
+    // A missing local file: nothing created, nothing committed.
+    let g2 = generation(img);
+    let o = run(&["put", "-p", img, "/nonexistent/file", "z/w"]);
+    assert_eq!(code(&o), 1, "{}", err(&o));
+    assert_eq!(generation(img), g2);
 }
 
 #[test]
