@@ -241,6 +241,13 @@ impl Fsck {
         }
         let report = match self.check(&dev) {
             Ok(r) => r,
+            Err(e) if e.is_io() => {
+                return self.operational(&format!(
+                    "{}: {e}\n{PROG}: the device failed a read: nothing was checked or \
+                     changed (an I/O error is not damage; retry when the device answers)",
+                    self.args.device
+                ))
+            }
             Err(e) => {
                 return self.operational(&format!(
                     "{}: {e}\n{PROG}: the superblock could not be read or does not describe a \
@@ -283,14 +290,33 @@ impl Fsck {
                     progress: None,
                     cache_bytes: None,
                 };
-                let res = check::repair(dev.clone(), &opts).map_err(|e| e.to_string());
+                let policy = if self.mode == Mode::Preen {
+                    check::RepairPolicy::Lossless
+                } else {
+                    check::RepairPolicy::Full
+                };
+                let res = check::repair_with(dev.clone(), &opts, policy).map_err(|e| e.to_string());
                 match &res {
                     Ok(rep) => {
                         if !rep.actions.is_empty() {
                             code |= EXIT_CORRECTED;
                         }
-                        let lines: Vec<String> =
+                        let mut lines: Vec<String> =
                             rep.actions.iter().map(|a| format!("Repair: {a}")).collect();
+                        for d in &rep.declined {
+                            lines.push(format!(
+                                "Not repaired in preen mode (run fsck.notafs -y): {d}"
+                            ));
+                        }
+                        if !rep.declined.is_empty() {
+                            code |= EXIT_UNCORRECTED;
+                            if self.mode == Mode::Preen {
+                                lines.push(format!(
+                                    "{}: UNEXPECTED INCONSISTENCY; RUN fsck.notafs MANUALLY.",
+                                    self.args.device
+                                ));
+                            }
+                        }
                         self.say("");
                         for l in lines {
                             self.say(l);

@@ -312,9 +312,9 @@ fn cases() -> Vec<Case> {
         add(
             "slot pointer past the end",
             i.b,
-            0,
-            "generation 4",
-            0,
+            4,
+            "skipped-root",
+            1,
             Mount::Gen(4),
         );
         let mut i = Img::new(good.clone());
@@ -322,9 +322,9 @@ fn cases() -> Vec<Case> {
         add(
             "slot pointer into the ring",
             i.b,
-            0,
-            "generation 4",
-            0,
+            4,
+            "skipped-root",
+            1,
             Mount::Gen(4),
         );
         let mut i = Img::new(good.clone());
@@ -332,20 +332,20 @@ fn cases() -> Vec<Case> {
         add(
             "slot free list pointer null",
             i.b,
-            0,
-            "generation 4",
-            0,
-            Mount::Gen(4),
+            4,
+            "free-list",
+            1,
+            Mount::Gen(5),
         );
         let mut i = Img::new(good.clone());
         i.slot_edit(ns, |b| put32(b, 68, u32::MAX));
         add(
             "slot free list length huge",
             i.b,
-            0,
-            "generation 4",
-            0,
-            Mount::Gen(4),
+            4,
+            "free-list",
+            1,
+            Mount::Gen(5),
         );
         let mut i = Img::new(good.clone());
         i.slot_edit(ns, |b| b[52] = 200);
@@ -513,9 +513,9 @@ fn cases() -> Vec<Case> {
         add(
             "wrong level in file table root",
             i.b,
-            0,
-            "roots do not verify",
-            0,
+            4,
+            "skipped-root",
+            1,
             Mount::Gen(4),
         );
     }

@@ -79,7 +79,13 @@ impl NodeIo {
             Some(d) => d,
             None => {
                 let mut buf = vec![0u8; self.layout.node_size as usize];
-                self.dev.read(ptr.block, &mut buf)?;
+                self.dev
+                    .read(ptr.block, &mut buf)
+                    .map_err(|source| Error::Io {
+                        what: node::kind_name(kind),
+                        block: ptr.block,
+                        source,
+                    })?;
                 #[cfg(feature = "fault-injection")]
                 if crate::fs::current_faults().skip_verify {
                     let p = Ptr {

@@ -19,7 +19,6 @@ use crate::btree::{in_bounds, Node, NodeIo, Tree};
 use crate::extent_tree::Extents;
 use crate::file_table::{EntryKey, FileType, Files, Inode, ROOT_INO};
 use crate::fs::{Fs, OpenOptions};
-use crate::node::Ptr;
 use crate::root_ring::RootSlot;
 use crate::superblock::Superblock;
 use crate::{Error, Result};
@@ -87,6 +86,18 @@ pub struct CheckReport {
     pub stats: CheckStats,
     /// Generations whose roots verified, newest first.
     pub retained: Vec<u64>,
+    /// Files with data blocks that failed their checksum (`verify_data`).
+    pub damaged: Vec<DamagedFile>,
+}
+
+/// A file some of whose data blocks failed their checksum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DamagedFile {
+    pub ino: u64,
+    /// Full path from the root (`/dir/file`).
+    pub path: String,
+    /// Damaged runs of file blocks: (first block, number of blocks).
+    pub blocks: Vec<(u64, u64)>,
 }
 
 impl CheckReport {
@@ -121,6 +132,7 @@ pub fn check(dev: Arc<dyn BlockDevice>, opts: &CheckOptions<'_>) -> Result<Check
         problems: Vec::new(),
         stats: CheckStats::default(),
         retained: Vec::new(),
+        damaged: Vec::new(),
     };
     check_superblocks(dev.as_ref(), &sb, source, &mut r);
 
@@ -138,6 +150,9 @@ pub fn check(dev: Arc<dyn BlockDevice>, opts: &CheckOptions<'_>) -> Result<Check
     };
     let fs = match open(None) {
         Ok(fs) => fs,
+        // An I/O error is not damage: the caller reports it (exit 8) and
+        // nothing is repaired on its strength.
+        Err(e) if e.is_io() => return Err(e),
         Err(e) => {
             r.push(
                 Severity::Error,
@@ -157,12 +172,20 @@ pub fn check(dev: Arc<dyn BlockDevice>, opts: &CheckOptions<'_>) -> Result<Check
                 "slot",
                 format!("root slot {}: {e}", s.index),
             ),
+            // A checksum-valid root newer than the one opened: a power cut
+            // cannot leave one (the slot is written after a barrier behind
+            // its trees), so it is damage, and a commit would overwrite it.
+            (Ok(slot), Some(Err(e))) if slot.generation > newest => r.push(
+                Severity::Error,
+                "skipped-root",
+                format!(
+                    "root slot {} (generation {}, newer than the newest readable {newest}) is \
+                     checksum-valid but its file table does not verify: {e}",
+                    s.index, slot.generation
+                ),
+            ),
             (Ok(slot), Some(Err(e))) => r.push(
-                if slot.generation > newest {
-                    Severity::Info
-                } else {
-                    Severity::Warning
-                },
+                Severity::Warning,
                 "slot",
                 format!(
                     "root slot {} (generation {}): roots do not verify: {e}",
@@ -193,8 +216,10 @@ pub fn check(dev: Arc<dyn BlockDevice>, opts: &CheckOptions<'_>) -> Result<Check
     };
     r.generation = Some(fs.generation());
     let slot = fs.committed_slot();
-    if let Err(e) = check_generation(&fs, &slot, opts, &mut r) {
-        r.push(Severity::Error, "tree", e.to_string());
+    match check_generation(&fs, &slot, opts, &mut r) {
+        Err(e) if e.is_io() => return Err(e),
+        Err(e) => r.push(Severity::Error, "tree", e.to_string()),
+        Ok(()) => {}
     }
     Ok(r)
 }
@@ -292,6 +317,11 @@ fn check_generation(
         Ok(())
     })?;
 
+    let names: HashMap<u64, (u64, &str)> = inodes
+        .iter()
+        .map(|(k, i)| (i.ino, (k.parent, k.name.as_str())))
+        .collect();
+    let path_of = |ino: u64| full_path(&names, ino);
     let mut seen: HashMap<u64, EntryKey> = HashMap::new();
     let mut dirs: HashSet<u64> = HashSet::from([ROOT_INO]);
     for (k, i) in &inodes {
@@ -433,7 +463,7 @@ fn check_generation(
             continue;
         }
         let limit = i.size.div_ceil(bs);
-        let mut to_verify: Vec<(u64, Vec<u32>)> = Vec::new();
+        let mut to_verify: Vec<(u64, Vec<u32>, u64)> = Vec::new();
         let mut prev_end = 0u64;
         for (lb, e) in &extents {
             let Some(end) = lb.checked_add(e.len()) else {
@@ -467,20 +497,34 @@ fn check_generation(
             claim(&mut claimed, e.pblock, e.len(), "data extent", r);
             data_blocks += e.len();
             if opts.verify_data {
-                to_verify.push((e.pblock, e.crcs.clone()));
+                to_verify.push((e.pblock, e.crcs.clone(), *lb));
             }
         }
         if opts.verify_data {
-            verify_runs(
-                &io,
-                &k.name,
-                &mut to_verify,
-                bs,
-                &mut verified,
-                total_bytes,
-                opts,
-                r,
-            );
+            let path = path_of(i.ino);
+            let bad = verify_runs(&io, &mut to_verify, bs, &mut verified, total_bytes, opts)?;
+            if !bad.is_empty() {
+                let n: u64 = bad.iter().map(|x| x.1).sum();
+                let list: Vec<String> = bad
+                    .iter()
+                    .take(8)
+                    .map(|(b, n)| format!("{}..{}", b * bs, (b + n) * bs))
+                    .collect();
+                r.push(
+                    Severity::Error,
+                    "data",
+                    format!(
+                        "{path}: {n} data block(s) fail their checksum (bytes {}{})",
+                        list.join(", "),
+                        if bad.len() > 8 { ", ..." } else { "" }
+                    ),
+                );
+                r.damaged.push(DamagedFile {
+                    ino: i.ino,
+                    path,
+                    blocks: bad,
+                });
+            }
         }
     }
     r.stats.verified_bytes = verified;
@@ -488,7 +532,30 @@ fn check_generation(
     r.stats.nodes = nodes;
 
     // Free list and accounting.
-    let list = allocator::read_list(&io, slot.freelist, slot.freelist_nodes, slot.generation)?;
+    let list = match allocator::read_list(&io, slot.freelist, slot.freelist_nodes, slot.generation)
+    {
+        Ok(l) => l,
+        Err(e) if e.is_io() => return Err(e),
+        Err(e) => {
+            r.push(
+                Severity::Error,
+                "free-list",
+                format!("the free-space list does not verify: {e}"),
+            );
+            return Ok(());
+        }
+    };
+    let listed_total = list.entries.iter().fold(0u64, |a, e| a.saturating_add(e.1));
+    if listed_total > layout.data_end - layout.data_start {
+        r.push(
+            Severity::Error,
+            "free-list",
+            format!(
+                "the free-space list lists {listed_total} blocks, the data area has {}",
+                layout.data_end - layout.data_start
+            ),
+        );
+    }
     for b in &list.nodes {
         claim(&mut claimed, *b, nb, "free-list node", r);
     }
@@ -553,25 +620,53 @@ fn check_generation(
     Ok(())
 }
 
+/// Full path of inode `ino` from the root, through the parent links of the
+/// checked table (bounded: a cycle or a missing parent gives `?/...`).
+fn full_path(names: &HashMap<u64, (u64, &str)>, ino: u64) -> String {
+    let mut parts = Vec::new();
+    let mut cur = ino;
+    for _ in 0..=crate::path::MAX_DEPTH + 1 {
+        if cur == ROOT_INO {
+            parts.reverse();
+            return format!("/{}", parts.join("/"));
+        }
+        match names.get(&cur) {
+            Some((parent, name)) => {
+                parts.push(*name);
+                cur = *parent;
+            }
+            None => break,
+        }
+    }
+    parts.reverse();
+    format!("?/{}", parts.join("/"))
+}
+
 /// Read and verify data extents, merging physically contiguous ones into
 /// reads of up to 16 MiB, on a reader thread, so the device streams at its
 /// sequential speed while this thread checks the previous run's CRCs.
-#[allow(clippy::too_many_arguments)]
+/// `runs` holds (physical block, CRCs, file block). Returns the damaged
+/// file blocks as sorted (first, count) runs; a read error is an error (an
+/// I/O error is not damage).
 fn verify_runs(
     io: &NodeIo,
-    name: &str,
-    runs: &mut Vec<(u64, Vec<u32>)>,
+    runs: &mut Vec<(u64, Vec<u32>, u64)>,
     bs: u64,
     verified: &mut u64,
     total: u64,
     opts: &CheckOptions<'_>,
-    r: &mut CheckReport,
-) {
+) -> Result<Vec<(u64, u64)>> {
     const MAX_RUN: u64 = 16 << 20;
     runs.sort_by_key(|x| x.0);
+    // (physical start, length, file block) of each extent, to map a bad
+    // physical block back to its file block.
+    let map: Vec<(u64, u64, u64)> = runs
+        .iter()
+        .map(|(p, c, l)| (*p, c.len() as u64, *l))
+        .collect();
     // Merge contiguous runs.
     let mut merged: Vec<(u64, Vec<u32>)> = Vec::new();
-    for (start, crcs) in runs.drain(..) {
+    for (start, crcs, _) in runs.drain(..) {
         match merged.last_mut() {
             Some((s, c))
                 if *s + c.len() as u64 == start
@@ -590,7 +685,8 @@ fn verify_runs(
     let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(2);
     let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let plan: Vec<(u64, usize)> = merged.iter().map(|(s, c)| (*s, c.len())).collect();
-    std::thread::scope(|sc| {
+    let mut bad_physical: Vec<u64> = Vec::new();
+    let res = std::thread::scope(|sc| -> Result<()> {
         let dev = &io.dev;
         sc.spawn(move || {
             for (start, n) in plan {
@@ -607,24 +703,24 @@ fn verify_runs(
             }
         });
         for (start, crcs) in &merged {
-            let Ok((start_r, len, res)) = rx.recv() else {
-                break;
+            let Ok((_, len, res)) = rx.recv() else {
+                return Err(Error::Internal("data reader thread stopped".into()));
             };
-            debug_assert_eq!(start_r, *start);
             match res {
-                Err(err) => r.push(
-                    Severity::Error,
-                    "data",
-                    format!(
-                        "{name:?}: read of blocks {start}+{} failed: {err}",
-                        crcs.len()
-                    ),
-                ),
+                Err(source) => {
+                    return Err(Error::Io {
+                        what: "data",
+                        block: *start,
+                        source,
+                    })
+                }
                 Ok((buf, a)) => {
-                    if let Err(err) =
-                        crate::data::check_blocks(&buf[a..a + len], crcs, *start, bs as usize)
+                    for (i, (chunk, want)) in
+                        buf[a..a + len].chunks(bs as usize).zip(crcs).enumerate()
                     {
-                        r.push(Severity::Error, "data", format!("{name:?}: {err}"));
+                        if crate::checksum::crc(chunk) != *want {
+                            bad_physical.push(*start + i as u64);
+                        }
                     }
                     let _ = back_tx.send(buf);
                 }
@@ -634,7 +730,26 @@ fn verify_runs(
                 p((*verified).min(total), total);
             }
         }
+        Ok(())
     });
+    res?;
+    let mut bad: Vec<u64> = bad_physical
+        .iter()
+        .filter_map(|&pb| {
+            let i = map.partition_point(|m| m.0 <= pb).checked_sub(1)?;
+            let (p, n, l) = map[i];
+            (pb < p + n).then(|| l + (pb - p))
+        })
+        .collect();
+    bad.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for b in bad {
+        match out.last_mut() {
+            Some((s, n)) if *s + *n == b => *n += 1,
+            _ => out.push((b, 1)),
+        }
+    }
+    Ok(out)
 }
 
 /// Blocks referenced by generation `slot` (trees, data, free-list nodes).
@@ -674,9 +789,18 @@ pub(crate) fn reachable_counted(io: &NodeIo, slot: &RootSlot) -> Result<(ExtentS
             Ok(())
         })?;
     }
-    let list = allocator::read_list(io, slot.freelist, slot.freelist_nodes, slot.generation)?;
-    for b in list.nodes {
-        set.insert(b, nb)?;
+    // A free list that does not verify holds nothing anyone can follow:
+    // its nodes are not held (the trees above are what must stay intact).
+    match allocator::read_list(io, slot.freelist, slot.freelist_nodes, slot.generation) {
+        Ok(list) => {
+            for b in list.nodes {
+                if !set.overlaps(b, nb) {
+                    set.insert(b, nb)?;
+                }
+            }
+        }
+        Err(e) if e.is_io() => return Err(e),
+        Err(_) => {}
     }
     Ok((set, count, max_ino))
 }
@@ -685,6 +809,8 @@ pub(crate) fn reachable_counted(io: &NodeIo, slot: &RootSlot) -> Result<(ExtentS
 #[derive(Clone, Debug, Default)]
 pub struct RepairReport {
     pub actions: Vec<String>,
+    /// Repairs the policy did not allow (they would lose something).
+    pub declined: Vec<String>,
     pub new_generation: Option<u64>,
 }
 
@@ -789,13 +915,22 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
     }
     // The old list nodes of `base` are in `used`; the new root does not
     // reference them, so they are held like older generations' blocks.
-    let base_list = allocator::read_list(
+    let base_list = match allocator::read_list(
         &io,
         base_slot.freelist,
         base_slot.freelist_nodes,
         base_slot.generation,
-    )?;
+    ) {
+        Ok(l) => l,
+        Err(e) if e.is_io() => return Err(e),
+        Err(_) => allocator::FreeList::default(),
+    };
     for b in &base_list.nodes {
+        if alloc.freed.overlaps(*b, layout.node_blocks)
+            || alloc.free.overlaps(*b, layout.node_blocks)
+        {
+            continue;
+        }
         alloc.freed.insert(*b, layout.node_blocks)?;
     }
     if !held.is_empty() {
@@ -838,7 +973,7 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
     crate::fs::write_coalesced(dev.as_ref(), &mut out)?;
     dev.barrier()?;
     dev.write(
-        sb.ring_start + generation % sb.ring_slots as u64,
+        crate::root_ring::slot_address(&sb, generation),
         &slot.encode(sb.block_size),
     )?;
     dev.flush()?;
@@ -848,9 +983,9 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
     let mut wiped = false;
     for s in &slots {
         if s.generation > base && s.generation != generation {
-            let idx = s.generation % sb.ring_slots as u64;
-            if idx != generation % sb.ring_slots as u64 {
-                dev.write(sb.ring_start + idx, &vec![0u8; sb.block_size as usize])?;
+            let addr = crate::root_ring::slot_address(&sb, s.generation);
+            if addr != crate::root_ring::slot_address(&sb, generation) {
+                dev.write(addr, &vec![0u8; sb.block_size as usize])?;
                 wiped = true;
             }
         }
@@ -891,63 +1026,203 @@ fn subtract(parts: &[(u64, u64)], set: &ExtentSet) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Check, then repair what can be repaired: superblock copies, and the
-/// newest generation (rolled back to the newest consistent retained one, or
-/// its free space rebuilt). Returns the actions taken; call [`check`] again
-/// to confirm.
+/// Which repairs [`repair_with`] may make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepairPolicy {
+    /// Only repairs that lose nothing (`fsck -p`): rewrite a superblock
+    /// copy from the one the ring verifies under, rebuild the free-space
+    /// list and counts from the trees.
+    Lossless,
+    /// Also repairs that give something up to save the rest (`fsck -y`):
+    /// damaged data blocks become holes, an unreadable newer root is
+    /// abandoned, and as a last resort the filesystem rolls back to the
+    /// newest consistent retained generation.
+    Full,
+}
+
+/// Check, then make every repair (`RepairPolicy::Full`).
 pub fn repair(dev: Arc<dyn BlockDevice>, opts: &CheckOptions<'_>) -> Result<RepairReport> {
+    repair_with(dev, opts, RepairPolicy::Full)
+}
+
+/// Check, then repair what `policy` allows, keeping everything it can:
+/// 1. superblock copies (lossless: the copy in use is the one the ring
+///    verifies under);
+/// 2. a newer root whose file table does not verify is abandoned (its data
+///    cannot be read anyway: `Full` only);
+/// 3. the free-space list and counts are rebuilt from the trees of the
+///    retained generations (lossless);
+/// 4. data blocks that fail their checksum become holes in their file, and
+///    only there (`Full` only; every other file and every retained
+///    generation is kept);
+/// 5. only when the newest generation's trees themselves are inconsistent,
+///    roll back to the newest retained generation that checks clean
+///    (`Full` only).
+///
+/// An I/O error stops the repair with an error: nothing is changed on its
+/// strength. Repairs that `policy` forbids are listed in
+/// [`RepairReport::declined`]. Call [`check`] again to confirm.
+pub fn repair_with(
+    dev: Arc<dyn BlockDevice>,
+    opts: &CheckOptions<'_>,
+    policy: RepairPolicy,
+) -> Result<RepairReport> {
     let mut rep = RepairReport::default();
+    let full = policy == RepairPolicy::Full;
     rep.actions.extend(repair_superblocks(dev.as_ref())?);
     let r = check(dev.clone(), opts)?;
     if r.is_clean() && opts.generation.is_none() {
         return Ok(rep);
     }
-    // Find the newest retained generation that checks clean.
-    let mut candidates = r.retained.clone();
     if let Some(g) = opts.generation {
-        candidates.retain(|x| *x <= g);
+        if !full {
+            rep.declined.push(format!(
+                "rolling back to generation {g} drops every newer one"
+            ));
+            return Ok(rep);
+        }
+        return rollback(dev, opts, Some(g), rep);
     }
-    for g in candidates {
-        let rg = check(
+    let errors: Vec<&Problem> = r
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .collect();
+    let structural = r.generation.is_none()
+        || errors.iter().any(|p| {
+            !matches!(
+                p.code,
+                "leak" | "count" | "free-overlap" | "free-list" | "skipped-root" | "data"
+            )
+        });
+    if structural {
+        if !full {
+            rep.declined.push(
+                "the newest generation's trees are inconsistent: rolling back to an older \
+                 generation loses the newer ones"
+                    .into(),
+            );
+            return Ok(rep);
+        }
+        return rollback(dev, opts, None, rep);
+    }
+    let newest = r.generation.unwrap_or_default();
+    let skipped = errors.iter().any(|p| p.code == "skipped-root");
+    if skipped && !full {
+        rep.declined.push(format!(
+            "a root newer than generation {newest} is unreadable; abandoning it needs fsck -y"
+        ));
+        return Ok(rep);
+    }
+    let rebuild = skipped
+        || errors
+            .iter()
+            .any(|p| matches!(p.code, "leak" | "count" | "free-overlap" | "free-list"));
+    // Referenced blocks inside free space may have been overwritten by a
+    // later allocation: find out which before legitimising the pointers.
+    let mut damaged = r.damaged.clone();
+    if rebuild && !opts.verify_data && errors.iter().any(|p| p.code == "free-overlap") {
+        let rv = check(
             dev.clone(),
             &CheckOptions {
-                generation: Some(g),
-                verify_data: opts.verify_data,
+                generation: None,
+                verify_data: true,
                 progress: None,
                 cache_bytes: opts.cache_bytes,
             },
         )?;
-        let errors: Vec<&Problem> = rg
-            .problems
-            .iter()
-            .filter(|p| p.severity == Severity::Error)
-            .collect();
-        let mut fixable_by_rebuild = rg.generation.is_some()
-            && errors
-                .iter()
-                .all(|p| matches!(p.code, "leak" | "count" | "free-overlap"));
-        // Referenced blocks inside free space may have been overwritten by a
-        // later allocation: a rebuild would legitimise the pointer. Accept it
-        // only if every data block of the generation still verifies.
-        if fixable_by_rebuild
-            && errors.iter().any(|p| p.code == "free-overlap")
-            && !opts.verify_data
-        {
-            let rv = check(
+        damaged = rv.damaged;
+    }
+    if !damaged.is_empty() && !full {
+        for d in &damaged {
+            let n: u64 = d.blocks.iter().map(|x| x.1).sum();
+            rep.declined.push(format!(
+                "{}: {n} damaged data block(s) would become holes (reading as zeros)",
+                d.path
+            ));
+        }
+        // A rebuild alone would be lossless, but it would make the damaged
+        // blocks look legitimate: leave everything for fsck -y.
+        return Ok(rep);
+    }
+    if rebuild {
+        let sub = rebuild_from(dev.clone(), newest)?;
+        rep.actions.extend(sub.actions);
+        rep.new_generation = sub.new_generation;
+    }
+    if !damaged.is_empty() {
+        let fs = Fs::open(
+            dev.clone(),
+            &OpenOptions {
+                read_only: false,
+                generation: None,
+                cache_bytes: opts.cache_bytes.unwrap_or(crate::DEFAULT_CACHE_BYTES),
+                discard: false,
+                write_behind: None,
+            },
+        )?;
+        let bs = fs.superblock().block_size as u64;
+        for d in &damaged {
+            let f = fs.open_file(&d.path)?;
+            for &(b, n) in &d.blocks {
+                f.punch_blocks(b, n)?;
+            }
+            let lost: u64 = d.blocks.iter().map(|x| x.1).sum();
+            rep.actions.push(format!(
+                "{}: {lost} damaged data block(s) ({} bytes at {}) now read as zeros; the rest \
+                 of the file and every other file are kept",
+                d.path,
+                lost * bs,
+                d.blocks
+                    .iter()
+                    .map(|(b, n)| format!("{}..{}", b * bs, (b + n) * bs))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        rep.new_generation = Some(fs.commit()?);
+    }
+    Ok(rep)
+}
+
+/// Last resort: roll back to the newest retained generation (at most
+/// `upto`) that checks clean or needs only a free-space rebuild.
+fn rollback(
+    dev: Arc<dyn BlockDevice>,
+    opts: &CheckOptions<'_>,
+    upto: Option<u64>,
+    mut rep: RepairReport,
+) -> Result<RepairReport> {
+    let r = check(dev.clone(), opts)?;
+    let mut candidates = r.retained.clone();
+    if let Some(g) = upto {
+        candidates.retain(|x| *x <= g);
+    }
+    for g in candidates {
+        let at = |verify_data| {
+            check(
                 dev.clone(),
                 &CheckOptions {
                     generation: Some(g),
-                    verify_data: true,
+                    verify_data,
                     progress: None,
                     cache_bytes: opts.cache_bytes,
                 },
-            )?;
-            fixable_by_rebuild = !rv
+            )
+        };
+        let mut rg = at(opts.verify_data)?;
+        // Referenced blocks inside free space may have been overwritten: a
+        // rebuild would legitimise them, so their data must verify.
+        if !opts.verify_data && rg.problems.iter().any(|p| p.code == "free-overlap") {
+            rg = at(true)?;
+        }
+        let fixable_by_rebuild = rg.generation.is_some()
+            && rg
                 .problems
                 .iter()
-                .any(|p| p.severity == Severity::Error && p.code == "data");
-        }
-        if rg.is_clean() || fixable_by_rebuild {
+                .filter(|p| p.severity == Severity::Error)
+                .all(|p| matches!(p.code, "leak" | "count" | "free-overlap" | "free-list"));
+        if fixable_by_rebuild {
             let sub = rebuild_from(dev.clone(), g)?;
             rep.actions.extend(sub.actions);
             rep.new_generation = sub.new_generation;
@@ -958,6 +1233,3 @@ pub fn repair(dev: Arc<dyn BlockDevice>, opts: &CheckOptions<'_>) -> Result<Repa
         "no retained generation is consistent; nothing safe to roll back to".into(),
     ))
 }
-
-#[allow(dead_code)]
-fn _ptr(_: Ptr) {}

@@ -11,6 +11,25 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub enum Error {
     #[error("device error: {0}")]
     Device(#[from] BlockError),
+    /// A device error while reading a known structure: never taken for
+    /// corruption (an I/O error says nothing about what is on disk).
+    #[error("I/O error reading {what} at block {block}: {source}")]
+    Io {
+        what: &'static str,
+        block: u64,
+        #[source]
+        source: BlockError,
+    },
+    /// The filesystem opened, but something a writer must not build on was
+    /// found (a newer root that is checksum-valid but does not verify, a
+    /// free-space list that does not add up): writes are refused until
+    /// `fsck.notafs` has looked at it.
+    #[error("filesystem needs checking, writes refused: {0}; run fsck.notafs")]
+    NeedsCheck(String),
+    /// A program bug detected by an internal consistency check (not damage
+    /// on disk).
+    #[error("internal error (a bug in notafs, please report it): {0}")]
+    Internal(String),
     #[error("not a notafs filesystem: {0}")]
     NotNotafs(String),
     #[error("unsupported filesystem: {0}")]
@@ -52,6 +71,24 @@ impl Error {
         Error::Corrupt(msg.into())
     }
 
+    /// True for errors the device reported (EIO, timeouts, a lost NBD
+    /// connection): they say nothing about what is on disk, so they must
+    /// never make open skip a root, nor a check report damage, nor a repair
+    /// act.
+    pub fn is_io(&self) -> bool {
+        match self {
+            Error::Io { .. } => true,
+            Error::Device(e) => !matches!(
+                e,
+                BlockError::Misaligned { .. }
+                    | BlockError::OutOfRange { .. }
+                    | BlockError::Empty
+                    | BlockError::TooLarge { .. }
+            ),
+            _ => false,
+        }
+    }
+
     /// Map to the closest `errno`, for FUSE and the CLIs.
     pub fn errno(&self) -> i32 {
         match self {
@@ -62,7 +99,7 @@ impl Error {
             Error::DirectoryNotEmpty(_) => 39,                           // ENOTEMPTY
             Error::InvalidPath { .. } | Error::InvalidArgument(_) => 22, // EINVAL
             Error::NoSpace => 28,                                        // ENOSPC
-            Error::ReadOnly => 30,                                       // EROFS
+            Error::ReadOnly | Error::NeedsCheck(_) => 30,                // EROFS
             Error::Stale => 116,                                         // ESTALE
             _ => 5,                                                      // EIO
         }
@@ -81,7 +118,7 @@ fn io_kind(e: &Error) -> std::io::ErrorKind {
         Error::NotFound(_) => K::NotFound,
         Error::Exists(_) => K::AlreadyExists,
         Error::InvalidPath { .. } | Error::InvalidArgument(_) => K::InvalidInput,
-        Error::ReadOnly => K::PermissionDenied,
+        Error::ReadOnly | Error::NeedsCheck(_) => K::PermissionDenied,
         _ => K::Other,
     }
 }

@@ -541,6 +541,26 @@ impl File {
         Ok(())
     }
 
+    /// Turn the whole blocks `[lb, lb + n)` into a hole that reads as zeros,
+    /// freeing what they held (repair of damaged data; size unchanged).
+    pub fn punch_blocks(&self, lb: u64, n: u64) -> Result<()> {
+        self.fs.check_writable_pub()?;
+        let io = self.fs.io().clone();
+        let bs = io.layout.block_size as usize;
+        let mut t = self.fs.txn();
+        unmap(&mut t, &io, self.ino, lb, n)?;
+        let st = state(&mut t, &io, self.ino)?;
+        let end = lb.saturating_add(n);
+        let dropped: Vec<u64> = st.buf.range(lb..end).map(|(k, _)| *k).collect();
+        for k in &dropped {
+            st.buf.remove(k);
+        }
+        st.inode.mtime_ns = now_ns();
+        t.buffered_bytes = t.buffered_bytes.saturating_sub(dropped.len() * bs);
+        t.changed = true;
+        Ok(())
+    }
+
     /// Set the modification time (ns since the Unix epoch), as `touch -d`.
     pub fn set_mtime(&self, mtime_ns: u64) -> Result<()> {
         self.fs.check_writable_pub()?;

@@ -109,8 +109,12 @@ pub struct SlotStatus {
     pub index: u32,
     /// The decoded slot, or why it is unusable.
     pub state: std::result::Result<RootSlot, String>,
-    /// Whether its trees' roots verified (only for decodable slots).
+    /// Whether its file-table root verified (only for decodable slots):
+    /// the generation is readable.
     pub roots_ok: Option<std::result::Result<(), String>>,
+    /// Whether its free-space list read and added up (only for decodable
+    /// slots): the generation can be written on.
+    pub free_list: Option<std::result::Result<(), String>>,
 }
 
 /// Space and identity figures of an open filesystem.
@@ -127,6 +131,8 @@ pub struct FsInfo {
     pub read_only: bool,
     /// Which superblock copy was used (0 = primary, else the backup's block).
     pub superblock_source: u64,
+    /// Why writes are refused until `fsck.notafs` has run, if they are.
+    pub needs_check: Option<String>,
 }
 
 /// Metadata of a file or directory.
@@ -233,12 +239,36 @@ pub(crate) struct Inner {
     pub cache_bytes: usize,
     pub discard: bool,
     pub slots: Vec<SlotStatus>,
+    /// Why writes are refused until fsck has run (see [`Error::NeedsCheck`]).
+    pub needs_check: Option<String>,
+    /// The caller asked for a read-only open (so `ReadOnly`, not
+    /// `NeedsCheck`, is the answer to a write).
+    pub asked_read_only: bool,
 }
 
 /// An open notafs filesystem. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
 pub struct Fs {
     pub(crate) inner: Arc<Inner>,
+}
+
+/// How well the root ring verifies under superblock `sb`: (newest
+/// decodable generation, number of decodable slots). Used only to choose
+/// between two disagreeing superblock copies; a read error scores nothing.
+fn ring_score(dev: &dyn BlockDevice, sb: &Superblock) -> (u64, u32) {
+    let bs = sb.block_size as usize;
+    let mut ring = vec![0u8; bs * sb.ring_slots as usize];
+    if dev.read(sb.ring_start, &mut ring).is_err() {
+        return (0, 0);
+    }
+    let mut best = (0, 0);
+    for i in 0..sb.ring_slots {
+        let raw = &ring[i as usize * bs..(i as usize + 1) * bs];
+        if let Ok(s) = RootSlot::decode(raw, i, sb.ring_slots, &sb.uuid) {
+            best = (best.0.max(s.generation), best.1 + 1);
+        }
+    }
+    best
 }
 
 fn now_ns() -> u64 {
@@ -274,19 +304,24 @@ impl Fs {
     pub fn format(dev: Arc<dyn BlockDevice>, opts: &FormatOptions) -> Result<Fs> {
         let sb = Self::plan(dev.as_ref(), opts)?;
         let bs = sb.block_size as usize;
-        // Wipe the ring first: a slot of an earlier filesystem must never be
-        // mistaken for ours (its UUID would differ, but zeros are clearer).
+        // Three flush epochs, so that a power cut at any instant leaves
+        // either no filesystem or a complete one that checks clean:
+        // 1. blank the primary superblock (the signature): from here on the
+        //    device is not a notafs filesystem (an earlier one's backup with
+        //    a blank primary and nothing newer than generation 1 is not
+        //    taken for one either, see `read_superblock`);
+        // 2. wipe the ring, write generation 1 (free list, root slot) and
+        //    the backup superblock;
+        // 3. write the primary superblock, last (as btrfs does), and flush.
+        dev.write(0, &vec![0u8; bs])?;
+        dev.barrier()?;
+        // A slot of an earlier filesystem must never be mistaken for ours
+        // (its UUID would differ, but zeros are clearer).
         let zeros = vec![0u8; bs * sb.ring_slots as usize];
         dev.write(sb.ring_start, &zeros)?;
         // The first generation: empty table, free list = the whole data area.
         let layout = Layout::from_superblock(&sb);
-        let mut alloc = Allocator {
-            free: allocator::ExtentSet::new(),
-            pending: BTreeMap::new(),
-            fresh: allocator::ExtentSet::new(),
-            freed: allocator::ExtentSet::new(),
-            reserve: 0,
-        };
+        let mut alloc = Allocator::empty();
         alloc
             .free
             .insert(layout.data_start, layout.data_end - layout.data_start)?;
@@ -313,12 +348,12 @@ impl Fs {
             pending_blocks: 0,
         };
         dev.barrier()?;
-        dev.write(sb.ring_start + 1, &slot.encode(sb.block_size))?;
-        // Superblocks last: until they are written the device is not a
-        // notafs filesystem at all, so a crash during format leaves either
-        // the old content's signature gone or a complete new filesystem.
-        dev.barrier()?;
+        dev.write(
+            crate::root_ring::slot_address(&sb, generation),
+            &slot.encode(sb.block_size),
+        )?;
         dev.write(sb.backup_address(), &sb.encode(sb.backup_address()))?;
+        dev.barrier()?;
         dev.write(0, &sb.encode(0))?;
         dev.flush()?;
         info!(
@@ -394,8 +429,22 @@ impl Fs {
         })
     }
 
-    /// Read the superblock: the primary copy, else the backup in the last
-    /// block. Returns the superblock and the address of the copy used.
+    /// Read the superblock. Rules, in order (docs/FORMAT.md, "Superblock
+    /// copies"):
+    /// * an I/O error reading a copy is an error, never a reason to prefer
+    ///   the other copy;
+    /// * both copies decode and agree: the primary;
+    /// * both decode but disagree (a copy damaged with its checksum
+    ///   recomputed, or a repair interrupted): the copy under which the root
+    ///   ring verifies best (newest decodable generation, then most
+    ///   decodable slots; the primary on a tie), so one bad copy can never
+    ///   redirect the ring;
+    /// * only one decodes: that one, except that a *blank* primary (all
+    ///   zeros) whose backup's ring holds nothing newer than generation 1 is
+    ///   an interrupted `mkfs` (mkfs writes the primary last, in its own
+    ///   flush epoch): not a filesystem.
+    ///
+    /// Returns the superblock and the address of the copy used.
     pub fn read_superblock(dev: &dyn BlockDevice) -> Result<(Superblock, u64)> {
         let geo = dev.geometry();
         if geo.block_count < 2 {
@@ -404,41 +453,81 @@ impl Fs {
                 geo.block_count
             )));
         }
-        let mut buf = vec![0u8; geo.block_size as usize];
-        let primary = dev
-            .read(0, &mut buf)
-            .map_err(Error::from)
-            .and_then(|_| Superblock::decode(&buf, 0, geo.block_size, geo.block_count));
-        let e = match primary {
-            Ok(sb) => return Ok((sb, 0)),
-            Err(e @ Error::Unsupported(_)) => return Err(e),
-            Err(e) => e,
-        };
         let last = geo.block_count - 1;
-        let backup = dev
-            .read(last, &mut buf)
-            .map_err(Error::from)
-            .and_then(|_| Superblock::decode(&buf, last, geo.block_size, geo.block_count));
-        match backup {
-            Ok(sb) if sb.block_count == geo.block_count => {
-                warn!("primary superblock unusable ({e}); using the backup copy");
-                Ok((sb, last))
+        let read = |addr: u64, what: &'static str| -> Result<(Vec<u8>, Result<Superblock>)> {
+            let mut buf = vec![0u8; geo.block_size as usize];
+            dev.read(addr, &mut buf).map_err(|source| Error::Io {
+                what,
+                block: addr,
+                source,
+            })?;
+            let sb = Superblock::decode(&buf, addr, geo.block_size, geo.block_count);
+            Ok((buf, sb))
+        };
+        let (pbuf, primary) = read(0, "primary superblock")?;
+        if let Err(e @ Error::Unsupported(_)) = primary {
+            return Err(e);
+        }
+        let (_, backup) = read(last, "backup superblock")?;
+        let backup = match backup {
+            Ok(b) if b.block_count == geo.block_count => Ok(b),
+            Ok(_) => Err(Error::corrupt("backup copy describes another device size")),
+            Err(e) => Err(e),
+        };
+        match (primary, backup) {
+            (Ok(p), Ok(b)) => {
+                if p == b {
+                    return Ok((p, 0));
+                }
+                let (sp, sbk) = (ring_score(dev, &p), ring_score(dev, &b));
+                if sbk > sp {
+                    warn!(
+                        "the two superblock copies disagree; using the backup, under which the \
+                         root ring verifies (newest generation {} vs {})",
+                        sbk.0, sp.0
+                    );
+                    Ok((b, last))
+                } else {
+                    warn!("the two superblock copies disagree; using the primary");
+                    Ok((p, 0))
+                }
             }
-            Ok(_) => Err(e),
-            Err(Error::NotNotafs(_)) => Err(e),
-            Err(e2 @ Error::Unsupported(_)) => Err(e2),
-            Err(_) => Err(e),
+            (Ok(p), Err(_)) => Ok((p, 0)),
+            (Err(e), Ok(b)) => {
+                if pbuf.iter().all(|&c| c == 0) && ring_score(dev, &b).0 <= 1 {
+                    return Err(Error::NotNotafs(
+                        "no superblock at block 0 (a backup copy of an empty, \
+                         never-committed filesystem exists: an interrupted mkfs)"
+                            .into(),
+                    ));
+                }
+                warn!("primary superblock unusable ({e}); using the backup copy");
+                Ok((b, last))
+            }
+            (Err(e), Err(Error::Unsupported(m))) => match e {
+                Error::NotNotafs(_) => Err(e),
+                _ => Err(Error::Unsupported(m)),
+            },
+            (Err(e), Err(_)) => Err(e),
         }
     }
 
     /// Decode every root slot and verify the roots of the decodable ones.
+    /// An I/O error anywhere is returned as an error: it says nothing about
+    /// the slot, so it must not make the slot look invalid.
     pub(crate) fn scan_slots(
         io: &NodeIo,
         sb: &Superblock,
     ) -> Result<Vec<(SlotStatus, Option<allocator::FreeList>)>> {
         let bs = sb.block_size as usize;
         let mut ring = vec![0u8; bs * sb.ring_slots as usize];
-        io.dev.read(sb.ring_start, &mut ring)?;
+        io.dev
+            .read(sb.ring_start, &mut ring)
+            .map_err(|source| Error::Io {
+                what: "root ring",
+                block: sb.ring_start,
+                source,
+            })?;
         let mut out = Vec::new();
         for i in 0..sb.ring_slots {
             let raw = &ring[i as usize * bs..(i as usize + 1) * bs];
@@ -447,16 +536,28 @@ impl Fs {
                 e => e.to_string(),
             });
             let mut list = None;
-            let roots_ok = state.as_ref().ok().map(|s| {
-                Self::verify_roots(io, s)
-                    .map(|l| list = Some(l))
-                    .map_err(|e| e.to_string())
-            });
+            let mut roots_ok = None;
+            let mut free_list = None;
+            if let Ok(s) = &state {
+                roots_ok = Some(match Self::verify_files_root(io, s) {
+                    Err(e) if e.is_io() => return Err(e),
+                    r => r.map_err(|e| e.to_string()),
+                });
+                free_list = Some(match Self::read_free_list(io, s) {
+                    Err(e) if e.is_io() => return Err(e),
+                    Ok(l) => {
+                        list = Some(l);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                });
+            }
             out.push((
                 SlotStatus {
                     index: i,
                     state,
                     roots_ok,
+                    free_list,
                 },
                 list,
             ));
@@ -464,8 +565,8 @@ impl Fs {
         Ok(out)
     }
 
-    /// Verify the tree roots a slot points to and read its free list.
-    fn verify_roots(io: &NodeIo, s: &RootSlot) -> Result<allocator::FreeList> {
+    /// Verify the file-table root a slot points to.
+    fn verify_files_root(io: &NodeIo, s: &RootSlot) -> Result<()> {
         if !s.files.is_null() {
             io.read_raw(
                 s.files,
@@ -474,11 +575,21 @@ impl Fs {
                 0,
             )?;
         }
+        Ok(())
+    }
+
+    /// Read a slot's free-space list and check that it can describe this
+    /// device (no more blocks than exist, no overlaps).
+    fn read_free_list(io: &NodeIo, s: &RootSlot) -> Result<allocator::FreeList> {
         let list = allocator::read_list(io, s.freelist, s.freelist_nodes, s.generation)?;
         let listed = list.entries.iter().fold(0u64, |a, e| a.saturating_add(e.1));
         if listed > io.layout.data_end - io.layout.data_start {
-            return Err(Error::corrupt("free list lists more blocks than exist"));
+            return Err(Error::corrupt(format!(
+                "free list lists {listed} blocks, the data area has {}",
+                io.layout.data_end - io.layout.data_start
+            )));
         }
+        allocator::allocator_from(&list, 0)?;
         Ok(list)
     }
 
@@ -495,11 +606,13 @@ impl Fs {
             layout,
         };
         let scanned = Self::scan_slots(&io, &sb)?;
-        let mut candidates: Vec<(RootSlot, allocator::FreeList)> = Vec::new();
+        // Candidates: slots whose file table verifies (readable), newest
+        // first, each with its free list when that verified too.
+        let mut candidates: Vec<(RootSlot, Option<allocator::FreeList>)> = Vec::new();
         let mut slots = Vec::new();
         for (st, list) in scanned {
-            if let (Ok(s), Some(Ok(())), Some(l)) = (&st.state, &st.roots_ok, list) {
-                candidates.push((*s, l));
+            if let (Ok(s), Some(Ok(()))) = (&st.state, &st.roots_ok) {
+                candidates.push((*s, list));
             }
             slots.push(st);
         }
@@ -525,22 +638,66 @@ impl Fs {
                 .position(|c| c.0.generation == g && newest - g < sb.ring_slots as u64)
                 .ok_or(Error::NoSuchGeneration(g))?,
         };
-        let read_only =
-            opts.read_only || pick != 0 || sb.ro_compat & !superblock::RO_COMPAT_KNOWN != 0;
         let (slot, list) = candidates.swap_remove(pick);
-        if pick == 0
-            && slots.iter().any(|s| {
-                s.state
-                    .as_ref()
-                    .is_ok_and(|r| r.generation > slot.generation)
+        // A checksum-valid root newer than the one opened was skipped
+        // because its file table does not verify. A power cut cannot cause
+        // that (a slot is written only after a barrier behind its trees):
+        // it is damage, and writing would overwrite that slot for good.
+        let skipped: Vec<String> = slots
+            .iter()
+            .filter_map(|s| match (&s.state, &s.roots_ok) {
+                (Ok(r), Some(Err(e))) if r.generation > slot.generation => {
+                    Some(format!("generation {} does not verify ({e})", r.generation))
+                }
+                _ => None,
             })
-        {
-            warn!(
-                generation = slot.generation,
-                "newer root slots did not verify; fell back"
-            );
+            .collect();
+        let mut needs_check = None;
+        if !skipped.is_empty() {
+            if opts.generation.is_none() {
+                warn!(
+                    generation = slot.generation,
+                    "newer root slots are checksum-valid but do not verify: {}; opened the \
+                     newest that does",
+                    skipped.join(", ")
+                );
+            }
+            needs_check = Some(format!(
+                "opened generation {}, but {}",
+                slot.generation,
+                skipped.join(", ")
+            ));
         }
-        let mut alloc = allocator::allocator_from(&list, 0)?;
+        let (list, alloc) = match list.map(|l| allocator::allocator_from(&l, 0).map(|a| (l, a))) {
+            Some(Ok(x)) => (x.0, Some(x.1)),
+            Some(Err(e)) => return Err(Error::Internal(format!("free list re-check: {e}"))),
+            None => {
+                let why = slots
+                    .iter()
+                    .find_map(|s| match (&s.state, &s.free_list) {
+                        (Ok(r), Some(Err(e))) if r.generation == slot.generation => Some(e.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                if needs_check.is_none() && opts.generation.is_none() {
+                    warn!(
+                        generation = slot.generation,
+                        "the free-space list does not verify ({why}); files are readable, \
+                         writes refused until fsck.notafs rebuilds it"
+                    );
+                }
+                needs_check.get_or_insert(format!(
+                    "the free-space list of generation {} does not verify: {why}",
+                    slot.generation
+                ));
+                (allocator::FreeList::default(), None)
+            }
+        };
+        let read_only = opts.read_only
+            || pick != 0
+            || needs_check.is_some()
+            || sb.ro_compat & !superblock::RO_COMPAT_KNOWN != 0;
+        let mut alloc = alloc.unwrap_or_else(Allocator::empty);
         let upto = (slot.generation + 1).saturating_sub(sb.ring_slots as u64);
         let _ = alloc.release(upto)?;
         let files = Tree::<Files>::from_disk(slot.files, slot.files_height, 0)?;
@@ -582,6 +739,8 @@ impl Fs {
                 cache_bytes: opts.cache_bytes.max(1 << 20),
                 discard: opts.discard && !read_only,
                 slots,
+                needs_check,
+                asked_read_only: opts.read_only,
             }),
         })
     }
@@ -617,6 +776,9 @@ impl Fs {
     }
 
     fn check_writable(&self) -> Result<()> {
+        if let (Some(why), false) = (&self.inner.needs_check, self.inner.asked_read_only) {
+            return Err(Error::NeedsCheck(why.clone()));
+        }
         if self.inner.read_only {
             return Err(Error::ReadOnly);
         }
@@ -751,6 +913,7 @@ impl Fs {
             inodes: t.inode_count,
             read_only: self.inner.read_only,
             superblock_source: self.inner.sb_source,
+            needs_check: self.inner.needs_check.clone(),
         }
     }
 

@@ -42,6 +42,12 @@ pub const SLOT_MAGIC: [u8; 8] = *b"NOTAFSRT";
 const SLOT_CHECKSUM_OFFSET: usize = 224;
 pub const SLOT_LEN: usize = 256;
 
+/// The block holding the root slot of generation `g`: slot `g mod N` of
+/// the ring. The only place the slot address is computed.
+pub fn slot_address(sb: &crate::superblock::Superblock, g: u64) -> u64 {
+    sb.ring_start + g % sb.ring_slots as u64
+}
+
 /// A root of one committed generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RootSlot {
