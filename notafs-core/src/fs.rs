@@ -439,10 +439,10 @@ impl Fs {
     ///   ring verifies best (newest decodable generation, then most
     ///   decodable slots; the primary on a tie), so one bad copy can never
     ///   redirect the ring;
-    /// * only one decodes: that one, except that a *blank* primary (all
-    ///   zeros) whose backup's ring holds nothing newer than generation 1 is
-    ///   an interrupted `mkfs` (mkfs writes the primary last, in its own
-    ///   flush epoch): not a filesystem.
+    /// * only one decodes: that one, except that a primary that does not
+    ///   decode with a backup whose ring holds nothing newer than
+    ///   generation 1 is an interrupted `mkfs` (mkfs writes the primary
+    ///   last, in its own flush epoch): not a filesystem.
     ///
     /// Returns the superblock and the address of the copy used.
     pub fn read_superblock(dev: &dyn BlockDevice) -> Result<(Superblock, u64)> {
@@ -494,12 +494,19 @@ impl Fs {
             }
             (Ok(p), Err(_)) => Ok((p, 0)),
             (Err(e), Ok(b)) => {
-                if pbuf.iter().all(|&c| c == 0) && ring_score(dev, &b).0 <= 1 {
-                    return Err(Error::NotNotafs(
-                        "no superblock at block 0 (a backup copy of an empty, \
-                         never-committed filesystem exists: an interrupted mkfs)"
-                            .into(),
-                    ));
+                // The primary is the signature. Without it, a backup whose
+                // ring holds nothing newer than generation 1 is an
+                // interrupted mkfs (or an empty filesystem: nothing to lose).
+                if ring_score(dev, &b).0 <= 1 {
+                    let what = if pbuf.iter().all(|&c| c == 0) {
+                        "no superblock at block 0"
+                    } else {
+                        "no valid superblock at block 0"
+                    };
+                    return Err(Error::NotNotafs(format!(
+                        "{what} (the backup copy describes an empty, never-committed \
+                         filesystem: an interrupted mkfs)"
+                    )));
                 }
                 warn!("primary superblock unusable ({e}); using the backup copy");
                 Ok((b, last))
