@@ -318,7 +318,7 @@ pub fn encode_list(
 ) -> Result<Ptr> {
     let per = entries_per_node(layout);
     if blocks.len() * per < entries.len() {
-        return Err(Error::corrupt("internal: free list does not fit"));
+        return Err(Error::Internal("free list does not fit".into()));
     }
     let mut next = Ptr::NULL;
     for (i, &block) in blocks.iter().enumerate().rev() {

@@ -258,14 +258,14 @@ fn encode_node<T: Kind>(node: &Node<T>, h: &Header, node_size: usize) -> Result<
                         e.u32(p.crc);
                     }
                     Child::Mem(_) => {
-                        return Err(Error::corrupt("internal: unwritten child at encode"));
+                        return Err(Error::Internal("unwritten child at encode".into()));
                     }
                 }
             }
         }
     }
     if e.len() > node_size {
-        return Err(Error::corrupt("internal: node overflow at encode"));
+        return Err(Error::Internal("node overflow at encode".into()));
     }
     let mut buf = e.buf;
     buf.resize(node_size, 0);
@@ -450,7 +450,7 @@ impl<T: Kind> Tree<T> {
         }
         match c {
             Child::Mem(n) => Ok(n),
-            Child::Disk(_) => Err(Error::corrupt("internal: make_mut")),
+            Child::Disk(_) => Err(Error::Internal("make_mut".into())),
         }
     }
 
@@ -467,7 +467,7 @@ impl<T: Kind> Tree<T> {
         let root = self
             .root
             .as_mut()
-            .ok_or_else(|| Error::corrupt("internal: root"))?;
+            .ok_or_else(|| Error::Internal("root".into()))?;
         let (old, split) = insert_rec(
             io,
             root,
@@ -483,12 +483,12 @@ impl<T: Kind> Tree<T> {
             let left = self
                 .root
                 .take()
-                .ok_or_else(|| Error::corrupt("internal: root"))?;
+                .ok_or_else(|| Error::Internal("root".into()))?;
             let lkey = match &left {
                 Child::Mem(n) => n.first_key().cloned(),
                 Child::Disk(_) => None,
             }
-            .ok_or_else(|| Error::corrupt("internal: split of a disk node"))?;
+            .ok_or_else(|| Error::Internal("split of a disk node".into()))?;
             self.root = Some(Child::Mem(Box::new(Node::Branch(vec![
                 (lkey, left),
                 (sep, right),
@@ -512,7 +512,7 @@ impl<T: Kind> Tree<T> {
         let root = self
             .root
             .as_mut()
-            .ok_or_else(|| Error::corrupt("internal: root"))?;
+            .ok_or_else(|| Error::Internal("root".into()))?;
         let old = remove_rec(
             io,
             root,
@@ -742,7 +742,7 @@ fn insert_rec<T: Kind>(
     let sep = right
         .first_key()
         .cloned()
-        .ok_or_else(|| Error::corrupt("internal: empty split"))?;
+        .ok_or_else(|| Error::Internal("empty split".into()))?;
     Ok((old, Some((sep, Child::Mem(Box::new(right))))))
 }
 
@@ -829,7 +829,7 @@ fn remove_rec<T: Kind>(
                         match (&mut **ln, *rn) {
                             (Node::Leaf(a), Node::Leaf(b)) => a.extend(b),
                             (Node::Branch(a), Node::Branch(b)) => a.extend(b),
-                            _ => return Err(Error::corrupt("internal: merge of mixed levels")),
+                            _ => return Err(Error::Internal("merge of mixed levels".into())),
                         }
                     }
                 }

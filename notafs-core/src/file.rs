@@ -266,7 +266,7 @@ fn spill_metadata(fs: &Fs, t: &mut Txn, ino: u64) -> Result<()> {
         Ok(_) | Err(Error::NoSpace) => {}
         Err(e) => return Err(e),
     }
-    if let Err(e) = crate::fs::write_coalesced(io.dev.as_ref(), &mut out) {
+    if let Err(e) = crate::commit::write_coalesced(io.dev.as_ref(), &mut out) {
         return fs.fail_write(e);
     }
     drain(t, ino, nb)
@@ -634,6 +634,3 @@ impl Seek for Cursor {
         }
     }
 }
-
-#[allow(dead_code)]
-fn _unused(_: Inode) {}

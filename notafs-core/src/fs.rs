@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use notafs_blockdev::{BlockDevice, WriteReq};
+use notafs_blockdev::BlockDevice;
 use tracing::{debug, info, warn};
 
 use crate::allocator::{self, Allocator};
@@ -310,9 +310,9 @@ impl Fs {
         //    device is not a notafs filesystem (an earlier one's backup with
         //    a blank primary and nothing newer than generation 1 is not
         //    taken for one either, see `read_superblock`);
-        // 2. wipe the ring, write generation 1 (free list, root slot) and
-        //    the backup superblock;
-        // 3. write the primary superblock, last (as btrfs does), and flush.
+        // 2. wipe the ring, write generation 1 (free list, barrier, root
+        //    slot, flush: commit.rs), then the backup superblock;
+        // 3. barrier, the primary superblock, last (as btrfs does), flush.
         dev.write(0, &vec![0u8; bs])?;
         dev.barrier()?;
         // A slot of an earlier filesystem must never be mistaken for ours
@@ -325,32 +325,20 @@ impl Fs {
         alloc
             .free
             .insert(layout.data_start, layout.data_end - layout.data_start)?;
-        let generation = 1;
-        let node = alloc.alloc_exact(layout.node_blocks, true)?;
-        let entries = allocator::list_entries(&alloc, generation);
-        let mut out = Vec::new();
-        let head = allocator::encode_list(&layout, &entries, &[node], generation, &mut out)?;
-        for (b, buf) in &out {
-            dev.write(*b, buf)?;
-        }
-        let slot = RootSlot {
-            generation,
-            uuid: sb.uuid,
-            time_ns: sb.created.saturating_mul(1_000_000_000),
-            files: Ptr::NULL,
-            files_height: 0,
-            freelist: head,
-            freelist_nodes: 1,
-            next_ino: ROOT_INO + 1,
-            inode_count: 0,
-            used_blocks: sb.block_count - alloc.free.total(),
-            free_blocks: alloc.free.total(),
-            pending_blocks: 0,
-        };
-        dev.barrier()?;
-        dev.write(
-            crate::root_ring::slot_address(&sb, generation),
-            &slot.encode(sb.block_size),
+        crate::commit::write_generation(
+            dev.as_ref(),
+            &sb,
+            &mut alloc,
+            crate::commit::NewRoot {
+                generation: 1,
+                time_ns: sb.created.saturating_mul(1_000_000_000),
+                files: Ptr::NULL,
+                files_height: 0,
+                next_ino: ROOT_INO + 1,
+                inode_count: 0,
+            },
+            &mut Vec::new(),
+            crate::commit::CommitFaults::default(),
         )?;
         dev.write(sb.backup_address(), &sb.encode(sb.backup_address()))?;
         dev.barrier()?;
@@ -1357,62 +1345,33 @@ impl Fs {
             &mut out,
         )?;
 
-        // 2. The free list: the old one is freed by this commit; size the new
-        // one, allocate it (taking blocks from the start of free extents never
-        // adds an entry), then encode what is left.
+        // 2-6. The old free list is freed by this commit; the new one, the
+        // nodes, barrier, root slot, flush: commit.rs.
         for b in &old_list {
             t.alloc.free(*b, layout.node_blocks)?;
         }
-        if faults.reuse_freed_immediately {
-            let freed = std::mem::take(&mut t.alloc.freed);
-            for (s, l) in freed.iter() {
-                t.alloc.free.insert(s, l)?;
-            }
-        }
-        let per = allocator::entries_per_node(&layout);
-        let n_nodes = allocator::list_entries(&t.alloc, generation)
-            .len()
-            .div_ceil(per)
-            .max(1);
-        let mut list_blocks = Vec::with_capacity(n_nodes);
-        for _ in 0..n_nodes {
-            list_blocks.push(t.alloc.alloc_exact(layout.node_blocks, true)?);
-        }
-        let entries = allocator::list_entries(&t.alloc, generation);
-        let head = allocator::encode_list(&layout, &entries, &list_blocks, generation, &mut out)?;
-
-        let free = t.alloc.free.total();
-        let pending = t.alloc.pending_total();
-        let slot = RootSlot {
-            generation,
-            uuid: self.inner.sb.uuid,
-            time_ns: now_ns(),
-            files: files_root,
-            files_height: t.files.height,
-            freelist: head,
-            freelist_nodes: n_nodes as u32,
-            next_ino: t.next_ino,
-            inode_count: t.inode_count,
-            used_blocks: layout.block_count - free - pending,
-            free_blocks: free,
-            pending_blocks: pending,
-        };
-        let slot_block = self.inner.sb.ring_start + generation % self.inner.sb.ring_slots as u64;
-        let slot_buf = slot.encode(self.inner.sb.block_size);
-        let dev = &self.inner.dev;
-
-        // 3-5. Nodes, barrier, root slot, flush.
-        if faults.root_before_data {
-            dev.write(slot_block, &slot_buf)?;
-        }
-        write_coalesced(dev.as_ref(), &mut out)?;
-        if !faults.skip_barrier {
-            dev.barrier()?;
-        }
-        if !faults.root_before_data {
-            dev.write(slot_block, &slot_buf)?;
-        }
-        dev.flush()?;
+        let written = crate::commit::write_generation(
+            self.inner.dev.as_ref(),
+            &self.inner.sb,
+            &mut t.alloc,
+            crate::commit::NewRoot {
+                generation,
+                time_ns: now_ns(),
+                files: files_root,
+                files_height: t.files.height,
+                next_ino: t.next_ino,
+                inode_count: t.inode_count,
+            },
+            &mut out,
+            crate::commit::CommitFaults {
+                skip_barrier: faults.skip_barrier,
+                root_before_data: faults.root_before_data,
+                reuse_freed_immediately: faults.reuse_freed_immediately,
+            },
+        )?;
+        let slot = written.slot;
+        let list_blocks = written.free_list;
+        let (free, pending) = (slot.free_blocks, slot.pending_blocks);
 
         // Durable: publish and prepare the next transaction.
         {
@@ -1541,30 +1500,6 @@ pub(crate) fn next_generation(g: u64) -> Result<u64> {
 
 /// Write encoded blocks sorted by address, merging adjacent ones into single
 /// requests, handed to the device as one batch.
-pub(crate) fn write_coalesced(dev: &dyn BlockDevice, out: &mut Vec<(u64, Vec<u8>)>) -> Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    out.sort_by_key(|x| x.0);
-    let bs = dev.geometry().block_size as u64;
-    let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
-    for (b, buf) in out.drain(..) {
-        if let Some((rb, rbuf)) = runs.last_mut() {
-            if *rb + rbuf.len() as u64 / bs == b && rbuf.len() < (8 << 20) {
-                rbuf.extend_from_slice(&buf);
-                continue;
-            }
-        }
-        runs.push((b, buf));
-    }
-    let reqs: Vec<WriteReq<'_>> = runs
-        .iter()
-        .map(|(b, d)| WriteReq { block: *b, data: d })
-        .collect();
-    dev.write_batch(&reqs)?;
-    Ok(())
-}
-
 pub(crate) fn meta_of(i: &Inode) -> Metadata {
     Metadata {
         ino: i.ino,

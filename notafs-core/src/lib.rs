@@ -28,6 +28,7 @@ pub mod check;
 mod checksum;
 #[doc(hidden)]
 pub mod codec;
+mod commit;
 mod data;
 pub mod digest;
 mod error;
@@ -37,6 +38,7 @@ mod file_table;
 mod fs;
 mod node;
 pub mod path;
+pub mod repair;
 mod root_ring;
 mod snapshot;
 pub mod superblock;

@@ -20,7 +20,7 @@
 //!     24     8  owner: inode number for extent trees, else 0
 //!     32     -  entries (layout per kind), then zeros to node_size
 //! ```
-use crate::codec::{le32, le64};
+use crate::codec::le64;
 use crate::{Error, Result};
 
 pub const NODE_MAGIC: [u8; 4] = *b"NTND";
@@ -149,7 +149,6 @@ pub fn verify(buf: &[u8], ptr: Ptr, kind: u8, level: Option<u8>, owner: u64) -> 
         generation: le64(buf, 16),
         owner: le64(buf, 24),
     };
-    let _ = le32; // (kept for symmetry with the other decoders)
     if h.address != ptr.block {
         return Err(Error::corrupt(format!(
             "{what} node at {} claims address {} (misdirected write)",
