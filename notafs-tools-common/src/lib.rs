@@ -579,6 +579,76 @@ pub fn exists(path: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A formatted image file of `bytes` bytes with `bs`-byte blocks.
+    fn image(dir: &Path, bs: u32, bytes: u64) -> String {
+        let p = dir.join(format!("i{bs}.img"));
+        std::fs::File::create(&p).unwrap().set_len(bytes).unwrap();
+        let p = p.to_str().unwrap().to_string();
+        let dev = open_device(
+            &p,
+            &DeviceOptions {
+                block_size: Some(bs),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        notafs_core::Fs::format(dev, &notafs_core::FormatOptions::default()).unwrap();
+        p
+    }
+
+    #[test]
+    fn block_size_probe_by_path_and_by_device() {
+        let dir = tempfile::tempdir().unwrap();
+        for bs in [512u32, 4096, 16384, 65536] {
+            let p = image(dir.path(), bs, 16 << 20);
+            assert_eq!(probe_block_size(&p), Some(bs), "{bs}");
+            let dev = open_device(&p, &DeviceOptions::default()).unwrap();
+            assert_eq!(probe_device_block_size(dev.as_ref()), Some(bs), "{bs}");
+            let fs_dev = open_fs_device(&p, true).unwrap();
+            assert_eq!(fs_dev.geometry().block_size, bs);
+            // The backup copy alone is enough.
+            let mut b = std::fs::read(&p).unwrap();
+            b[..bs as usize].fill(0);
+            std::fs::write(&p, &b).unwrap();
+            assert_eq!(probe_block_size(&p), Some(bs), "{bs} from the backup");
+            let dev = open_device(&p, &DeviceOptions::default()).unwrap();
+            assert_eq!(probe_device_block_size(dev.as_ref()), Some(bs));
+            // Magic with a bad checksum in both copies: no answer.
+            b[..8].copy_from_slice(&notafs_core::superblock::MAGIC);
+            let n = b.len();
+            b[n - bs as usize + 100] ^= 1;
+            std::fs::write(&p, &b).unwrap();
+            assert_eq!(probe_block_size(&p), None, "{bs} damaged");
+        }
+        // Not notafs, too small, missing: no answer, no panic.
+        let z = dir.path().join("zero.img");
+        std::fs::write(&z, vec![0u8; 8192]).unwrap();
+        assert_eq!(probe_block_size(z.to_str().unwrap()), None);
+        let t = dir.path().join("tiny.img");
+        std::fs::write(&t, b"NOTAFS\0\x01").unwrap();
+        assert_eq!(probe_block_size(t.to_str().unwrap()), None);
+        assert_eq!(probe_block_size("/nonexistent/x.img"), None);
+    }
+
+    #[test]
+    fn device_specs() {
+        for (spec, local) in [
+            ("disk.img", Some("disk.img")),
+            ("/dev/sdb1", Some("/dev/sdb1")),
+            ("file:a:b.img", Some("a:b.img")),
+            ("nbd://h/x", None),
+            ("nbd+unix:///?socket=/s", None),
+            ("nbds+unix:///e?socket=/s", None),
+            ("memory:64M", None),
+        ] {
+            assert_eq!(local_path(spec), local, "{spec}");
+        }
+        match open_device("/nonexistent/x.img", &DeviceOptions::default()) {
+            Err(e) => assert!(e.msg.contains("no such file or device"), "{e}"),
+            Ok(_) => panic!("opened a missing file"),
+        }
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(parse_size("4096").unwrap(), 4096);
