@@ -71,7 +71,13 @@ fn loop_device_with_512_byte_sectors_gets_4096_byte_blocks() {
         lo.0.trim_start_matches("/dev/")
     );
     let sector = std::fs::read_to_string(&sys).unwrap_or_default();
-    assert_eq!(sector.trim(), "512", "{sys}");
+    if sector.trim() != "512" {
+        return skip(&format!(
+            "{} has {:?}-byte sectors, not 512",
+            lo.0,
+            sector.trim()
+        ));
+    }
     let o = mkfs(&[&lo.0]);
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(
