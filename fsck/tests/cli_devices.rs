@@ -146,3 +146,81 @@ fn block_size_comes_from_the_backup_when_the_primary_is_damaged() {
     let r = run_fsck(&["-n", &img], LIM);
     assert_eq!(r.code, 8, "{}{}", r.stdout, r.stderr);
 }
+
+/// `qemu-nbd` serving an image file on a Unix socket; killed on drop.
+struct QemuNbd {
+    child: std::process::Child,
+    sock: std::path::PathBuf,
+}
+
+impl QemuNbd {
+    fn serve(img: &str, dir: &Path) -> Option<QemuNbd> {
+        use std::process::{Command, Stdio};
+        let ok = Command::new("qemu-nbd")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            println!("SKIPPED: qemu-nbd is not installed");
+            return None;
+        }
+        let sock = dir.join("nbd.sock");
+        let child = Command::new("qemu-nbd")
+            .arg("-k")
+            .arg(&sock)
+            .args([
+                "-f",
+                "raw",
+                "--persistent",
+                "--shared=8",
+                "--cache=none",
+                img,
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn qemu-nbd");
+        let mut s = QemuNbd { child, sock };
+        let t0 = std::time::Instant::now();
+        while !s.sock.exists() {
+            if let Some(st) = s.child.try_wait().unwrap() {
+                panic!("qemu-nbd exited at start: {st}");
+            }
+            assert!(t0.elapsed() < LIM, "qemu-nbd did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(s)
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn block_size_is_read_from_the_superblock_over_nbd() {
+    let dir = tempfile::tempdir().unwrap();
+    for bs in [512u32, 16384] {
+        let sub = dir.path().join(bs.to_string());
+        std::fs::create_dir(&sub).unwrap();
+        let img = image_with_block_size(&sub, bs, (8 << 20) / bs as u64);
+        let Some(srv) = QemuNbd::serve(&img, &sub) else {
+            return;
+        };
+        let uri = format!("nbd+unix:///?socket={}", srv.sock.display());
+        let r = run_fsck(&["-n", &uri], LIM);
+        assert_eq!(r.code, 0, "bs {bs}: {}{}", r.stdout, r.stderr);
+        assert!(r.stdout.contains("1 files"), "{}", r.stdout);
+        let r = run_fsck(&["-n", "--json", &uri], LIM);
+        assert!(
+            r.stdout.contains(&format!("\"block_size\":{bs}")),
+            "{}",
+            r.stdout
+        );
+    }
+}
