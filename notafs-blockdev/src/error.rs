@@ -20,8 +20,16 @@ pub enum BlockError {
     TooLarge { len: u64, max: u64 },
     #[error("invalid device: {0}")]
     Invalid(String),
-    #[error("device is busy: {0}")]
-    Busy(String),
+    /// Another writer holds the device: an image file's one-writer lock
+    /// (see [`crate::file`]) or a block device claimed exclusively (`O_EXCL`)
+    /// or mounted. Tools map it to "operational error" (exit 8).
+    #[error("{device} is in use by {holder}")]
+    Busy {
+        /// The path or URI that was being opened.
+        device: String,
+        /// Who holds it, as far as known ("another writer (pid 1234, notafs-fuse)").
+        holder: String,
+    },
     #[error("{op} not supported by this device")]
     Unsupported { op: &'static str },
     #[error("I/O error during {op}: {source}")]
@@ -36,6 +44,11 @@ impl BlockError {
     /// Wrap an OS error for the operation `op`.
     pub fn io(op: &'static str, source: io::Error) -> Self {
         BlockError::Io { op, source }
+    }
+
+    /// True when another writer holds the device ([`BlockError::Busy`]).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, BlockError::Busy { .. })
     }
 
     /// True when the error came from the device (as opposed to a bad request).

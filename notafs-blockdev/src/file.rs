@@ -8,6 +8,10 @@
 //!   cannot punch holes it does nothing (discard is only a hint).
 //! * write_zeroes: `fallocate(ZERO_RANGE)`, else `PUNCH_HOLE` (a hole reads as
 //!   zeros), else plain writes of zero buffers in chunks of at most 1 MiB.
+//! * One writer at a time: a writable open takes an exclusive open file
+//!   description lock on the whole file (`F_OFD_SETLK`, non-blocking); a
+//!   second writer, in this process or another, gets [`BlockError::Busy`].
+//!   Read-only opens take no lock and never block a writer (see `lock.rs`).
 //! * Optional `O_DIRECT`: the kernel then needs buffers aligned in memory, so
 //!   an unaligned caller buffer goes through an aligned bounce buffer.
 //!
@@ -268,6 +272,9 @@ pub struct FileDevice {
 impl FileDevice {
     /// Create (or truncate) `path` as a sparse image of `size_bytes` and open
     /// it read-write, buffered, with the default block size.
+    ///
+    /// The writer lock is taken before the file is truncated, so an image in
+    /// use by another writer is refused ([`BlockError::Busy`]) untouched.
     pub fn create(path: impl AsRef<Path>, size_bytes: u64) -> Result<Self> {
         let path = path.as_ref();
         if size_bytes < DEFAULT_FILE_BLOCK_SIZE as u64 {
@@ -280,14 +287,16 @@ impl FileDevice {
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(path)
             .map_err(|e| BlockError::io("create", e))?;
-        // set_len on a fresh file allocates nothing: the image is sparse.
+        crate::lock::lock_writer(&f, path)?;
+        // Truncate, then extend: set_len on an empty file allocates nothing,
+        // so the image is sparse.
+        f.set_len(0).map_err(|e| BlockError::io("create", e))?;
         f.set_len(size_bytes)
             .map_err(|e| BlockError::io("create", e))?;
-        drop(f);
-        Self::open(path, &FileOptions::default())
+        Self::from_file(f, path, &FileOptions::default())
     }
 
     /// Open an existing image file.
@@ -316,6 +325,17 @@ impl FileDevice {
                 BlockError::io("open", e)
             }
         })?;
+        Self::from_file(file, path, opts)
+    }
+
+    /// Finish opening `file` (opened per `opts`): take the writer lock if
+    /// writable, then read the geometry.
+    fn from_file(file: File, path: &Path, opts: &FileOptions) -> Result<Self> {
+        let bs = opts.block_size.unwrap_or(DEFAULT_FILE_BLOCK_SIZE);
+        if !opts.read_only {
+            // One writer at a time (see crate::lock); before anything else.
+            crate::lock::lock_writer(&file, path)?;
+        }
         let meta = file.metadata().map_err(|e| BlockError::io("open", e))?;
         if !meta.is_file() {
             return Err(BlockError::Invalid(format!(

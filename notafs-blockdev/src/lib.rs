@@ -13,6 +13,7 @@ mod geometry;
 pub mod crash;
 pub mod fault;
 pub mod file;
+mod lock;
 pub mod memory;
 pub mod nbd;
 pub mod open;

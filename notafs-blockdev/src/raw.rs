@@ -70,10 +70,10 @@ impl RawDevice {
         }
         oo.custom_flags(flags);
         let file = oo.open(path).map_err(|e| match e.raw_os_error() {
-            Some(libc::EBUSY) => BlockError::Busy(format!(
-                "{} is in use (mounted, or held exclusively by another program)",
-                path.display()
-            )),
+            Some(libc::EBUSY) => BlockError::Busy {
+                device: path.display().to_string(),
+                holder: "a mount or another exclusive opener".to_string(),
+            },
             Some(libc::ENOENT) => BlockError::Invalid(format!("no such file: {}", path.display())),
             _ => BlockError::io("open", e),
         })?;

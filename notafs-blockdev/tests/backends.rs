@@ -720,7 +720,8 @@ fn raw_exclusive_and_geometry() {
     assert!(a.describe().contains(&lo.dev.display().to_string()));
     // A second exclusive opener is refused with Busy, naming the device.
     match RawDevice::open(&lo.dev, &RawOptions::default()) {
-        Err(BlockError::Busy(msg)) => {
+        Err(e @ BlockError::Busy { .. }) => {
+            let msg = e.to_string();
             assert!(msg.contains(&lo.dev.display().to_string()), "{msg}")
         }
         Err(e) => panic!("expected Busy, got {e}"),
