@@ -111,6 +111,22 @@ fn install_puts_every_tool_docs_and_completions_into_the_prefix() {
             assert!(help.contains(form), "{tool} --help lacks {form}:\n{help}");
         }
     }
+    // --strip installs smaller binaries that still run.
+    let stripped = d.path().join("stripped");
+    let o = std::process::Command::new(repo_root().join("install.sh"))
+        .args(["--no-build", "--strip", "--prefix"])
+        .arg(&stripped)
+        .env("CARGO_TARGET_DIR", bins.parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    assert!(size(&stripped.join("bin/notafs")) <= size(&prefix.join("bin/notafs")));
+    let o = std::process::Command::new(stripped.join("sbin/mkfs.notafs"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
     // --uninstall takes it all away again.
     let o = std::process::Command::new(repo_root().join("install.sh"))
         .args(["--uninstall", "--prefix"])
