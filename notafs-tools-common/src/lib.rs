@@ -602,17 +602,24 @@ mod tests {
         for bs in [512u32, 4096, 16384, 65536] {
             let p = image(dir.path(), bs, 16 << 20);
             assert_eq!(probe_block_size(&p), Some(bs), "{bs}");
-            let dev = open_device(&p, &DeviceOptions::default()).unwrap();
+            let ro = DeviceOptions {
+                read_only: true,
+                ..Default::default()
+            };
+            let dev = open_device(&p, &ro).unwrap();
             assert_eq!(probe_device_block_size(dev.as_ref()), Some(bs), "{bs}");
-            let fs_dev = open_fs_device(&p, true).unwrap();
+            drop(dev);
+            let fs_dev = open_fs_device(&p, false).unwrap();
             assert_eq!(fs_dev.geometry().block_size, bs);
+            drop(fs_dev);
             // The backup copy alone is enough.
             let mut b = std::fs::read(&p).unwrap();
             b[..bs as usize].fill(0);
             std::fs::write(&p, &b).unwrap();
             assert_eq!(probe_block_size(&p), Some(bs), "{bs} from the backup");
-            let dev = open_device(&p, &DeviceOptions::default()).unwrap();
+            let dev = open_device(&p, &ro).unwrap();
             assert_eq!(probe_device_block_size(dev.as_ref()), Some(bs));
+            drop(dev);
             // Magic with a bad checksum in both copies: no answer.
             b[..8].copy_from_slice(&notafs_core::superblock::MAGIC);
             let n = b.len();
