@@ -104,6 +104,28 @@ fn install_puts_every_tool_docs_and_completions_into_the_prefix() {
     sh("echo hello > f && notafs put -p disk.img f a/b/f");
     assert_eq!(sh("notafs cat disk.img a/b/f"), "hello\n");
     sh("fsck.notafs -n disk.img");
+    // fsck(8) takes the type from fstab (what the user guide documents
+    // instead of `fsck -t notafs`): types notafs and fuse.notafs both run
+    // fsck.notafs.
+    if sh("command -v fsck || true").trim().is_empty() {
+        println!("SKIPPED: fsck(8) (util-linux) is not installed");
+    } else {
+        for ty in ["notafs", "fuse.notafs"] {
+            let img = d.path().join("disk.img");
+            std::fs::write(
+                d.path().join("fstab"),
+                format!("{} /srv/packs {ty} defaults 0 2\n", img.display()),
+            )
+            .unwrap();
+            let out = sh(&format!(
+                "LIBMOUNT_FSTAB={}/fstab fsck -V -n {} </dev/null",
+                d.path().display(),
+                img.display()
+            ));
+            assert!(out.contains(&format!("fsck.{ty}")), "{ty}: {out}");
+            assert!(out.contains("Pass 4"), "{ty}: {out}");
+        }
+    }
     // Every tool's --help lists the device forms.
     for tool in ["mkfs.notafs", "fsck.notafs", "notafs", "notafs-fuse"] {
         let help = sh(&format!("{tool} --help"));
