@@ -571,9 +571,12 @@ fn get_to_local(
             if let Some(p) = self.0 {
                 let _ = std::fs::remove_file(p);
             }
+            crate::signals::forget_temp();
         }
     }
     let mut guard = Cleanup(Some(&tmp));
+    // Ctrl-C, SIGTERM or SIGHUP during the copy remove the temporary too.
+    crate::signals::remove_on_signal(&tmp);
     if let Some(m) = &meta {
         // Replacing a file: keep its permission bits.
         let _ = file.set_permissions(m.permissions());

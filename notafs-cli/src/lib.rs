@@ -4,5 +4,6 @@
 pub mod app;
 pub mod demo;
 pub mod dump;
+mod signals;
 
 pub use notafs_tools_common as common;

@@ -660,3 +660,49 @@ fn help_lists_the_device_forms() {
         assert!(out(&o).contains(form), "--help lacks {form}:\n{}", out(&o));
     }
 }
+
+#[test]
+fn interrupted_get_leaves_no_temporary() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = tempfile::tempdir().unwrap();
+    let img = fresh(d.path(), "big.img", 512);
+    let img = img.to_str().unwrap();
+    assert_eq!(code(&put_stdin(img, "f.bin", &data(256 << 20, 13))), 0);
+    let out_dir = d.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let dest = out_dir.join("f.bin");
+    let names = || -> Vec<String> {
+        std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let mut interrupted = 0;
+    for _ in 0..5 {
+        let mut child = notafs()
+            .args(["get", img, "f.bin", dest.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for the temporary to appear, then interrupt.
+        let t0 = std::time::Instant::now();
+        while names().is_empty() && t0.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let st = child.wait().unwrap();
+        if st.signal() == Some(libc::SIGINT) {
+            interrupted += 1;
+            assert!(names().is_empty(), "left behind: {:?}", names());
+        } else {
+            // The copy won the race: it completed, whole.
+            assert!(st.success(), "{st:?}");
+            assert_eq!(names(), vec!["f.bin".to_string()]);
+            std::fs::remove_file(&dest).unwrap();
+        }
+    }
+    assert!(interrupted > 0, "never interrupted mid-copy");
+}
