@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use notafs_blockdev::BlockDevice;
-use notafs_core::check::{self, CheckOptions, CheckReport, Problem, RepairReport, Severity};
+use notafs_core::check::{self, CheckOptions, CheckReport, Problem, Severity};
+use notafs_core::repair::{self, RepairReport};
 
 pub use notafs_tools_common::{
     EXIT_CANCELLED, EXIT_CORRECTED, EXIT_OK, EXIT_OPERATIONAL, EXIT_UNCORRECTED, EXIT_USAGE,
@@ -291,11 +292,12 @@ impl Fsck {
                     cache_bytes: None,
                 };
                 let policy = if self.mode == Mode::Preen {
-                    check::RepairPolicy::Lossless
+                    repair::RepairPolicy::Lossless
                 } else {
-                    check::RepairPolicy::Full
+                    repair::RepairPolicy::Full
                 };
-                let res = check::repair_with(dev.clone(), &opts, policy).map_err(|e| e.to_string());
+                let res =
+                    repair::repair_with(dev.clone(), &opts, policy).map_err(|e| e.to_string());
                 match &res {
                     Ok(rep) => {
                         if !rep.actions.is_empty() {

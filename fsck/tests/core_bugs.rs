@@ -136,7 +136,7 @@ fn repair_does_not_legitimise_pointer_into_free_space() {
     let dev = mem(&i.b);
     let before = check(dev.clone(), &CheckOptions::default()).unwrap();
     assert!(!before.is_clean());
-    notafs_core::check::repair(dev.clone(), &CheckOptions::default()).unwrap();
+    notafs_core::repair::repair(dev.clone(), &CheckOptions::default()).unwrap();
     let fs = notafs_core::Fs::open(dev, &notafs_core::OpenOptions::default()).unwrap();
     let data = fs.snapshot().read_to_vec("a");
     assert!(

@@ -86,8 +86,7 @@ impl NodeIo {
                         block: ptr.block,
                         source,
                     })?;
-                #[cfg(feature = "fault-injection")]
-                if crate::fs::current_faults().skip_verify {
+                if crate::faults::current_faults().skip_verify {
                     let p = Ptr {
                         block: ptr.block,
                         crc: crate::checksum::crc(&buf),

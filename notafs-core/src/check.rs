@@ -6,15 +6,11 @@
 //! extent, the free-space list; it accounts for every block of the device
 //! (`used + free + pending + reserved = total`). It never writes.
 //!
-//! Repairs live in [`crate::repair`] (re-exported here).
+//! Repairs live in [`crate::repair`], which builds on this module.
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use notafs_blockdev::BlockDevice;
-
-pub use crate::repair::{
-    rebuild_from, repair, repair_superblocks, repair_with, RepairPolicy, RepairReport,
-};
 
 use crate::allocator::{self, ExtentSet};
 use crate::btree::{in_bounds, Node, NodeIo, Tree};

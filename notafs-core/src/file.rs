@@ -5,15 +5,15 @@
 //! are merged with the old content and kept in a bounded buffer until they
 //! fill up, the buffer limit is reached, or the commit. Either way nothing is
 //! visible to other generations until the root swap.
-use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::btree::{NodeIo, Tree};
+use crate::btree::Tree;
 use crate::data;
-use crate::extent_tree::{Extent, Extents};
-use crate::file_table::{FileType, Inode};
-use crate::fs::{Fs, InodeState, Txn};
+use crate::extent_tree::Extents;
+use crate::file_table::FileType;
+use crate::fs::Fs;
+use crate::txn::{current, flush_buffer, load_block, state, unmap, write_blocks, Txn};
 use crate::{Error, Result};
 
 /// Largest file size: offsets must fit an i64 (as for POSIX `off_t`).
@@ -63,265 +63,47 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Make sure `ino` has a transaction state, loading its inode.
-fn state<'a>(t: &'a mut Txn, io: &NodeIo, ino: u64) -> Result<&'a mut InodeState> {
-    if !t.inodes.contains_key(&ino) {
-        let key = t
-            .handles
-            .get(&ino)
-            .map(|h| h.0.clone())
-            .ok_or(Error::Stale)?;
-        let inode = t.files.get(io, &key)?.ok_or(Error::Stale)?;
-        if inode.ino != ino {
-            return Err(Error::Stale);
-        }
-        let ext = Tree::<Extents>::from_disk(inode.extents, inode.extent_height, ino)?;
-        t.inodes.insert(
-            ino,
-            InodeState {
-                key,
-                inode,
-                ext,
-                buf: BTreeMap::new(),
-            },
-        );
+impl Fs {
+    /// Create an empty file; fails if `p` exists.
+    pub fn create(&self, p: &str) -> Result<File> {
+        let (key, inode) = self.create_inode(p, FileType::File)?;
+        self.txn().handles.entry(inode.ino).or_insert((key, 0)).1 += 1;
+        Ok(File::new(self.clone(), inode.ino))
     }
-    t.inodes.get_mut(&ino).ok_or(Error::Stale)
-}
 
-/// The inode of `ino` as the transaction sees it, without loading state.
-fn current(t: &Txn, io: &NodeIo, ino: u64) -> Result<Inode> {
-    if let Some(st) = t.inodes.get(&ino) {
-        return Ok(st.inode);
-    }
-    let key = &t.handles.get(&ino).ok_or(Error::Stale)?.0;
-    match t.files.get(io, key)? {
-        Some(i) if i.ino == ino => Ok(i),
-        _ => Err(Error::Stale),
-    }
-}
-
-fn drain(t: &mut Txn, ino: u64, node_blocks: u64) -> Result<()> {
-    let freed = match t.inodes.get_mut(&ino) {
-        Some(st) => std::mem::take(&mut st.ext.freed),
-        None => return Ok(()),
-    };
-    for b in freed {
-        t.alloc.free(b, node_blocks)?;
-    }
-    Ok(())
-}
-
-/// Remove the mapping of file blocks `[lb, lb+n)`, freeing the device blocks.
-fn unmap(t: &mut Txn, io: &NodeIo, ino: u64, lb: u64, n: u64) -> Result<()> {
-    let end = lb.saturating_add(n);
-    let st = state(t, io, ino)?;
-    let start = st.ext.floor(io, &lb)?.map(|(k, _)| k).unwrap_or(lb);
-    let mut hits: Vec<(u64, Extent)> = Vec::new();
-    st.ext.scan(io, Some(&start), &mut |k, e| {
-        if *k >= end {
-            return Ok(false);
-        }
-        if k.saturating_add(e.len()) > lb {
-            hits.push((*k, e.clone()));
-        }
-        Ok(true)
-    })?;
-    let mut frees = Vec::new();
-    for (k, e) in hits {
-        st.ext.remove(io, &k)?;
-        let a = k.max(lb);
-        let b = k.saturating_add(e.len()).min(end);
-        frees.push((e.pblock + (a - k), b - a));
-        if k < lb {
-            let left = Extent {
-                pblock: e.pblock,
-                crcs: e.crcs[..(lb - k) as usize].to_vec(),
-            };
-            st.ext.insert(io, k, left)?;
-        }
-        if k.saturating_add(e.len()) > end {
-            let off = (end - k) as usize;
-            let right = Extent {
-                pblock: e.pblock + off as u64,
-                crcs: e.crcs[off..].to_vec(),
-            };
-            st.ext.insert(io, end, right)?;
-        }
-    }
-    for (s, l) in frees {
-        t.alloc.free(s, l)?;
-    }
-    drain(t, ino, io.layout.node_blocks)
-}
-
-/// Map file blocks `lb..` to device blocks `pb..` with checksums `crcs`
-/// (the range must be unmapped), extending the previous extent when it is
-/// physically contiguous, so appends keep few, long extents.
-fn map(t: &mut Txn, io: &NodeIo, ino: u64, lb: u64, pb: u64, crcs: &[u32]) -> Result<()> {
-    let max = io.layout.max_extent as usize;
-    let st = state(t, io, ino)?;
-    let mut done = 0usize;
-    if lb > 0 {
-        if let Some((k, mut e)) = st.ext.floor(io, &(lb - 1))? {
-            if k + e.len() == lb && e.pblock + e.len() == pb && e.crcs.len() < max {
-                let take = (max - e.crcs.len()).min(crcs.len());
-                e.crcs.extend_from_slice(&crcs[..take]);
-                st.ext.insert(io, k, e)?;
-                done = take;
+    /// Open an existing file, or create it when `create` is set; with
+    /// `truncate`, drop its content.
+    pub fn open_file_with(&self, p: &str, create: bool, truncate: bool) -> Result<File> {
+        let found = {
+            let t = self.txn();
+            match Self::lookup(&t, self.io(), p) {
+                Ok(f) => f,
+                Err(Error::NotFound(_)) => None,
+                Err(e) => return Err(e),
             }
-        }
-    }
-    while done < crcs.len() {
-        let take = (crcs.len() - done).min(max);
-        let e = Extent {
-            pblock: pb + done as u64,
-            crcs: crcs[done..done + take].to_vec(),
         };
-        st.ext.insert(io, lb + done as u64, e)?;
-        done += take;
-    }
-    drain(t, ino, io.layout.node_blocks)
-}
-
-/// Write whole blocks `data` at file block `lb` to newly allocated device
-/// blocks and map them. Each chunk is written before the old mapping of its
-/// range is dropped, so a failure (no space, device error) leaves the blocks
-/// not yet written with their old content; `done` counts blocks written.
-fn write_blocks(
-    fs: &Fs,
-    t: &mut Txn,
-    ino: u64,
-    lb: u64,
-    data: &[u8],
-    done: &mut u64,
-    committing: bool,
-) -> Result<()> {
-    let io = fs.io().clone();
-    let bs = io.layout.block_size as usize;
-    let n = (data.len() / bs) as u64;
-    // Continue the previous extent on disk when possible.
-    let mut hint = None;
-    if lb > 0 {
-        let st = state(t, &io, ino)?;
-        if let Some((k, e)) = st.ext.floor(&io, &(lb - 1))? {
-            if k + e.len() == lb {
-                hint = Some(e.pblock + e.len());
+        match found {
+            None if crate::path::components(p)?.is_empty() => {
+                Err(Error::IsADirectory(p.to_string()))
+            }
+            None if create => self.create(p),
+            None => Err(Error::NotFound(p.to_string())),
+            Some((_, i)) if i.kind == FileType::Dir => Err(Error::IsADirectory(p.to_string())),
+            Some((key, i)) => {
+                self.txn().handles.entry(i.ino).or_insert((key, 0)).1 += 1;
+                let f = File::new(self.clone(), i.ino);
+                if truncate {
+                    f.set_len(0)?;
+                }
+                Ok(f)
             }
         }
     }
-    *done = 0;
-    while *done < n {
-        if committing {
-            t.alloc.reserve = 0;
-        } else {
-            fs.reserve_for_data(t)?;
-        }
-        let (pb, got) = t.alloc.alloc(n - *done, hint, committing)?;
-        let chunk = &data[(*done as usize) * bs..((*done + got) as usize) * bs];
-        if let Err(e) = io.dev.write(pb, chunk) {
-            return fs.fail_write(e.into());
-        }
-        fs.note_written(chunk.len() as u64);
-        let crcs: Vec<u32> = chunk.chunks(bs).map(crate::checksum::crc).collect();
-        unmap(t, &io, ino, lb + *done, got)?;
-        map(t, &io, ino, lb + *done, pb, &crcs)?;
-        hint = Some(pb + got);
-        *done += got;
-    }
-    if !committing {
-        spill_metadata(fs, t, ino)?;
-    }
-    Ok(())
-}
 
-/// Write a file's in-memory extent-tree nodes early, to fresh blocks, once
-/// they exceed a quarter of the cache, so that one transaction can be far
-/// larger than RAM. The nodes are not referenced by any root until the
-/// commit; if they change again they are copied and their fresh blocks
-/// freed at once. Running out of space here is not an error: the nodes just
-/// stay in memory until the commit.
-fn spill_metadata(fs: &Fs, t: &mut Txn, ino: u64) -> Result<()> {
-    let io = fs.io().clone();
-    let limit = (fs.buffer_limit() / 2) / io.layout.node_size as usize;
-    let dirty = t.inodes.get(&ino).map_or(0, |s| s.ext.dirty_nodes);
-    if dirty <= limit.max(16) {
-        return Ok(());
+    /// Open an existing file.
+    pub fn open_file(&self, p: &str) -> Result<File> {
+        self.open_file_with(p, false, false)
     }
-    let generation = fs.generation() + 1;
-    let Some(mut st) = t.inodes.remove(&ino) else {
-        return Ok(());
-    };
-    let mut out = Vec::new();
-    let alloc = &mut t.alloc;
-    let nb = io.layout.node_blocks;
-    let res = st.ext.write(
-        &io,
-        generation,
-        &mut || alloc.alloc_exact(nb, false),
-        &mut out,
-    );
-    t.inodes.insert(ino, st);
-    match res {
-        Ok(_) | Err(Error::NoSpace) => {}
-        Err(e) => return Err(e),
-    }
-    if let Err(e) = crate::commit::write_coalesced(io.dev.as_ref(), &mut out) {
-        return fs.fail_write(e);
-    }
-    drain(t, ino, nb)
-}
-
-/// Write out the buffered partial blocks of `ino`.
-/// `committing`: the commit is spending its reserve, so data written now
-/// may use it (it was accounted for when the blocks were buffered).
-pub(crate) fn flush_buffer(
-    fs: &Fs,
-    t: &mut Txn,
-    ino: u64,
-    forget_last: bool,
-    committing: bool,
-) -> Result<()> {
-    let bs = fs.io().layout.block_size as usize;
-    let buf = match t.inodes.get_mut(&ino) {
-        Some(st) => std::mem::take(&mut st.buf),
-        None => return Ok(()),
-    };
-    t.buffered_bytes = t.buffered_bytes.saturating_sub(buf.len() * bs);
-    // Group consecutive blocks into runs written with one request each.
-    let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
-    for (lb, data) in buf {
-        match runs.last_mut() {
-            Some((s, v)) if *s + (v.len() / bs) as u64 == lb && v.len() < (4 << 20) => {
-                v.extend_from_slice(&data)
-            }
-            _ => runs.push((lb, data)),
-        }
-    }
-    if forget_last {
-        runs.pop();
-    }
-    for (lb, data) in runs {
-        let mut done = 0;
-        write_blocks(fs, t, ino, lb, &data, &mut done, committing)?;
-    }
-    Ok(())
-}
-
-/// Current content of file block `lb` (for a read-modify-write).
-fn load_block(fs: &Fs, t: &mut Txn, ino: u64, lb: u64) -> Result<Vec<u8>> {
-    let io = fs.io().clone();
-    let bs = io.layout.block_size as u64;
-    let verify = fs.verify_reads();
-    let st = state(t, &io, ino)?;
-    if let Some(b) = st.buf.get(&lb) {
-        return Ok(b.clone());
-    }
-    let mut v = vec![0u8; bs as usize];
-    if lb * bs < st.inode.size {
-        data::read_at(&io, &st.ext, None, st.inode.size, lb * bs, &mut v, verify)?;
-    }
-    Ok(v)
 }
 
 impl File {
@@ -348,7 +130,11 @@ impl File {
     /// Metadata as the transaction sees it.
     pub fn metadata(&self) -> Result<crate::Metadata> {
         let t = self.fs.txn();
-        Ok(crate::fs::meta_of(&current(&t, self.fs.io(), self.ino)?))
+        Ok(crate::namespace::meta_of(&current(
+            &t,
+            self.fs.io(),
+            self.ino,
+        )?))
     }
 
     /// Read at most `buf.len()` bytes at `off`; returns the count (0 at or

@@ -33,22 +33,27 @@ mod data;
 pub mod digest;
 mod error;
 mod extent_tree;
+mod faults;
 mod file;
 mod file_table;
 mod fs;
+mod mount;
+mod namespace;
 mod node;
+mod options;
 pub mod path;
 pub mod repair;
 mod root_ring;
 mod snapshot;
 pub mod superblock;
+mod txn;
 mod write_behind;
 
 pub use error::{Error, Result};
+#[cfg(feature = "fault-injection")]
+pub use faults::{current_faults, Faults};
 pub use file::{Cursor, File, MAX_FILE_SIZE};
 pub use file_table::{FileType, ROOT_INO};
-#[cfg(feature = "fault-injection")]
-pub use fs::{current_faults, Faults};
 pub use fs::{
     DirEntry, FormatOptions, Fs, FsInfo, GenerationInfo, Metadata, OpenOptions, SlotStatus,
     DEFAULT_CACHE_BYTES,

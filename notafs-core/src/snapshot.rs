@@ -7,9 +7,19 @@ use crate::btree::Tree;
 use crate::data;
 use crate::extent_tree::Extents;
 use crate::file_table::{FileType, Files, Inode, ROOT_INO};
-use crate::fs::{list_dir, meta_of, resolve, DirEntry, Fs, Metadata};
+use crate::fs::{DirEntry, Fs, Metadata};
+use crate::namespace::{list_dir, meta_of, resolve};
 use crate::root_ring::RootSlot;
 use crate::{Error, Result};
+
+impl Fs {
+    /// A read-only view of the last committed generation that never waits
+    /// for the writer. Blocks it references are not reused while it lives.
+    pub fn snapshot(&self) -> Snapshot {
+        let slot = self.committed_slot();
+        Snapshot::new(self.clone(), slot)
+    }
+}
 
 /// A committed generation, readable while the writer goes on.
 pub struct Snapshot {

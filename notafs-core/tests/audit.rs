@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use notafs_blockdev::memory::MemoryDevice;
 use notafs_blockdev::{BlockDevice, Capabilities, Geometry};
-use notafs_core::check::{check, repair, CheckOptions};
+use notafs_core::check::{check, CheckOptions};
 use notafs_core::raw::{blake, crc};
+use notafs_core::repair::repair;
 use notafs_core::{Error, FormatOptions, Fs, OpenOptions, MAX_FILE_SIZE};
 
 // ---- an allocator that refuses (and records) absurd single requests ----

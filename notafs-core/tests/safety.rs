@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use notafs_blockdev::memory::MemoryDevice;
 use notafs_blockdev::{BlockDevice, BlockError, Geometry, WriteReq};
-use notafs_core::check::{check, repair, repair_with, CheckOptions, RepairPolicy};
+use notafs_core::check::{check, CheckOptions};
 use notafs_core::raw::{blake, crc};
+use notafs_core::repair::{repair, repair_with, RepairPolicy};
 use notafs_core::{Error, FormatOptions, Fs, OpenOptions};
 
 const BS: usize = 4096;

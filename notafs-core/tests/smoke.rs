@@ -68,7 +68,8 @@ fn write_commit_reopen() {
 
 #[test]
 fn check_clean_and_detects_leak_then_repairs() {
-    use notafs_core::check::{check, repair, CheckOptions};
+    use notafs_core::check::{check, CheckOptions};
+    use notafs_core::repair::repair;
     let d = dev(4096);
     let fs = Fs::format(d.clone(), &FormatOptions::default()).unwrap();
     for i in 0..5 {
@@ -93,7 +94,7 @@ fn check_clean_and_detects_leak_then_repairs() {
         .snapshot()
         .digest()
         .unwrap();
-    let rep = notafs_core::check::rebuild_from(d.clone(), r.generation.unwrap()).unwrap();
+    let rep = notafs_core::repair::rebuild_from(d.clone(), r.generation.unwrap()).unwrap();
     assert!(rep.new_generation.is_some());
     let r2 = check(d.clone(), &opts).unwrap();
     assert!(r2.is_clean(), "{:#?}", r2.problems);

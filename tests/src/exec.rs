@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use notafs_blockdev::crash::{CrashDevice, CrashImage, EnumOptions};
 use notafs_blockdev::BlockDevice;
-use notafs_core::check::{self, CheckOptions};
+use notafs_core::check::CheckOptions;
 use notafs_core::{Error, FormatOptions, Fs, OpenOptions};
 
 use crate::model::{pattern, Model, Tree};
@@ -310,7 +310,7 @@ impl Exec<'_> {
         self.model.revert();
         let start = self.dev.ops();
         let dev: Arc<dyn BlockDevice> = self.dev.clone();
-        let rep = check::repair(
+        let rep = notafs_core::repair::repair(
             dev,
             &CheckOptions {
                 generation: Some(target),

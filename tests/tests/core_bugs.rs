@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use notafs_blockdev::memory::MemoryDevice;
 use notafs_blockdev::BlockDevice;
-use notafs_core::check::{repair, CheckOptions};
+use notafs_core::check::CheckOptions;
+use notafs_core::repair::repair;
 use notafs_core::{FormatOptions, Fs, OpenOptions};
 
 /// Found by `notafs-crashtest --kinds repair` (oracle step 4).

@@ -1,0 +1,334 @@
+//! The writer transaction: what changed since the last commit (inodes with
+//! their in-memory extent trees and buffered partial blocks, the file table,
+//! the allocator), and the write path that changes it.
+//!
+//! Whole blocks of a write go straight to freshly allocated device blocks
+//! (never over a block a committed generation references); partial blocks
+//! are merged with the old content and kept in a bounded buffer until they
+//! fill up, the buffer limit is reached, or the commit. Either way nothing is
+//! visible to other generations until the root swap (commit.rs).
+//!
+//! This module does not know the filesystem handle: what it needs from it
+//! (node I/O, the commit reserve, failure latching) comes through
+//! [`TxnEnv`], so the handle (fs.rs), the file handles (file.rs) and the
+//! commit all depend on it and it depends on none of them.
+use std::collections::{BTreeMap, HashMap};
+
+use crate::allocator::Allocator;
+use crate::btree::{NodeIo, Tree};
+use crate::data;
+use crate::extent_tree::{Extent, Extents};
+use crate::file_table::{EntryKey, Files, Inode};
+use crate::{Error, Result};
+
+/// What the write path needs from the filesystem handle.
+pub(crate) trait TxnEnv {
+    /// Cached, verified node reads and the device.
+    fn io(&self) -> &NodeIo;
+    /// Set the commit reserve before allocating data blocks.
+    fn reserve_for_data(&self, t: &mut Txn) -> Result<()>;
+    /// Account bytes written (for write-behind).
+    fn note_written(&self, bytes: u64);
+    /// Latch a device failure: the handle stops accepting writes.
+    fn fail_write<T>(&self, e: Error) -> Result<T>;
+    /// Bytes of partial blocks buffered before they are written early.
+    fn buffer_limit(&self) -> usize;
+    /// The generation committed last.
+    fn generation(&self) -> u64;
+    /// Whether reads verify checksums.
+    fn verify_reads(&self) -> bool;
+}
+
+/// Per-inode state of a transaction: the inode, its extent tree with
+/// in-memory changes, and its buffered partial blocks.
+pub(crate) struct InodeState {
+    pub key: EntryKey,
+    pub inode: Inode,
+    pub ext: Tree<Extents>,
+    pub buf: BTreeMap<u64, Vec<u8>>,
+}
+
+pub(crate) struct Txn {
+    pub files: Tree<Files>,
+    pub next_ino: u64,
+    pub inode_count: u64,
+    pub alloc: Allocator,
+    /// Allocator as of the last commit, for abort.
+    pub base_alloc: Allocator,
+    /// Inodes with changes not yet in `files`.
+    pub inodes: HashMap<u64, InodeState>,
+    /// Keys of inodes that have open handles, with the number of handles
+    /// (an entry goes away with its last handle, so the map is bounded by
+    /// the files open at once).
+    pub handles: HashMap<u64, (EntryKey, usize)>,
+    pub buffered_bytes: usize,
+    pub changed: bool,
+}
+
+/// Make sure `ino` has a transaction state, loading its inode.
+pub(crate) fn state<'a>(t: &'a mut Txn, io: &NodeIo, ino: u64) -> Result<&'a mut InodeState> {
+    if !t.inodes.contains_key(&ino) {
+        let key = t
+            .handles
+            .get(&ino)
+            .map(|h| h.0.clone())
+            .ok_or(Error::Stale)?;
+        let inode = t.files.get(io, &key)?.ok_or(Error::Stale)?;
+        if inode.ino != ino {
+            return Err(Error::Stale);
+        }
+        let ext = Tree::<Extents>::from_disk(inode.extents, inode.extent_height, ino)?;
+        t.inodes.insert(
+            ino,
+            InodeState {
+                key,
+                inode,
+                ext,
+                buf: BTreeMap::new(),
+            },
+        );
+    }
+    t.inodes.get_mut(&ino).ok_or(Error::Stale)
+}
+
+/// The inode of `ino` as the transaction sees it, without loading state.
+pub(crate) fn current(t: &Txn, io: &NodeIo, ino: u64) -> Result<Inode> {
+    if let Some(st) = t.inodes.get(&ino) {
+        return Ok(st.inode);
+    }
+    let key = &t.handles.get(&ino).ok_or(Error::Stale)?.0;
+    match t.files.get(io, key)? {
+        Some(i) if i.ino == ino => Ok(i),
+        _ => Err(Error::Stale),
+    }
+}
+
+pub(crate) fn drain(t: &mut Txn, ino: u64, node_blocks: u64) -> Result<()> {
+    let freed = match t.inodes.get_mut(&ino) {
+        Some(st) => std::mem::take(&mut st.ext.freed),
+        None => return Ok(()),
+    };
+    for b in freed {
+        t.alloc.free(b, node_blocks)?;
+    }
+    Ok(())
+}
+
+/// Remove the mapping of file blocks `[lb, lb+n)`, freeing the device blocks.
+pub(crate) fn unmap(t: &mut Txn, io: &NodeIo, ino: u64, lb: u64, n: u64) -> Result<()> {
+    let end = lb.saturating_add(n);
+    let st = state(t, io, ino)?;
+    let start = st.ext.floor(io, &lb)?.map(|(k, _)| k).unwrap_or(lb);
+    let mut hits: Vec<(u64, Extent)> = Vec::new();
+    st.ext.scan(io, Some(&start), &mut |k, e| {
+        if *k >= end {
+            return Ok(false);
+        }
+        if k.saturating_add(e.len()) > lb {
+            hits.push((*k, e.clone()));
+        }
+        Ok(true)
+    })?;
+    let mut frees = Vec::new();
+    for (k, e) in hits {
+        st.ext.remove(io, &k)?;
+        let a = k.max(lb);
+        let b = k.saturating_add(e.len()).min(end);
+        frees.push((e.pblock + (a - k), b - a));
+        if k < lb {
+            let left = Extent {
+                pblock: e.pblock,
+                crcs: e.crcs[..(lb - k) as usize].to_vec(),
+            };
+            st.ext.insert(io, k, left)?;
+        }
+        if k.saturating_add(e.len()) > end {
+            let off = (end - k) as usize;
+            let right = Extent {
+                pblock: e.pblock + off as u64,
+                crcs: e.crcs[off..].to_vec(),
+            };
+            st.ext.insert(io, end, right)?;
+        }
+    }
+    for (s, l) in frees {
+        t.alloc.free(s, l)?;
+    }
+    drain(t, ino, io.layout.node_blocks)
+}
+
+/// Map file blocks `lb..` to device blocks `pb..` with checksums `crcs`
+/// (the range must be unmapped), extending the previous extent when it is
+/// physically contiguous, so appends keep few, long extents.
+pub(crate) fn map(
+    t: &mut Txn,
+    io: &NodeIo,
+    ino: u64,
+    lb: u64,
+    pb: u64,
+    crcs: &[u32],
+) -> Result<()> {
+    let max = io.layout.max_extent as usize;
+    let st = state(t, io, ino)?;
+    let mut done = 0usize;
+    if lb > 0 {
+        if let Some((k, mut e)) = st.ext.floor(io, &(lb - 1))? {
+            if k + e.len() == lb && e.pblock + e.len() == pb && e.crcs.len() < max {
+                let take = (max - e.crcs.len()).min(crcs.len());
+                e.crcs.extend_from_slice(&crcs[..take]);
+                st.ext.insert(io, k, e)?;
+                done = take;
+            }
+        }
+    }
+    while done < crcs.len() {
+        let take = (crcs.len() - done).min(max);
+        let e = Extent {
+            pblock: pb + done as u64,
+            crcs: crcs[done..done + take].to_vec(),
+        };
+        st.ext.insert(io, lb + done as u64, e)?;
+        done += take;
+    }
+    drain(t, ino, io.layout.node_blocks)
+}
+
+/// Write whole blocks `data` at file block `lb` to newly allocated device
+/// blocks and map them. Each chunk is written before the old mapping of its
+/// range is dropped, so a failure (no space, device error) leaves the blocks
+/// not yet written with their old content; `done` counts blocks written.
+pub(crate) fn write_blocks<E: TxnEnv>(
+    env: &E,
+    t: &mut Txn,
+    ino: u64,
+    lb: u64,
+    data: &[u8],
+    done: &mut u64,
+    committing: bool,
+) -> Result<()> {
+    let io = env.io().clone();
+    let bs = io.layout.block_size as usize;
+    let n = (data.len() / bs) as u64;
+    // Continue the previous extent on disk when possible.
+    let mut hint = None;
+    if lb > 0 {
+        let st = state(t, &io, ino)?;
+        if let Some((k, e)) = st.ext.floor(&io, &(lb - 1))? {
+            if k + e.len() == lb {
+                hint = Some(e.pblock + e.len());
+            }
+        }
+    }
+    *done = 0;
+    while *done < n {
+        if committing {
+            t.alloc.reserve = 0;
+        } else {
+            env.reserve_for_data(t)?;
+        }
+        let (pb, got) = t.alloc.alloc(n - *done, hint, committing)?;
+        let chunk = &data[(*done as usize) * bs..((*done + got) as usize) * bs];
+        if let Err(e) = io.dev.write(pb, chunk) {
+            return env.fail_write(e.into());
+        }
+        env.note_written(chunk.len() as u64);
+        let crcs: Vec<u32> = chunk.chunks(bs).map(crate::checksum::crc).collect();
+        unmap(t, &io, ino, lb + *done, got)?;
+        map(t, &io, ino, lb + *done, pb, &crcs)?;
+        hint = Some(pb + got);
+        *done += got;
+    }
+    if !committing {
+        spill_metadata(env, t, ino)?;
+    }
+    Ok(())
+}
+
+/// Write a file's in-memory extent-tree nodes early, to fresh blocks, once
+/// they exceed a quarter of the cache, so that one transaction can be far
+/// larger than RAM. The nodes are not referenced by any root until the
+/// commit; if they change again they are copied and their fresh blocks
+/// freed at once. Running out of space here is not an error: the nodes just
+/// stay in memory until the commit.
+pub(crate) fn spill_metadata<E: TxnEnv>(env: &E, t: &mut Txn, ino: u64) -> Result<()> {
+    let io = env.io().clone();
+    let limit = (env.buffer_limit() / 2) / io.layout.node_size as usize;
+    let dirty = t.inodes.get(&ino).map_or(0, |s| s.ext.dirty_nodes);
+    if dirty <= limit.max(16) {
+        return Ok(());
+    }
+    let generation = env.generation() + 1;
+    let Some(mut st) = t.inodes.remove(&ino) else {
+        return Ok(());
+    };
+    let mut out = Vec::new();
+    let alloc = &mut t.alloc;
+    let nb = io.layout.node_blocks;
+    let res = st.ext.write(
+        &io,
+        generation,
+        &mut || alloc.alloc_exact(nb, false),
+        &mut out,
+    );
+    t.inodes.insert(ino, st);
+    match res {
+        Ok(_) | Err(Error::NoSpace) => {}
+        Err(e) => return Err(e),
+    }
+    if let Err(e) = crate::commit::write_coalesced(io.dev.as_ref(), &mut out) {
+        return env.fail_write(e);
+    }
+    drain(t, ino, nb)
+}
+
+/// Write out the buffered partial blocks of `ino`.
+/// `committing`: the commit is spending its reserve, so data written now
+/// may use it (it was accounted for when the blocks were buffered).
+pub(crate) fn flush_buffer<E: TxnEnv>(
+    env: &E,
+    t: &mut Txn,
+    ino: u64,
+    forget_last: bool,
+    committing: bool,
+) -> Result<()> {
+    let bs = env.io().layout.block_size as usize;
+    let buf = match t.inodes.get_mut(&ino) {
+        Some(st) => std::mem::take(&mut st.buf),
+        None => return Ok(()),
+    };
+    t.buffered_bytes = t.buffered_bytes.saturating_sub(buf.len() * bs);
+    // Group consecutive blocks into runs written with one request each.
+    let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (lb, data) in buf {
+        match runs.last_mut() {
+            Some((s, v)) if *s + (v.len() / bs) as u64 == lb && v.len() < (4 << 20) => {
+                v.extend_from_slice(&data)
+            }
+            _ => runs.push((lb, data)),
+        }
+    }
+    if forget_last {
+        runs.pop();
+    }
+    for (lb, data) in runs {
+        let mut done = 0;
+        write_blocks(env, t, ino, lb, &data, &mut done, committing)?;
+    }
+    Ok(())
+}
+
+/// Current content of file block `lb` (for a read-modify-write).
+pub(crate) fn load_block<E: TxnEnv>(env: &E, t: &mut Txn, ino: u64, lb: u64) -> Result<Vec<u8>> {
+    let io = env.io().clone();
+    let bs = io.layout.block_size as u64;
+    let verify = env.verify_reads();
+    let st = state(t, &io, ino)?;
+    if let Some(b) = st.buf.get(&lb) {
+        return Ok(b.clone());
+    }
+    let mut v = vec![0u8; bs as usize];
+    if lb * bs < st.inode.size {
+        data::read_at(&io, &st.ext, None, st.inode.size, lb * bs, &mut v, verify)?;
+    }
+    Ok(v)
+}
