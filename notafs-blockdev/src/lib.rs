@@ -18,8 +18,10 @@ pub mod memory;
 pub mod nbd;
 pub mod open;
 pub mod raw;
+mod uring;
 
 pub use device::{check_io, check_range, BlockDevice, WriteReq, MAX_REQUEST_BYTES};
 pub use error::{BlockError, Result};
 pub use geometry::{Capabilities, Geometry};
 pub use open::{open, OpenOptions};
+pub use uring::NO_URING_ENV;

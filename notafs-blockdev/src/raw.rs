@@ -15,6 +15,8 @@
 //!   barrier: a flush — Linux has no ordering-only request since 2.6.37.
 //! * discard: `BLKDISCARD`; `EOPNOTSUPP` is success (it is a hint).
 //! * write_zeroes: `BLKZEROOUT` (the kernel offloads it or writes zeros).
+//! * write_batch / read_batch: many requests in flight on io_uring, adjacent
+//!   ones merged (as for image files, see [`crate::file`]).
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -23,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::device::{check_io, check_range};
-use crate::file::{PosIo, DIRECT_ALIGN};
-use crate::{BlockDevice, BlockError, Capabilities, Geometry, Result};
+use crate::file::{batch_read, batch_write, IoEngine, PosIo, DIRECT_ALIGN};
+use crate::{BlockDevice, BlockError, Capabilities, Geometry, Result, WriteReq};
 
 mod ioctls {
     // The exact request codes are those of <linux/fs.h>; verified on this
@@ -127,6 +129,16 @@ impl RawDevice {
     /// The device path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The engine running `write_batch`/`read_batch`.
+    pub fn io_engine(&self) -> IoEngine {
+        self.io.engine()
+    }
+
+    /// Choose the batch engine (io_uring only where available).
+    pub fn set_io_engine(&self, engine: IoEngine) {
+        self.io.set_engine(engine)
     }
 
     /// Physical sector size reported by BLKPBSZGET.
@@ -271,6 +283,14 @@ impl BlockDevice for RawDevice {
     fn barrier(&self) -> Result<()> {
         // Linux offers no ordering-only request: a barrier is a cache flush.
         self.flush()
+    }
+
+    fn write_batch(&self, writes: &[WriteReq<'_>]) -> Result<()> {
+        batch_write(&self.io, &self.geo, || self.check_writable(), writes)
+    }
+
+    fn read_batch(&self, reads: &mut [(u64, &mut [u8])]) -> Result<()> {
+        batch_read(&self.io, &self.geo, reads)
     }
 
     fn describe(&self) -> String {

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use common::*;
-use notafs_blockdev::file::{AlignedBuf, FileDevice, FileOptions};
+use notafs_blockdev::file::{AlignedBuf, FileDevice, FileOptions, IoEngine};
 use notafs_blockdev::memory::MemoryDevice;
 use notafs_blockdev::raw::{RawDevice, RawOptions};
 use notafs_blockdev::{BlockDevice, BlockError, WriteReq, MAX_REQUEST_BYTES};
@@ -38,8 +38,17 @@ enum Op {
         block: u16,
         count: u8,
     },
+    /// Writes (block, count, seed, unaligned buffer) handed over as one
+    /// `write_batch`; with `adjacent` each starts where the previous ended,
+    /// so the backend can merge them.
     Batch {
-        writes: Vec<(u16, u8, u8)>,
+        writes: Vec<(u16, u8, u8, bool)>,
+        adjacent: bool,
+    },
+    /// Reads (block, count, unaligned buffer) as one `read_batch`.
+    ReadBatch {
+        reads: Vec<(u16, u8, bool)>,
+        adjacent: bool,
     },
     Misaligned {
         block: u16,
@@ -51,7 +60,7 @@ enum Op {
 
 impl Arbitrary for Op {
     fn arbitrary(g: &mut Gen) -> Self {
-        let pick = u8::arbitrary(g) % 20;
+        let pick = u8::arbitrary(g) % 22;
         match pick {
             0..=5 => Op::Write {
                 block: u16::arbitrary(g),
@@ -72,10 +81,24 @@ impl Arbitrary for Op {
                 block: u16::arbitrary(g),
                 count: u8::arbitrary(g),
             },
-            15 => Op::Batch {
-                writes: (0..1 + usize::arbitrary(g) % 4)
-                    .map(|_| (u16::arbitrary(g), u8::arbitrary(g), u8::arbitrary(g)))
+            15 | 20 => Op::Batch {
+                writes: (0..1 + usize::arbitrary(g) % 8)
+                    .map(|_| {
+                        (
+                            u16::arbitrary(g),
+                            u8::arbitrary(g),
+                            u8::arbitrary(g),
+                            bool::arbitrary(g),
+                        )
+                    })
                     .collect(),
+                adjacent: bool::arbitrary(g),
+            },
+            21 => Op::ReadBatch {
+                reads: (0..1 + usize::arbitrary(g) % 8)
+                    .map(|_| (u16::arbitrary(g), u8::arbitrary(g), bool::arbitrary(g)))
+                    .collect(),
+                adjacent: bool::arbitrary(g),
             },
             16 => Op::Misaligned {
                 block: u16::arbitrary(g),
@@ -103,7 +126,16 @@ impl Arbitrary for Op {
                         unaligned,
                     }),
             ),
-            Op::Batch { writes } => Box::new(writes.shrink().map(|writes| Op::Batch { writes })),
+            Op::Batch { writes, adjacent } => Box::new(
+                writes
+                    .shrink()
+                    .map(move |writes| Op::Batch { writes, adjacent }),
+            ),
+            Op::ReadBatch { reads, adjacent } => Box::new(
+                reads
+                    .shrink()
+                    .map(move |reads| Op::ReadBatch { reads, adjacent }),
+            ),
             _ => quickcheck::empty_shrinker(),
         }
     }
@@ -119,6 +151,20 @@ fn range(n: u64, block: u16, count: u8) -> (u64, u64) {
         block as u64 % n
     };
     (block, count)
+}
+
+/// The ranges of a batch: each from `range`, or with `adjacent` each after
+/// the previous one (physically contiguous, so backends may merge them).
+fn batch_ranges(n: u64, raw: impl Iterator<Item = (u16, u8)>, adjacent: bool) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (block, count) in raw {
+        let (b, c) = range(n, block, count);
+        match out.last() {
+            Some(&(pb, pc)) if adjacent => out.push((pb + pc, c)),
+            _ => out.push((b, c)),
+        }
+    }
+    out
 }
 
 /// Bytes of `len` at an address that is *not* 4096-aligned when `unaligned`
@@ -237,28 +283,34 @@ fn check_against_memory(dev: &dyn BlockDevice, ops: &[Op]) -> Result<(), String>
                     known[b as usize..(b + c) as usize].fill(false);
                 }
             }
-            Op::Batch { writes } => {
-                let bufs: Vec<(u64, Vec<u8>)> = writes
+            Op::Batch { writes, adjacent } => {
+                let ranges = batch_ranges(n, writes.iter().map(|w| (w.0, w.1)), *adjacent);
+                let bufs: Vec<(u64, TestBuf)> = ranges
                     .iter()
-                    .map(|&(block, count, seed)| {
-                        let (b, c) = range(n, block, count);
-                        let data = (0..c)
-                            .flat_map(|k| pattern(seed as u64, b + k, bs))
-                            .collect();
-                        (b, data)
+                    .zip(writes)
+                    .map(|(&(b, c), &(_, _, seed, unaligned))| {
+                        let mut buf = TestBuf::new(c as usize * bs, unaligned);
+                        for k in 0..c {
+                            buf.get_mut()[k as usize * bs..(k as usize + 1) * bs]
+                                .copy_from_slice(&pattern(seed as u64, b + k, bs));
+                        }
+                        (b, buf)
                     })
                     .collect();
                 let reqs: Vec<WriteReq<'_>> = bufs
                     .iter()
-                    .map(|(b, d)| WriteReq { block: *b, data: d })
+                    .map(|(b, d)| WriteReq {
+                        block: *b,
+                        data: d.get(),
+                    })
                     .collect();
                 // Writes of a batch are unordered, so overlapping writes with
                 // different data would have no defined result: skip those.
-                let overlap = bufs.iter().enumerate().any(|(i, (b1, d1))| {
-                    bufs.iter().skip(i + 1).any(|(b2, d2)| {
-                        let (e1, e2) = (b1 + (d1.len() / bs) as u64, b2 + (d2.len() / bs) as u64);
-                        *b1 < e2 && *b2 < e1
-                    })
+                let overlap = ranges.iter().enumerate().any(|(i, (b1, c1))| {
+                    ranges
+                        .iter()
+                        .skip(i + 1)
+                        .any(|(b2, c2)| *b1 < b2 + c2 && *b2 < b1 + c1)
                 });
                 if overlap {
                     continue;
@@ -267,12 +319,42 @@ fn check_against_memory(dev: &dyn BlockDevice, ops: &[Op]) -> Result<(), String>
                 let r2 = dev.write_batch(&reqs);
                 same_outcome(&what, &r1, &r2)?;
                 // "Stops at the first error": the writes before it completed.
-                for (b, d) in &bufs {
-                    let c = (d.len() / bs) as u64;
+                for &(b, c) in &ranges {
                     if b + c > n {
                         break;
                     }
-                    known[*b as usize..(b + c) as usize].fill(true);
+                    known[b as usize..(b + c) as usize].fill(true);
+                }
+            }
+            Op::ReadBatch { reads, adjacent } => {
+                let ranges = batch_ranges(n, reads.iter().map(|r| (r.0, r.1)), *adjacent);
+                let mut x: Vec<Vec<u8>> = ranges
+                    .iter()
+                    .map(|&(_, c)| vec![0u8; c as usize * bs])
+                    .collect();
+                let mut y: Vec<TestBuf> = ranges
+                    .iter()
+                    .zip(reads)
+                    .map(|(&(_, c), r)| TestBuf::new(c as usize * bs, r.2))
+                    .collect();
+                let mut xr: Vec<(u64, &mut [u8])> = ranges
+                    .iter()
+                    .zip(x.iter_mut())
+                    .map(|(&(b, _), v)| (b, &mut v[..]))
+                    .collect();
+                let mut yr: Vec<(u64, &mut [u8])> = ranges
+                    .iter()
+                    .zip(y.iter_mut())
+                    .map(|(&(b, _), v)| (b, v.get_mut()))
+                    .collect();
+                let r1 = mem.read_batch(&mut xr);
+                let r2 = dev.read_batch(&mut yr);
+                drop((xr, yr));
+                same_outcome(&what, &r1, &r2)?;
+                if r1.is_ok() {
+                    for ((&(b, _), a), c) in ranges.iter().zip(&x).zip(&y) {
+                        compare(b, a, c.get(), &known).map_err(|e| format!("{what}: {e}"))?;
+                    }
                 }
             }
             Op::Misaligned { block, extra } => {
@@ -372,7 +454,38 @@ fn model_file_direct() {
     quickcheck_device(Arc::new(dev), 150);
 }
 
+// The same models with batches on the fallback engine (preadv/pwritev one
+// at a time) instead of io_uring (the default where available).
+
+#[test]
+fn model_file_buffered_sequential_batches() {
+    let dir = disk_tempdir();
+    let img = make_image(dir.path(), "img", 70 * 4096);
+    let dev = FileDevice::open(&img, &FileOptions::default()).unwrap();
+    dev.set_io_engine(IoEngine::Sequential);
+    assert_eq!(dev.io_engine(), IoEngine::Sequential);
+    quickcheck_device(Arc::new(dev), 100);
+}
+
+#[test]
+fn model_file_direct_sequential_batches() {
+    let dir = disk_tempdir();
+    let img = make_image(dir.path(), "img", 70 * 4096);
+    let Some(dev) = open_direct(&img) else { return };
+    dev.set_io_engine(IoEngine::Sequential);
+    quickcheck_device(Arc::new(dev), 100);
+}
+
+#[test]
+fn model_raw_loop_4096_direct_io_sequential_batches() {
+    model_raw_engine(Some(4096), None, IoEngine::Sequential);
+}
+
 fn model_raw(sector: Option<u32>, block_size: Option<u32>) {
+    model_raw_engine(sector, block_size, IoEngine::Uring)
+}
+
+fn model_raw_engine(sector: Option<u32>, block_size: Option<u32>, engine: IoEngine) {
     let _g = loop_lock();
     let dir = disk_tempdir();
     let img = make_image(dir.path(), "img", 70 * 4096);
@@ -403,6 +516,7 @@ fn model_raw(sector: Option<u32>, block_size: Option<u32>) {
     let mut first = vec![0u8; expect_bs as usize];
     dev.read(0, &mut first).unwrap();
     assert_eq!(first, pattern(99, 0, 4096)[..expect_bs as usize]);
+    dev.set_io_engine(engine);
     quickcheck_device(Arc::new(dev), 60);
 }
 
