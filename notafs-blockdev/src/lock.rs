@@ -21,12 +21,16 @@
 //! looked up in `/proc/*/fdinfo/*` (the `lock:` lines, as `lslocks` does).
 //! QEMU (`qemu-nbd`, `qemu-img`, a VM) locks its images the same way, so a
 //! notafs writer and a QEMU user of the same image file exclude each other.
+//! A lock that no live process holds (a writer killed while its io_uring
+//! requests were in flight keeps the file referenced until they complete) is
+//! waited for, up to 3 s, instead of being reported at once.
 //! Where the filesystem cannot lock (`EINVAL`, `ENOLCK`, `EOPNOTSUPP`: some
 //! network filesystems), the open goes ahead unlocked with a warning.
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
@@ -50,16 +54,41 @@ fn whole_file_write_lock() -> libc::flock {
 /// waiting. Taking it again on the same open file description is a no-op.
 pub(crate) fn lock_writer(file: &File, path: &Path) -> Result<()> {
     let fl = whole_file_write_lock();
-    match fcntl(file, FcntlArg::F_OFD_SETLK(&fl)) {
-        Ok(_) => {
-            tracing::debug!(path = %path.display(), "writer lock taken");
-            Ok(())
+    let start = Instant::now();
+    loop {
+        match fcntl(file, FcntlArg::F_OFD_SETLK(&fl)) {
+            Ok(_) => {
+                tracing::debug!(path = %path.display(), "writer lock taken");
+                return Ok(());
+            }
+            Err(Errno::EAGAIN | Errno::EACCES) => {
+                let pids = holders(file);
+                // A lock no process holds belongs to a writer that just died:
+                // the kernel releases it once that writer's last requests
+                // (io_uring ones complete after the process is gone) let go of
+                // the file. Wait for that, briefly; a live holder is reported
+                // at once.
+                if pids.is_empty() && start.elapsed() < DEAD_HOLDER_WAIT {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                return Err(BlockError::Busy {
+                    device: path.display().to_string(),
+                    holder: describe_holder(&pids),
+                });
+            }
+            Err(e) => return lock_error(e, path),
         }
-        Err(Errno::EAGAIN | Errno::EACCES) => Err(BlockError::Busy {
-            device: path.display().to_string(),
-            holder: describe_holder(file),
-        }),
-        Err(e @ (Errno::EINVAL | Errno::ENOLCK | Errno::EOPNOTSUPP | Errno::ENOSYS)) => {
+    }
+}
+
+/// How long a lock held by no visible process is waited for (see
+/// [`lock_writer`]); then it is reported as held by "another process".
+const DEAD_HOLDER_WAIT: Duration = Duration::from_secs(3);
+
+fn lock_error(e: Errno, path: &Path) -> Result<()> {
+    match e {
+        Errno::EINVAL | Errno::ENOLCK | Errno::EOPNOTSUPP | Errno::ENOSYS => {
             tracing::warn!(
                 path = %path.display(),
                 error = %e,
@@ -68,27 +97,29 @@ pub(crate) fn lock_writer(file: &File, path: &Path) -> Result<()> {
             );
             Ok(())
         }
-        Err(e) => Err(BlockError::io("lock", io::Error::from(e))),
+        e => Err(BlockError::io("lock", io::Error::from(e))),
     }
 }
 
-/// "another writer (pid 1234, notafs-fuse)", or "another writer (another
-/// process)" when the holder cannot be found.
-fn describe_holder(file: &File) -> String {
+/// The processes holding a lock on `file`, as far as they can be seen.
+fn holders(file: &File) -> Vec<u32> {
     let mut fl = whole_file_write_lock();
-    let mut pids = Vec::new();
     // POSIX (F_SETLK) holders are reported with their pid; OFD holders as -1.
     if fcntl(file, FcntlArg::F_OFD_GETLK(&mut fl)).is_ok()
         && fl.l_type != libc::F_UNLCK as libc::c_short
         && fl.l_pid > 0
     {
-        pids.push(fl.l_pid as u32);
+        return vec![fl.l_pid as u32];
     }
-    if pids.is_empty() {
-        if let Ok(meta) = file.metadata() {
-            pids = ofd_write_lock_holders(meta.dev(), meta.ino());
-        }
+    match file.metadata() {
+        Ok(meta) => lock_holders(meta.dev(), meta.ino()),
+        Err(_) => Vec::new(),
     }
+}
+
+/// "another writer (pid 1234, notafs-fuse)", or "another writer (another
+/// process)" when the holder cannot be seen.
+fn describe_holder(pids: &[u32]) -> String {
     let me = std::process::id();
     let who: Vec<String> = pids
         .iter()
@@ -117,7 +148,7 @@ const MAX_FDINFO_FILES: usize = 200_000;
 /// Pids whose open files hold a lock on the inode (`dev`, `ino`),
 /// found in the `lock:` lines of `/proc/PID/fdinfo/FD`. Only processes we may
 /// inspect are seen (all of them as root); empty if /proc is unavailable.
-fn ofd_write_lock_holders(dev: u64, ino: u64) -> Vec<u32> {
+fn lock_holders(dev: u64, ino: u64) -> Vec<u32> {
     // The kernel prints the inode as "%02x:%02x:%lu" (major, minor, number).
     let key = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
     let mut found = Vec::new();
