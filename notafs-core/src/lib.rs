@@ -23,8 +23,14 @@
 
 mod allocator;
 mod btree;
+mod btree_codec;
+mod btree_node;
+mod btree_rec;
 mod cache;
 pub mod check;
+mod check_data;
+mod check_report;
+mod check_tree;
 mod checksum;
 #[doc(hidden)]
 pub mod codec;
@@ -40,6 +46,7 @@ mod fs;
 mod mount;
 mod namespace;
 mod node;
+mod node_io;
 mod options;
 pub mod path;
 pub mod repair;

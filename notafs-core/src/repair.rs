@@ -16,7 +16,10 @@ use std::sync::Arc;
 use notafs_blockdev::BlockDevice;
 
 use crate::allocator::{self, Allocator, ExtentSet};
-use crate::check::{check, reachable, reachable_counted, CheckOptions, Problem, Severity};
+use crate::btree::{Node, NodeIo, Tree};
+use crate::check::{check, CheckOptions, Problem, Severity};
+use crate::extent_tree::Extents;
+use crate::file_table::{Files, ROOT_INO};
 use crate::fs::{Fs, OpenOptions};
 use crate::root_ring::RootSlot;
 use crate::superblock::Superblock;
@@ -430,4 +433,57 @@ fn rollback(
     Err(Error::NoValidRoot(
         "no retained generation is consistent; nothing safe to roll back to".into(),
     ))
+}
+
+/// Blocks referenced by generation `slot` (trees, data, free-list nodes).
+/// Errors when the generation does not verify.
+pub(crate) fn reachable(io: &NodeIo, slot: &RootSlot) -> Result<ExtentSet> {
+    reachable_counted(io, slot).map(|x| x.0)
+}
+
+/// [`reachable`], plus the number of inodes and the highest inode number.
+pub(crate) fn reachable_counted(io: &NodeIo, slot: &RootSlot) -> Result<(ExtentSet, u64, u64)> {
+    let nb = io.layout.node_blocks;
+    let mut set = ExtentSet::new();
+    let files = Tree::<Files>::from_disk(slot.files, slot.files_height, 0)?;
+    let mut inodes = Vec::new();
+    files.walk(io, &mut |p, _, node, _, _| {
+        if let Some(p) = p {
+            set.insert(p.block, nb)?;
+        }
+        if let Node::Leaf(e) = node {
+            inodes.extend(e.iter().map(|x| x.1));
+        }
+        Ok(())
+    })?;
+    let count = inodes.len() as u64;
+    let max_ino = inodes.iter().map(|i| i.ino).max().unwrap_or(ROOT_INO);
+    for i in inodes {
+        let ext = Tree::<Extents>::from_disk(i.extents, i.extent_height, i.ino)?;
+        ext.walk(io, &mut |p, _, node, _, _| {
+            if let Some(p) = p {
+                set.insert(p.block, nb)?;
+            }
+            if let Node::Leaf(e) = node {
+                for (_, x) in e {
+                    set.insert(x.pblock, x.len())?;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    // A free list that does not verify holds nothing anyone can follow:
+    // its nodes are not held (the trees above are what must stay intact).
+    match allocator::read_list(io, slot.freelist, slot.freelist_nodes, slot.generation) {
+        Ok(list) => {
+            for b in list.nodes {
+                if !set.overlaps(b, nb) {
+                    set.insert(b, nb)?;
+                }
+            }
+        }
+        Err(e) if e.is_io() => return Err(e),
+        Err(_) => {}
+    }
+    Ok((set, count, max_ino))
 }
