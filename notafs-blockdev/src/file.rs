@@ -61,14 +61,16 @@ const POOL_MAX: usize = 4;
 /// Largest single request of a batch: longer requests are split, adjacent
 /// ones merged up to this, so a batch becomes requests of a size the device
 /// handles at full bandwidth, several in flight.
-const MAX_OP_BYTES: usize = 4 << 20;
+const MAX_OP_BYTES: usize = 1 << 20;
 
 /// Most memory segments merged into one vectored request.
-const MAX_OP_SEGS: usize = 64;
+const MAX_OP_SEGS: usize = 256;
 
 /// Bounce memory (O_DIRECT, unaligned caller buffers) one batch may hold at
-/// a time; a larger batch runs in groups.
-const MAX_GROUP_BOUNCE: usize = 32 << 20;
+/// a time; a larger batch runs in groups. One buffer of this size is kept
+/// per device for reuse (a fresh one costs page faults and zeroing on every
+/// batch).
+const MAX_GROUP_BOUNCE: usize = 8 << 20;
 
 /// Most requests per group (the ring keeps `uring::QUEUE_DEPTH` in flight).
 const MAX_GROUP_OPS: usize = 1024;
@@ -170,6 +172,8 @@ pub(crate) struct PosIo {
     /// Batches go through io_uring (else preadv/pwritev, one at a time).
     uring: AtomicBool,
     rings: Mutex<Vec<Ring>>,
+    /// The bounce buffer of the last batch group, for reuse.
+    group_bounce: Mutex<Option<AlignedBuf>>,
 }
 
 /// Which engine runs the batches of a file or raw device.
@@ -191,6 +195,7 @@ impl PosIo {
             pool: Mutex::new(Vec::new()),
             uring: AtomicBool::new(uring::available()),
             rings: Mutex::new(Vec::new()),
+            group_bounce: Mutex::new(None),
         }
     }
 
@@ -243,6 +248,45 @@ impl PosIo {
         uring::run_sequential(fd, ops);
     }
 
+    /// A bounce buffer of at least `len` bytes for one batch group: the kept
+    /// one if large enough, else a new one.
+    fn take_group_bounce(&self, len: usize) -> io::Result<AlignedBuf> {
+        let kept = self
+            .group_bounce
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match kept {
+            Some(mut b) if b.capacity() >= len => {
+                b.set_len(len);
+                Ok(b)
+            }
+            _ => AlignedBuf::zeroed(len, self.mem_align),
+        }
+    }
+
+    fn give_group_bounce(&self, b: AlignedBuf) {
+        if b.capacity() <= MAX_GROUP_BOUNCE {
+            let mut kept = self.group_bounce.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.as_ref().is_none_or(|k| k.capacity() < b.capacity()) {
+                *kept = Some(b);
+            }
+        }
+    }
+
+    /// Bounce bytes a run takes in a group buffer: its length rounded up to
+    /// the memory alignment, so the next run's slice starts aligned.
+    fn bounce_len<T: std::ops::Deref<Target = [u8]>>(&self, run: &[(u64, T)]) -> usize {
+        if self.run_needs_bounce(run) {
+            run.iter()
+                .map(|(_, s)| s.len())
+                .sum::<usize>()
+                .next_multiple_of(self.mem_align)
+        } else {
+            0
+        }
+    }
+
     /// Whether a run of segments must go through a bounce buffer.
     fn run_needs_bounce<T: std::ops::Deref<Target = [u8]>>(&self, run: &[(u64, T)]) -> bool {
         run.iter().any(|(_, s)| !self.aligned(s.as_ptr()))
@@ -265,36 +309,40 @@ impl PosIo {
         pieces.sort_by_key(|p| p.0);
         let runs = merge_runs(pieces);
         let mut first_err = None;
-        for group in groups(&runs, |r| self.run_needs_bounce(r)) {
+        for group in groups(&runs, |r| self.bounce_len(r)) {
             let runs = &runs[group];
-            let mut bounces = Vec::with_capacity(runs.len());
+            let total: usize = runs.iter().map(|r| self.bounce_len(r)).sum();
+            let mut gb = if total > 0 {
+                Some(self.take_group_bounce(total)?)
+            } else {
+                None
+            };
+            let mut rest: &mut [u8] = gb.as_deref_mut().unwrap_or(&mut []);
+            let mut ops: Vec<Op<'_>> = Vec::with_capacity(runs.len());
             for run in runs {
-                bounces.push(if self.run_needs_bounce(run) {
-                    let len = run.iter().map(|(_, s)| s.len()).sum();
-                    let mut b = AlignedBuf::zeroed(len, self.mem_align)?;
-                    let mut at = 0;
-                    for (_, s) in run {
-                        b[at..at + s.len()].copy_from_slice(s);
-                        at += s.len();
-                    }
-                    Some(b)
-                } else {
-                    None
-                });
+                let blen = self.bounce_len(run);
+                if blen == 0 {
+                    ops.push(Op::write(run[0].0, run.iter().map(|(_, s)| *s).collect()));
+                    continue;
+                }
+                let (mine, r) = std::mem::take(&mut rest).split_at_mut(blen);
+                rest = r;
+                let mut at = 0;
+                for (_, s) in run {
+                    mine[at..at + s.len()].copy_from_slice(s);
+                    at += s.len();
+                }
+                ops.push(Op::write(run[0].0, vec![&mine[..at]]));
             }
-            let mut ops: Vec<Op<'_>> = runs
-                .iter()
-                .zip(&bounces)
-                .map(|(run, b)| match b {
-                    Some(b) => Op::write(run[0].0, vec![&b[..]]),
-                    None => Op::write(run[0].0, run.iter().map(|(_, s)| *s).collect()),
-                })
-                .collect();
             self.execute(&mut ops);
             for op in &mut ops {
                 if let Err(e) = op.take_result() {
                     first_err.get_or_insert(e);
                 }
+            }
+            drop(ops);
+            if let Some(b) = gb {
+                self.give_group_bounce(b);
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -315,16 +363,27 @@ impl PosIo {
         pieces.sort_by_key(|p| p.0);
         let mut runs = merge_runs(pieces);
         let mut first_err = None;
-        for group in groups(&runs, |r| self.run_needs_bounce(r)) {
+        for group in groups(&runs, |r| self.bounce_len(r)) {
             let runs = &mut runs[group];
-            let mut bounces = Vec::with_capacity(runs.len());
+            let total: usize = runs.iter().map(|r| self.bounce_len(r)).sum();
+            let mut gb = if total > 0 {
+                Some(self.take_group_bounce(total)?)
+            } else {
+                None
+            };
+            let mut rest: &mut [u8] = gb.as_deref_mut().unwrap_or(&mut []);
+            // Per run: its slice of the group bounce buffer, if it needs one.
+            let mut bounces: Vec<Option<&mut [u8]>> = Vec::with_capacity(runs.len());
             for run in runs.iter() {
-                bounces.push(if self.run_needs_bounce(run) {
-                    let len = run.iter().map(|(_, s)| s.len()).sum();
-                    Some(AlignedBuf::zeroed(len, self.mem_align)?)
+                let blen = self.bounce_len(run);
+                if blen == 0 {
+                    bounces.push(None);
                 } else {
-                    None
-                });
+                    let len = run.iter().map(|(_, s)| s.len()).sum();
+                    let (mine, r) = std::mem::take(&mut rest).split_at_mut(blen);
+                    rest = r;
+                    bounces.push(Some(&mut mine[..len]));
+                }
             }
             let mut ops: Vec<Op<'_>> = runs
                 .iter_mut()
@@ -332,7 +391,7 @@ impl PosIo {
                 .map(|(run, b)| {
                     let off = run[0].0;
                     match b {
-                        Some(b) => Op::read(off, vec![&mut b[..]]),
+                        Some(b) => Op::read(off, vec![&mut **b]),
                         None => Op::read(off, run.iter_mut().map(|(_, s)| &mut **s).collect()),
                     }
                 })
@@ -356,6 +415,10 @@ impl PosIo {
                         }
                     }
                 }
+            }
+            drop(bounces);
+            if let Some(b) = gb {
+                self.give_group_bounce(b);
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -473,16 +536,12 @@ fn merge_runs<T: std::ops::Deref<Target = [u8]>>(pieces: Vec<(u64, T)>) -> Vec<V
 /// of its own).
 fn groups<T: std::ops::Deref<Target = [u8]>>(
     runs: &[Vec<(u64, T)>],
-    needs_bounce: impl Fn(&[(u64, T)]) -> bool,
+    bounce_len: impl Fn(&[(u64, T)]) -> usize,
 ) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut bounce) = (0usize, 0usize);
     for (i, run) in runs.iter().enumerate() {
-        let need = if needs_bounce(run) {
-            run.iter().map(|(_, s)| s.len()).sum()
-        } else {
-            0
-        };
+        let need = bounce_len(run);
         if i > start && (i - start >= MAX_GROUP_OPS || bounce + need > MAX_GROUP_BOUNCE) {
             out.push(start..i);
             start = i;

@@ -106,7 +106,7 @@ fn exercise(dev: &dyn BlockDevice, what: &str) {
     }
     let scattered: Vec<(u64, usize, bool)> = blocks[..3000]
         .iter()
-        .map(|&b| (b, 4096, rng.next() % 2 == 0))
+        .map(|&b| (b, 4096, rng.next().is_multiple_of(2)))
         .collect();
     write_batch(dev, &mut model, &scattered, 1);
 
@@ -129,7 +129,7 @@ fn exercise(dev: &dyn BlockDevice, what: &str) {
     // Reads: scattered, adjacent, large, unaligned; then the whole device.
     let reads: Vec<(u64, usize, bool)> = blocks[1000..4000]
         .iter()
-        .map(|&b| (b, 4096, rng.next() % 2 == 0))
+        .map(|&b| (b, 4096, rng.next().is_multiple_of(2)))
         .collect();
     check_read_batch(dev, &model, &reads, what);
     check_read_batch(dev, &model, &reqs, what);
