@@ -8,7 +8,8 @@
 //!     cargo bench -p notafs-blockdev --bench seq
 //!
 //! NOTAFS_BENCH_RAND_OPS (default 32768) sets the 4 KiB requests per random
-//! run; NOTAFS_NO_URING=1 measures the preadv/pwritev fallback.
+//! run; NOTAFS_NO_URING=1 measures the fallback engine (preadv/pwritev on
+//! threads).
 //!
 //! Environment: NOTAFS_BENCH_MB (default 1024), NOTAFS_BENCH_DIR (default
 //! /var/tmp; must not be tmpfs, O_DIRECT is needed), NOTAFS_BENCH_REPS
@@ -635,7 +636,7 @@ fn main() {
         "(MB/s = 10^6 bytes/s, IOPS = MB/s x 244 for 4K rows; ratio = backend / best raw tool; \
          QD rows: fio --ioengine=io_uring --iodepth=QD --direct=1; batches on the {} engine)",
         if std::env::var("NOTAFS_NO_URING").is_ok_and(|v| !v.is_empty() && v != "0") {
-            "preadv/pwritev"
+            "threads (preadv/pwritev)"
         } else {
             "io_uring"
         }

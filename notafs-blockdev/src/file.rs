@@ -21,10 +21,10 @@
 //!
 //! * write_batch / read_batch: requests sorted by offset, long ones split and
 //!   physically adjacent ones merged into vectored requests of at most
-//!   4 MiB, then run with up to 64 in flight on io_uring ([`IoEngine::Uring`],
-//!   the default where the kernel allows it), else one at a time with
-//!   `pwritev`/`preadv` ([`IoEngine::Sequential`]; `NOTAFS_NO_URING=1`
-//!   forces it). Single requests stay plain `pread`/`pwrite` (lowest latency).
+//!   1 MiB, then run with up to 64 in flight on io_uring ([`IoEngine::Uring`],
+//!   the default where the kernel allows it), else with `pwritev`/`preadv` on
+//!   up to 16 threads ([`IoEngine::Threads`]; `NOTAFS_NO_URING=1` forces it).
+//!   Single requests stay plain `pread`/`pwrite` (lowest latency).
 //!
 //! The positional-I/O core ([`PosIo`]) and [`AlignedBuf`] are shared with the
 //! raw block-device backend.
@@ -35,7 +35,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use nix::fcntl::{fallocate, FallocateFlags};
@@ -169,21 +169,40 @@ pub(crate) struct PosIo {
     direct: bool,
     mem_align: usize,
     pool: Mutex<Vec<AlignedBuf>>,
-    /// Batches go through io_uring (else preadv/pwritev, one at a time).
-    uring: AtomicBool,
+    /// The batch engine (an `IoEngine` as u8).
+    engine: AtomicU8,
     rings: Mutex<Vec<Ring>>,
     /// The bounce buffer of the last batch group, for reuse.
     group_bounce: Mutex<Option<AlignedBuf>>,
 }
 
-/// Which engine runs the batches of a file or raw device.
+/// Which engine runs the batches of a file or raw device. Adjacent requests
+/// are merged whichever runs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoEngine {
-    /// io_uring: up to 64 requests in flight per batch.
-    Uring,
-    /// `preadv`/`pwritev`, one request at a time (adjacent requests still
-    /// merged): where io_uring is unavailable or `NOTAFS_NO_URING=1`.
-    Sequential,
+    /// io_uring: up to 64 requests in flight per batch (the default where
+    /// the kernel allows it).
+    Uring = 0,
+    /// `preadv`/`pwritev` on up to 16 threads per batch: the fallback where
+    /// io_uring is unavailable (old kernels, `kernel.io_uring_disabled`,
+    /// seccomp filters such as Docker's default) or `NOTAFS_NO_URING=1`.
+    Threads = 1,
+    /// `preadv`/`pwritev` one request at a time on the calling thread.
+    Sequential = 2,
+}
+
+/// Threads of the [`IoEngine::Threads`] engine per batch (the caller's
+/// thread included).
+const BATCH_THREADS: usize = 16;
+
+impl IoEngine {
+    fn from_u8(v: u8) -> IoEngine {
+        match v {
+            0 => IoEngine::Uring,
+            1 => IoEngine::Threads,
+            _ => IoEngine::Sequential,
+        }
+    }
 }
 
 impl PosIo {
@@ -193,33 +212,35 @@ impl PosIo {
             direct,
             mem_align,
             pool: Mutex::new(Vec::new()),
-            uring: AtomicBool::new(uring::available()),
+            engine: AtomicU8::new(if uring::available() {
+                IoEngine::Uring as u8
+            } else {
+                IoEngine::Threads as u8
+            }),
             rings: Mutex::new(Vec::new()),
             group_bounce: Mutex::new(None),
         }
     }
 
     pub(crate) fn engine(&self) -> IoEngine {
-        if self.uring.load(Ordering::Relaxed) {
-            IoEngine::Uring
-        } else {
-            IoEngine::Sequential
-        }
+        IoEngine::from_u8(self.engine.load(Ordering::Relaxed))
     }
 
-    /// Choose the engine; io_uring only where it is available.
+    /// Choose the engine; io_uring only where it is available (else threads).
     pub(crate) fn set_engine(&self, e: IoEngine) {
-        self.uring.store(
-            e == IoEngine::Uring && uring::available(),
-            Ordering::Relaxed,
-        );
+        let e = match e {
+            IoEngine::Uring if !uring::available() => IoEngine::Threads,
+            e => e,
+        };
+        self.engine.store(e as u8, Ordering::Relaxed);
     }
 
     /// Run `ops`, in flight together on io_uring when enabled.
     fn execute(&self, ops: &mut [Op<'_>]) {
         use std::os::fd::AsFd;
         let fd = self.file.as_fd();
-        if self.uring.load(Ordering::Relaxed) {
+        let engine = self.engine();
+        if engine == IoEngine::Uring {
             let ring = self
                 .rings
                 .lock()
@@ -237,15 +258,19 @@ impl PosIo {
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "io_uring submission failed; finishing the batch with preadv/pwritev")
+                        tracing::warn!(error = %e, "io_uring submission failed; finishing the batch on threads")
                     }
                 },
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot set up an io_uring; using preadv/pwritev")
+                    tracing::warn!(error = %e, "cannot set up an io_uring; using threads")
                 }
             }
         }
-        uring::run_sequential(fd, ops);
+        if engine == IoEngine::Sequential {
+            uring::run_sequential(fd, ops);
+        } else {
+            uring::run_threads(fd, ops, BATCH_THREADS);
+        }
     }
 
     /// A bounce buffer of at least `len` bytes for one batch group: the kept
@@ -777,8 +802,8 @@ impl FileDevice {
         self.io.engine()
     }
 
-    /// Choose the batch engine (io_uring only where available; the default
-    /// is io_uring unless `NOTAFS_NO_URING=1`).
+    /// Choose the batch engine (io_uring only where available, else
+    /// threads; the default is io_uring unless `NOTAFS_NO_URING=1`).
     pub fn set_io_engine(&self, engine: IoEngine) {
         self.io.set_engine(engine)
     }

@@ -11,9 +11,9 @@
 //!
 //! Whether io_uring is usable is probed once per process ([`available`]):
 //! kernels without it, `kernel.io_uring_disabled`, seccomp filters (Docker's
-//! default) all make `io_uring_setup` fail, and the callers then use plain
-//! `pread`/`pwrite`. `NOTAFS_NO_URING=1` forces that fallback (so both paths
-//! are testable on one machine).
+//! default) all make `io_uring_setup` fail, and the callers then run batches
+//! with `preadv`/`pwritev` on threads ([`run_threads`]). `NOTAFS_NO_URING=1`
+//! forces that fallback (so both paths are testable on one machine).
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -39,7 +39,7 @@ pub(crate) fn available() -> bool {
         match IoUring::new(2) {
             Ok(_) => true,
             Err(e) => {
-                tracing::info!(error = %e, "io_uring unavailable; using pread/pwrite");
+                tracing::info!(error = %e, "io_uring unavailable; batches run on threads");
                 false
             }
         }
@@ -169,33 +169,69 @@ impl<'a> Op<'a> {
     }
 }
 
-/// Run `ops` one after the other with `preadv`/`pwritev` (the fallback).
-/// Ops that already have an outcome are skipped.
+/// Run `ops` one after the other with `preadv`/`pwritev`. Ops that already
+/// have an outcome are skipped.
 pub(crate) fn run_sequential(fd: BorrowedFd<'_>, ops: &mut [Op<'_>]) {
-    for op in ops.iter_mut().filter(|op| op.result.is_none()) {
-        loop {
-            let (iov, n) = op.remaining_iov();
-            let off = (op.off + op.done as u64) as libc::off_t;
-            // SAFETY: `iov` points at `n` iovecs owned by `op`, each
-            // describing memory borrowed by `op` for its lifetime (exclusively
-            // for reads); the call completes before we touch `op` again.
-            let r = unsafe {
-                if op.write {
-                    libc::pwritev(fd.as_raw_fd(), iov, n as libc::c_int, off)
-                } else {
-                    libc::preadv(fd.as_raw_fd(), iov, n as libc::c_int, off)
-                }
-            };
-            let res = if r < 0 {
-                -io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO)
-            } else {
-                r.min(i32::MAX as isize) as i32
-            };
-            if op.complete(res) {
+    for op in ops.iter_mut() {
+        run_one(fd, op);
+    }
+}
+
+/// Run `ops` with `preadv`/`pwritev` on up to `threads` threads (the calling
+/// one included), each taking the next op until none is left. Returns when
+/// every op has its outcome (scoped threads: no op outlives the call).
+pub(crate) fn run_threads(fd: BorrowedFd<'_>, ops: &mut [Op<'_>], threads: usize) {
+    let workers = threads.min(ops.len());
+    if workers < 2 {
+        return run_sequential(fd, ops);
+    }
+    let queue = std::sync::Mutex::new(ops.iter_mut());
+    let work = || loop {
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+        match next {
+            Some(op) => run_one(fd, op),
+            None => break,
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..workers {
+            // If the system refuses a thread, the others do its share.
+            if std::thread::Builder::new().spawn_scoped(s, work).is_err() {
                 break;
             }
+        }
+        work();
+    });
+}
+
+/// Run one op to completion with `preadv`/`pwritev` (nothing if it already
+/// has an outcome).
+fn run_one(fd: BorrowedFd<'_>, op: &mut Op<'_>) {
+    if op.result.is_some() {
+        return;
+    }
+    loop {
+        let (iov, n) = op.remaining_iov();
+        let off = (op.off + op.done as u64) as libc::off_t;
+        // SAFETY: `iov` points at `n` iovecs owned by `op`, each
+        // describing memory borrowed by `op` for its lifetime (exclusively
+        // for reads); the call completes before we touch `op` again.
+        let r = unsafe {
+            if op.write {
+                libc::pwritev(fd.as_raw_fd(), iov, n as libc::c_int, off)
+            } else {
+                libc::preadv(fd.as_raw_fd(), iov, n as libc::c_int, off)
+            }
+        };
+        let res = if r < 0 {
+            -io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
+        } else {
+            r.min(i32::MAX as isize) as i32
+        };
+        if op.complete(res) {
+            break;
         }
     }
 }

@@ -454,8 +454,8 @@ fn model_file_direct() {
     quickcheck_device(Arc::new(dev), 150);
 }
 
-// The same models with batches on the fallback engine (preadv/pwritev one
-// at a time) instead of io_uring (the default where available).
+// The same models with batches on the other engines (preadv/pwritev one at
+// a time, or on threads) instead of io_uring (the default where available).
 
 #[test]
 fn model_file_buffered_sequential_batches() {
@@ -479,6 +479,21 @@ fn model_file_direct_sequential_batches() {
 #[test]
 fn model_raw_loop_4096_direct_io_sequential_batches() {
     model_raw_engine(Some(4096), None, IoEngine::Sequential);
+}
+
+#[test]
+fn model_file_direct_threaded_batches() {
+    let dir = disk_tempdir();
+    let img = make_image(dir.path(), "img", 70 * 4096);
+    let Some(dev) = open_direct(&img) else { return };
+    dev.set_io_engine(IoEngine::Threads);
+    assert_eq!(dev.io_engine(), IoEngine::Threads);
+    quickcheck_device(Arc::new(dev), 100);
+}
+
+#[test]
+fn model_raw_loop_512_threaded_batches() {
+    model_raw_engine(None, None, IoEngine::Threads);
 }
 
 fn model_raw(sector: Option<u32>, block_size: Option<u32>) {

@@ -1,5 +1,5 @@
-//! Large batches on the file and raw backends, on both engines (io_uring and
-//! the preadv/pwritev fallback): thousands of scattered 4 KiB writes, adjacent
+//! Large batches on the file and raw backends, on every engine (io_uring,
+//! preadv/pwritev on threads, and one at a time): thousands of scattered 4 KiB writes, adjacent
 //! runs that are merged, requests longer than one merged request, more bounce
 //! memory than one group holds; every byte checked against a model.
 mod common;
@@ -187,6 +187,16 @@ fn file_direct_sequential() {
     file_case(true, IoEngine::Sequential);
 }
 
+#[test]
+fn file_direct_threads() {
+    file_case(true, IoEngine::Threads);
+}
+
+#[test]
+fn file_buffered_threads() {
+    file_case(false, IoEngine::Threads);
+}
+
 fn raw_case(sector: Option<u32>, engine: IoEngine) {
     let _g = loop_lock();
     let dir = disk_tempdir();
@@ -211,17 +221,22 @@ fn raw_loop_512_sequential() {
     raw_case(None, IoEngine::Sequential);
 }
 
-/// NOTAFS_NO_URING=1 forces the fallback: checked in a child process (the
-/// probe runs once per process).
+#[test]
+fn raw_loop_4096_threads() {
+    raw_case(Some(4096), IoEngine::Threads);
+}
+
+/// NOTAFS_NO_URING=1 forces the fallback (threads): checked in a child
+/// process (the probe runs once per process).
 #[test]
 fn no_uring_env_forces_the_fallback() {
     if std::env::var(NO_URING_ENV).is_ok() {
         let dir = disk_tempdir();
         let img = make_image(dir.path(), "img", 1 << 20);
         let dev = FileDevice::open(&img, &FileOptions::default()).unwrap();
-        assert_eq!(dev.io_engine(), IoEngine::Sequential);
+        assert_eq!(dev.io_engine(), IoEngine::Threads);
         dev.set_io_engine(IoEngine::Uring);
-        assert_eq!(dev.io_engine(), IoEngine::Sequential);
+        assert_eq!(dev.io_engine(), IoEngine::Threads);
         println!("\nFALLBACK-OK");
         return;
     }
