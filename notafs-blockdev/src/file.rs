@@ -23,7 +23,8 @@
 //!   physically adjacent ones merged into vectored requests of at most
 //!   1 MiB, then run with up to 64 in flight on io_uring ([`IoEngine::Uring`],
 //!   the default where the kernel allows it), else with `pwritev`/`preadv` on
-//!   up to 16 threads ([`IoEngine::Threads`]; `NOTAFS_NO_URING=1` forces it).
+//!   up to 16 threads ([`IoEngine::Threads`]; `NOTAFS_NO_URING=1` forces it;
+//!   `NOTAFS_IO_ENGINE=uring|threads|sequential` picks one for measurements).
 //!   Single requests stay plain `pread`/`pwrite` (lowest latency).
 //!
 //! The positional-I/O core ([`PosIo`]) and [`AlignedBuf`] are shared with the
@@ -195,7 +196,27 @@ pub enum IoEngine {
 /// thread included).
 const BATCH_THREADS: usize = 16;
 
+/// Environment variable choosing the default batch engine: `uring`,
+/// `threads` or `sequential` (unset or anything else: io_uring where
+/// available, else threads). For measurements; `NOTAFS_NO_URING=1` also
+/// rules io_uring out.
+pub const IO_ENGINE_ENV: &str = "NOTAFS_IO_ENGINE";
+
 impl IoEngine {
+    /// The engine new devices start with (read once per process).
+    pub fn default_engine() -> IoEngine {
+        static DEFAULT: std::sync::OnceLock<IoEngine> = std::sync::OnceLock::new();
+        *DEFAULT.get_or_init(|| {
+            let asked = std::env::var(IO_ENGINE_ENV).unwrap_or_default();
+            match asked.as_str() {
+                "sequential" => IoEngine::Sequential,
+                "threads" => IoEngine::Threads,
+                _ if uring::available() => IoEngine::Uring,
+                _ => IoEngine::Threads,
+            }
+        })
+    }
+
     fn from_u8(v: u8) -> IoEngine {
         match v {
             0 => IoEngine::Uring,
@@ -212,11 +233,7 @@ impl PosIo {
             direct,
             mem_align,
             pool: Mutex::new(Vec::new()),
-            engine: AtomicU8::new(if uring::available() {
-                IoEngine::Uring as u8
-            } else {
-                IoEngine::Threads as u8
-            }),
+            engine: AtomicU8::new(IoEngine::default_engine() as u8),
             rings: Mutex::new(Vec::new()),
             group_bounce: Mutex::new(None),
         }
