@@ -249,3 +249,108 @@ fn no_uring_env_forces_the_fallback() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("FALLBACK-OK"), "{text}");
 }
+
+/// (read, write) system calls made by this thread so far, from
+/// /proc/thread-self/io (`syscr`/`syscw`: read(2)/pread/preadv and the write
+/// family; work io_uring does in the kernel is not counted).
+fn syscalls() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io");
+    let get = |key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("syscr/syscw")
+    };
+    (get("syscr:"), get("syscw:"))
+}
+
+/// System calls (reads, writes) `f` makes on this thread, less what reading
+/// the counters costs.
+fn count_syscalls(f: impl FnOnce()) -> (u64, u64) {
+    let a = syscalls();
+    let b = syscalls();
+    let (or, ow) = (b.0 - a.0, b.1 - a.1);
+    let c = syscalls();
+    f();
+    let d = syscalls();
+    (
+        (d.0 - c.0).saturating_sub(or),
+        (d.1 - c.1).saturating_sub(ow),
+    )
+}
+
+/// Adjacent requests of a batch are merged: 64 adjacent 4 KiB writes and
+/// reads in separate buffers are one pwritev and one preadv (one at a time
+/// engine, counted on this thread), not 64 system calls.
+#[test]
+fn adjacent_requests_are_merged_into_one_system_call() {
+    let dir = disk_tempdir();
+    let img = make_image(dir.path(), "img", 4 << 20);
+    let dev = FileDevice::open(&img, &FileOptions::default()).unwrap();
+    dev.set_io_engine(IoEngine::Sequential);
+    let bufs: Vec<Vec<u8>> = (0..64u8).map(|k| vec![k; 4096]).collect();
+    let reqs: Vec<WriteReq<'_>> = bufs
+        .iter()
+        .enumerate()
+        .map(|(k, b)| WriteReq {
+            block: 100 + k as u64,
+            data: b,
+        })
+        .collect();
+    let (_, w) = count_syscalls(|| dev.write_batch(&reqs).unwrap());
+    assert!(w <= 1, "64 adjacent writes took {w} write system calls");
+    let mut back: Vec<Vec<u8>> = vec![vec![0u8; 4096]; 64];
+    let mut rr: Vec<(u64, &mut [u8])> = back
+        .iter_mut()
+        .enumerate()
+        .map(|(k, b)| (100 + k as u64, &mut b[..]))
+        .collect();
+    let (r, _) = count_syscalls(|| dev.read_batch(&mut rr).unwrap());
+    assert!(r <= 1, "64 adjacent reads took {r} read system calls");
+    assert!(back == bufs);
+}
+
+/// On io_uring, a batch of scattered requests is submitted together: 64
+/// scattered 4 KiB writes and reads make (almost) no read/write system calls
+/// on this thread, where one at a time they make 64 each.
+#[test]
+fn scattered_batches_go_through_io_uring() {
+    let dir = disk_tempdir();
+    let img = make_image(dir.path(), "img", 4 << 20);
+    let dev = FileDevice::open(&img, &FileOptions::default()).unwrap();
+    dev.set_io_engine(IoEngine::Uring);
+    if dev.io_engine() != IoEngine::Uring {
+        println!("SKIPPED: io_uring is not available here");
+        return;
+    }
+    let bufs: Vec<Vec<u8>> = (0..64u8).map(|k| vec![k ^ 0x5A; 4096]).collect();
+    let reqs: Vec<WriteReq<'_>> = bufs
+        .iter()
+        .enumerate()
+        .map(|(k, b)| WriteReq {
+            block: 3 * k as u64 + 1,
+            data: b,
+        })
+        .collect();
+    let (_, w) = count_syscalls(|| dev.write_batch(&reqs).unwrap());
+    assert!(
+        w < 8,
+        "64 scattered writes on io_uring: {w} write system calls"
+    );
+    let mut back: Vec<Vec<u8>> = vec![vec![0u8; 4096]; 64];
+    let mut rr: Vec<(u64, &mut [u8])> = back
+        .iter_mut()
+        .enumerate()
+        .map(|(k, b)| (3 * k as u64 + 1, &mut b[..]))
+        .collect();
+    let (r, _) = count_syscalls(|| dev.read_batch(&mut rr).unwrap());
+    assert!(
+        r < 8,
+        "64 scattered reads on io_uring: {r} read system calls"
+    );
+    assert!(back == bufs);
+    // The same batch one at a time: 64 system calls each, as counted here.
+    dev.set_io_engine(IoEngine::Sequential);
+    let (_, w) = count_syscalls(|| dev.write_batch(&reqs).unwrap());
+    assert_eq!(w, 64);
+}
