@@ -180,6 +180,7 @@ fn cases() -> Vec<Case> {
             },
         )
         .unwrap();
+        fs.set_commit_log(false);
         fs.create("x").unwrap().write_at(0, b"new").unwrap();
         fs.commit().unwrap();
         drop(fs);

@@ -209,13 +209,17 @@ pub fn open_fs(device: &str, write: bool, generation: Option<u64>) -> CliResult<
         write_behind: Some(8 << 20),
         ..OpenOptions::default()
     };
-    Fs::open(dev, &opts).map_err(|e| {
+    let fs = Fs::open(dev, &opts).map_err(|e| {
         let code = match e {
             notafs_core::Error::NoSuchGeneration(_) => common::EXIT_NOT_FOUND,
             _ => common::EXIT_OPERATIONAL,
         };
         CliError::new(code, format!("{device}: {e}"))
-    })
+    })?;
+    // One command, one commit: the barrier protocol (the one-flush commit
+    // log would need a sealing slot at close, costing the flush it saves).
+    fs.set_commit_log(false);
+    Ok(fs)
 }
 
 /// Run a parsed command line.

@@ -1,7 +1,15 @@
 //! The one function that makes a generation durable: used by `format`
 //! (generation 1), by every commit, and by every repair.
 //!
-//! Protocol (docs/FORMAT.md, "Commit"):
+//! Two protocols. The *commit-log* protocol (feature
+//! `INCOMPAT_COMMIT_LOG`, every small commit): the nodes, the free list and
+//! the root slot go out together and one flush makes them durable; the slot
+//! lists every block the commit wrote with its CRC-32C, and open verifies
+//! the newest slot's list (root_ring.rs says why that is enough). One flush
+//! on the critical path instead of two. The *barrier* protocol (large
+//! commits, format, repairs, filesystems without the feature):
+//!
+//! Barrier protocol (docs/FORMAT.md, "Commit"):
 //! 1. the caller has written (or queued in `out`) every data block and tree
 //!    node the new root references, all in blocks no retained generation
 //!    references;
@@ -17,12 +25,14 @@
 //! blocks stay pending for N generations), and a torn or missing slot fails
 //! its checksum so open takes the previous one. After step 5 the slot can
 //! only be read with everything it references, thanks to step 4.
+use std::collections::HashMap;
+
 use notafs_blockdev::BlockDevice;
 
 use crate::allocator::{self, Allocator};
 use crate::node::{Layout, Ptr};
-use crate::root_ring::{slot_address, RootSlot};
-use crate::superblock::Superblock;
+use crate::root_ring::{log_capacity, slot_address, RootSlot};
+use crate::superblock::{Superblock, INCOMPAT_COMMIT_LOG};
 use crate::Result;
 
 /// What the new root names, apart from the free space `write_generation`
@@ -44,6 +54,8 @@ pub(crate) struct CommitFaults {
     pub skip_barrier: bool,
     pub root_before_data: bool,
     pub reuse_freed_immediately: bool,
+    /// Leave data blocks out of the commit log.
+    pub log_omits_data: bool,
 }
 
 /// A generation made durable.
@@ -54,14 +66,17 @@ pub(crate) struct Written {
 }
 
 /// Write generation `root.generation`: the nodes queued in `out`, the free
-/// list of `alloc`, a barrier, the root slot, a flush. `alloc` must already
-/// hold this generation's frees (`freed`) and allocations.
+/// list of `alloc`, the root slot, and make them durable. `alloc` must
+/// already hold this generation's frees (`freed`) and allocations.
+/// `data_crcs`: CRC-32C of every data block this transaction wrote (None
+/// when unknown): with it, a small commit uses the commit-log protocol.
 pub(crate) fn write_generation(
     dev: &dyn BlockDevice,
     sb: &Superblock,
     alloc: &mut Allocator,
     root: NewRoot,
     out: &mut Vec<(u64, Vec<u8>)>,
+    data_crcs: Option<&HashMap<u64, u32>>,
     faults: CommitFaults,
 ) -> Result<Written> {
     let layout = Layout::from_superblock(sb);
@@ -97,8 +112,31 @@ pub(crate) fn write_generation(
         used_blocks: layout.block_count - free - pending,
         free_blocks: free,
         pending_blocks: pending,
+        log_len: 0,
     };
     let slot_block = slot_address(sb, root.generation);
+    let log = match data_crcs {
+        Some(d)
+            if sb.incompat & INCOMPAT_COMMIT_LOG != 0
+                && !faults.skip_barrier
+                && !faults.root_before_data =>
+        {
+            commit_log(alloc, out, d, sb, faults.log_omits_data)
+        }
+        _ => None,
+    };
+    if let Some(log) = log {
+        // One flush epoch: nodes, list and slot together.
+        let mut slot = slot;
+        slot.log_len = log.len() as u32;
+        out.push((slot_block, slot.encode_with_log(sb.block_size, &log)));
+        write_coalesced(dev, out)?;
+        dev.flush()?;
+        return Ok(Written {
+            slot,
+            free_list: list_blocks,
+        });
+    }
     let slot_buf = slot.encode(sb.block_size);
     if faults.root_before_data {
         dev.write(slot_block, &slot_buf)?;
@@ -115,6 +153,42 @@ pub(crate) fn write_generation(
         slot,
         free_list: list_blocks,
     })
+}
+
+/// The commit log of a commit: every block the new root references that
+/// this transaction wrote (`alloc.fresh`), with its CRC-32C, taken from the
+/// node buffers in `out` or from `data_crcs`. None when it does not fit the
+/// slot or a block's CRC is unknown (then the barrier protocol is used).
+fn commit_log(
+    alloc: &Allocator,
+    out: &[(u64, Vec<u8>)],
+    data_crcs: &HashMap<u64, u32>,
+    sb: &Superblock,
+    omit_data: bool,
+) -> Option<Vec<(u64, u32)>> {
+    let cap = log_capacity(sb.block_size);
+    if alloc.fresh.total() > cap as u64 {
+        return None;
+    }
+    let bs = sb.block_size as usize;
+    let mut node_crcs: HashMap<u64, u32> = HashMap::new();
+    for (b, buf) in out {
+        for (i, chunk) in buf.chunks(bs).enumerate() {
+            node_crcs.insert(b + i as u64, crate::checksum::crc(chunk));
+        }
+    }
+    let mut log = Vec::with_capacity(alloc.fresh.total() as usize);
+    for (s, l) in alloc.fresh.iter() {
+        for b in s..s + l {
+            match (node_crcs.get(&b), data_crcs.get(&b)) {
+                (Some(c), _) => log.push((b, *c)),
+                (None, Some(_)) if omit_data => {}
+                (None, Some(c)) => log.push((b, *c)),
+                (None, None) => return None,
+            }
+        }
+    }
+    Some(log)
 }
 
 /// Write `(block, bytes)` pairs, merging runs of adjacent blocks into one

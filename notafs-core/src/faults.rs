@@ -11,6 +11,8 @@ static FAULTS: Mutex<Faults> = Mutex::new(Faults {
     reuse_freed_immediately: false,
     skip_verify: false,
     forget_last_extent: false,
+    log_omits_data: false,
+    skip_log_verify: false,
 });
 
 /// Switches that break the commit protocol on purpose, for the crash
@@ -27,6 +29,10 @@ pub struct Faults {
     pub skip_verify: bool,
     /// Drop the last buffered run of each file at commit.
     pub forget_last_extent: bool,
+    /// Leave data blocks out of the commit log.
+    pub log_omits_data: bool,
+    /// Do not verify the newest slot's commit log at open.
+    pub skip_log_verify: bool,
 }
 
 /// The faults in force (crash-harness use only).

@@ -59,6 +59,64 @@ pub(crate) struct Inner {
     /// The caller asked for a read-only open (so `ReadOnly`, not
     /// `NeedsCheck`, is the answer to a write).
     pub asked_read_only: bool,
+    /// The newest slot on disk carries no commit log (so damage to its
+    /// blocks can never be mistaken for an interrupted commit). False after
+    /// a commit-log commit until [`Fs::close`] (or drop) seals it.
+    pub sealed: AtomicBool,
+    /// Small commits use the one-flush commit-log protocol.
+    pub commit_log: AtomicBool,
+}
+
+impl Inner {
+    /// Seal the newest generation: write a root slot `g+1` naming the same
+    /// trees and free list as `g`, without a commit log, and flush. From
+    /// then on the newest slot needs no log check, so damage to the blocks
+    /// of `g` is reported as damage instead of being taken for a commit cut
+    /// short by a power cut. A torn seal leaves `g` newest, whose log still
+    /// verifies: nothing is lost. Returns whether a slot was written.
+    fn seal(&self) -> Result<bool> {
+        if self.read_only
+            || self.failed.load(Ordering::SeqCst)
+            || self.sealed.load(Ordering::SeqCst)
+        {
+            return Ok(false);
+        }
+        let mut c = self.committed.write().unwrap_or_else(|e| e.into_inner());
+        let g = crate::fs::next_generation(c.slot.generation)?;
+        let slot = RootSlot {
+            generation: g,
+            time_ns: now_ns(),
+            log_len: 0,
+            ..c.slot
+        };
+        let res = self
+            .dev
+            .write(
+                crate::root_ring::slot_address(&self.sb, g),
+                &slot.encode(self.sb.block_size),
+            )
+            .and_then(|_| self.dev.flush());
+        if let Err(e) = res {
+            self.failed.store(true, Ordering::SeqCst);
+            return Err(e.into());
+        }
+        c.slot = slot;
+        c.recent.push(slot);
+        if c.recent.len() > self.sb.ring_slots as usize {
+            c.recent.remove(0);
+        }
+        self.sealed.store(true, Ordering::SeqCst);
+        debug!(generation = g, "sealed");
+        Ok(true)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = self.seal() {
+            warn!("could not seal the last commit at close: {e} (it stays readable)");
+        }
+    }
 }
 
 /// An open notafs filesystem. Cheap to clone; `Send + Sync`.
@@ -240,6 +298,27 @@ impl Fs {
         }
     }
 
+    /// Seal the last commit (see the commit log in `root_ring.rs`): after a
+    /// one-flush commit, write a log-free root slot naming the same state.
+    /// Done automatically when the last handle is dropped; call it to see
+    /// the error. Uncommitted changes stay uncommitted.
+    pub fn close(&self) -> Result<()> {
+        let mut t = self.txn();
+        if self.inner.seal()? {
+            self.release(&mut t)?;
+        }
+        Ok(())
+    }
+
+    /// Use the one-flush commit-log protocol for small commits (the default
+    /// on filesystems with the feature), or always the barrier protocol.
+    /// A handle that commits once and closes (a command-line tool) gains
+    /// nothing from the log: the seal at close costs the flush it saved and
+    /// one more root slot, so the tools turn it off.
+    pub fn set_commit_log(&self, on: bool) {
+        self.inner.commit_log.store(on, Ordering::Relaxed);
+    }
+
     /// Whether the transaction holds uncommitted changes.
     pub fn has_changes(&self) -> bool {
         self.txn().changed
@@ -372,14 +451,20 @@ impl Fs {
                 inode_count: t.inode_count,
             },
             &mut out,
+            (!t.data_crcs_overflow && self.inner.commit_log.load(Ordering::Relaxed))
+                .then_some(&t.data_crcs),
             crate::commit::CommitFaults {
                 skip_barrier: faults.skip_barrier,
                 root_before_data: faults.root_before_data,
                 reuse_freed_immediately: faults.reuse_freed_immediately,
+                log_omits_data: faults.log_omits_data,
             },
         )?;
+        t.data_crcs.clear();
+        t.data_crcs_overflow = false;
         let slot = written.slot;
         let list_blocks = written.free_list;
+        self.inner.sealed.store(slot.log_len == 0, Ordering::SeqCst);
         let (free, pending) = (slot.free_blocks, slot.pending_blocks);
 
         // Durable: publish and prepare the next transaction.
@@ -442,6 +527,8 @@ impl Fs {
         t.alloc = t.base_alloc.clone();
         t.inodes.clear();
         t.buffered_bytes = 0;
+        t.data_crcs.clear();
+        t.data_crcs_overflow = false;
         t.changed = false;
         // Handles whose file no longer exists (created in the aborted
         // transaction) or moved back become stale or follow the old name.

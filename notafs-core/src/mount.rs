@@ -19,6 +19,9 @@ use crate::superblock::{self, Superblock};
 use crate::txn::Txn;
 use crate::{Error, Result};
 
+/// How open describes the slot of a one-flush commit cut short.
+pub(crate) const RESIDUE: &str = "commit cut short";
+
 impl Fs {
     /// Create a new, empty filesystem on `dev`, overwriting both superblock
     /// copies and every root slot, and open it. Constant time: the data area
@@ -71,6 +74,7 @@ impl Fs {
                 inode_count: 0,
             },
             &mut Vec::new(),
+            None,
             crate::commit::CommitFaults::default(),
         )?;
         dev.write(sb.backup_address(), &sb.encode(sb.backup_address()))?;
@@ -138,7 +142,7 @@ impl Fs {
             version_minor: superblock::VERSION_MINOR,
             compat: 0,
             ro_compat: 0,
-            incompat: 0,
+            incompat: superblock::INCOMPAT_COMMIT_LOG,
             uuid,
             block_size: geo.block_size,
             node_size,
@@ -257,12 +261,31 @@ impl Fs {
                 source,
             })?;
         let mut out = Vec::new();
-        for i in 0..sb.ring_slots {
-            let raw = &ring[i as usize * bs..(i as usize + 1) * bs];
-            let state = RootSlot::decode(raw, i, sb.ring_slots, &sb.uuid).map_err(|e| match e {
-                Error::Corrupt(m) => m,
-                e => e.to_string(),
-            });
+        let mut states: Vec<std::result::Result<RootSlot, String>> = (0..sb.ring_slots)
+            .map(|i| {
+                let raw = &ring[i as usize * bs..(i as usize + 1) * bs];
+                RootSlot::decode(raw, i, sb.ring_slots, &sb.uuid).map_err(|e| match e {
+                    Error::Corrupt(m) => m,
+                    e => e.to_string(),
+                })
+            })
+            .collect();
+        // The newest decodable slot may come from a one-flush commit that a
+        // power cut interrupted: its commit log must verify (root_ring.rs).
+        if let Some(i) = (0..states.len())
+            .filter(|&i| states[i].is_ok())
+            .max_by_key(|&i| states[i].as_ref().map(|s| s.generation).unwrap_or(0))
+        {
+            let raw = &ring[i * bs..(i + 1) * bs];
+            let slot = states[i].clone().map_err(Error::Corrupt)?;
+            match Self::verify_commit_log(io, &slot, raw) {
+                Ok(()) => {}
+                Err(e) if e.is_io() => return Err(e),
+                Err(e) => states[i] = Err(format!("{RESIDUE}: {e}")),
+            }
+        }
+        for (i, state) in states.into_iter().enumerate() {
+            let i = i as u32;
             let mut list = None;
             let mut roots_ok = None;
             let mut free_list = None;
@@ -291,6 +314,50 @@ impl Fs {
             ));
         }
         Ok(out)
+    }
+
+    /// Check the commit log of the newest slot: every block it lists must
+    /// hold what the commit wrote. A mismatch means the commit's flush never
+    /// completed: the slot is crash residue, not damage.
+    fn verify_commit_log(io: &NodeIo, slot: &RootSlot, raw: &[u8]) -> Result<()> {
+        if slot.log_len == 0 || crate::faults::current_faults().skip_log_verify {
+            return Ok(());
+        }
+        let log = slot
+            .decode_log(raw)
+            .map_err(|e| Error::corrupt(format!("generation {}: {e}", slot.generation)))?;
+        let bs = io.layout.block_size as usize;
+        let mut bufs: Vec<Vec<u8>> = log.iter().map(|_| vec![0u8; bs]).collect();
+        for (b, _) in &log {
+            if !(io.layout.data_start..io.layout.data_end).contains(b) {
+                return Err(Error::corrupt(format!(
+                    "generation {}: commit log names block {b} outside the data area",
+                    slot.generation
+                )));
+            }
+        }
+        {
+            let mut reqs: Vec<(u64, &mut [u8])> = log
+                .iter()
+                .zip(bufs.iter_mut())
+                .map(|((b, _), buf)| (*b, buf.as_mut_slice()))
+                .collect();
+            io.dev.read_batch(&mut reqs).map_err(|source| Error::Io {
+                what: "commit log block",
+                block: log[0].0,
+                source,
+            })?;
+        }
+        for ((b, crc), buf) in log.iter().zip(&bufs) {
+            if crate::checksum::crc(buf) != *crc {
+                return Err(Error::corrupt(format!(
+                    "generation {}: block {b} of its commit log does not hold what the \
+                     commit wrote (the commit did not complete before a power cut)",
+                    slot.generation
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Verify the file-table root a slot points to.
@@ -438,6 +505,8 @@ impl Fs {
             inodes: HashMap::new(),
             handles: HashMap::new(),
             buffered_bytes: 0,
+            data_crcs: HashMap::new(),
+            data_crcs_overflow: false,
             changed: false,
         };
         debug!(generation = slot.generation, "opened");
@@ -448,7 +517,7 @@ impl Fs {
             }
             _ => None,
         };
-        Ok(Fs {
+        let fs = Fs {
             inner: Arc::new(Inner {
                 dev,
                 sb,
@@ -469,8 +538,40 @@ impl Fs {
                 slots,
                 needs_check,
                 asked_read_only: opts.read_only,
+                // Only a handle seals its own commits: a log slot found at
+                // open is confirmed by this handle's first commit.
+                sealed: AtomicBool::new(true),
+                commit_log: AtomicBool::new(true),
             }),
-        })
+        };
+        if !fs.inner.read_only {
+            fs.wipe_residue()?;
+        }
+        Ok(fs)
+    }
+
+    /// Zero the slot of a one-flush commit that a power cut interrupted
+    /// (its commit log did not verify at open), and flush, before anything
+    /// else is written: otherwise a later write that happened to put the
+    /// same bytes in its missing blocks would bring that commit back after
+    /// newer ones were accepted. Writers call it before their first write.
+    pub(crate) fn wipe_residue(&self) -> Result<()> {
+        let sb = &self.inner.sb;
+        let mut wiped = false;
+        for s in &self.inner.slots {
+            if matches!(&s.state, Err(e) if e.starts_with(RESIDUE)) {
+                let b = sb.ring_start + s.index as u64;
+                self.inner
+                    .dev
+                    .write(b, &vec![0u8; sb.block_size as usize])?;
+                wiped = true;
+            }
+        }
+        if wiped {
+            self.inner.dev.flush()?;
+            debug!("wiped the root slot of a commit cut short");
+        }
+        Ok(())
     }
 }
 

@@ -94,6 +94,9 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
         .iter()
         .find(|s| s.generation == base)
         .ok_or(Error::NoSuchGeneration(base))?;
+    // A slot left by a one-flush commit cut short must go before anything
+    // is written: a later write could complete its commit log.
+    fs.wipe_residue()?;
     let (used, inode_count, max_ino) = reachable_counted(&io, &base_slot)?;
     let mut held = ExtentSet::new();
     let generation = crate::fs::next_generation(newest_seen)?;
@@ -176,6 +179,7 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
             inode_count,
         },
         &mut Vec::new(),
+        None,
         crate::commit::CommitFaults::default(),
     )?;
     // The generations newer than `base` were abandoned: wipe their slots so
@@ -362,6 +366,8 @@ pub fn repair_with(
                 write_behind: None,
             },
         )?;
+        // A repair is one commit: the barrier protocol, no sealing slot.
+        fs.set_commit_log(false);
         let bs = fs.superblock().block_size as u64;
         for d in &damaged {
             let f = fs.open_file(&d.path)?;
@@ -399,6 +405,10 @@ fn rollback(
     if let Some(g) = upto {
         candidates.retain(|x| *x <= g);
     }
+    let mut why: Vec<String> = Vec::new();
+    if candidates.is_empty() {
+        why.push(format!("retained generations: {:?}", r.retained));
+    }
     for g in candidates {
         let at = |verify_data| {
             check(
@@ -429,10 +439,18 @@ fn rollback(
             rep.new_generation = sub.new_generation;
             return Ok(rep);
         }
+        let first = rg
+            .problems
+            .iter()
+            .find(|p| p.severity == Severity::Error)
+            .map(|p| format!("[{}] {}", p.code, p.message))
+            .unwrap_or_default();
+        why.push(format!("generation {g}: {first}"));
     }
-    Err(Error::NoValidRoot(
-        "no retained generation is consistent; nothing safe to roll back to".into(),
-    ))
+    Err(Error::NoValidRoot(format!(
+        "no retained generation is consistent; nothing safe to roll back to ({})",
+        why.join("; ")
+    )))
 }
 
 /// Blocks referenced by generation `slot` (trees, data, free-list nodes).

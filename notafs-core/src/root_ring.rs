@@ -30,9 +30,31 @@
 //!     88     8  blocks in use (nodes, data, superblocks, ring)
 //!     96     8  blocks free now
 //!    104     8  blocks freed but held for older generations (pending)
-//!    112   112  reserved (0)
+//!    112     4  commit log length L, in entries (0 = no log; only with
+//!                 the commit-log incompat feature)
+//!    116     4  reserved (0)
+//!    120    32  BLAKE2b-256 of the commit log (bytes 256..256+12L; zeros
+//!                 when L = 0)
+//!    152    72  reserved (0)
 //!    224    32  BLAKE2b-256 of bytes 0..224
+//!    256   12L  commit log: L entries of
+//!                 0  8  block address
+//!                 8  4  CRC-32C of that block's bytes
 //! ```
+//!
+//! The commit log (feature `INCOMPAT_COMMIT_LOG`): a small commit writes its
+//! blocks *and* its root slot in one flush epoch, with no barrier between
+//! them, and lists in the slot every block it wrote with the block's
+//! CRC-32C. A power cut can then leave the slot without some of those blocks;
+//! so open checks the log of the newest decodable slot (reading every block
+//! listed) and treats a slot whose log does not verify as a commit that
+//! never completed: not damage, and the previous generation is the newest.
+//! Only the newest slot needs this: commit g+1 starts after commit g's flush
+//! returned, so a slot with a newer slot beside it is durable with all its
+//! blocks. The log lists only blocks the new root references (the
+//! allocator's `fresh` set at commit), so no later write can change a
+//! listed block while the slot is the newest. Large commits (more blocks
+//! than fit in the slot) keep the barrier protocol and an empty log.
 use crate::checksum::blake;
 use crate::codec::{le32, le64};
 use crate::node::Ptr;
@@ -41,6 +63,16 @@ use crate::{Error, Result};
 pub const SLOT_MAGIC: [u8; 8] = *b"NOTAFSRT";
 const SLOT_CHECKSUM_OFFSET: usize = 224;
 pub const SLOT_LEN: usize = 256;
+const LOG_LEN_OFFSET: usize = 112;
+const LOG_DIGEST_OFFSET: usize = 120;
+/// Where the commit log starts, and the size of one entry.
+pub const LOG_OFFSET: usize = 256;
+pub const LOG_ENTRY_LEN: usize = 12;
+
+/// Commit-log entries a slot of `block_size` bytes can hold.
+pub fn log_capacity(block_size: u32) -> usize {
+    (block_size as usize).saturating_sub(LOG_OFFSET) / LOG_ENTRY_LEN
+}
 
 /// The block holding the root slot of generation `g`: slot `g mod N` of
 /// the ring. The only place the slot address is computed.
@@ -63,12 +95,33 @@ pub struct RootSlot {
     pub used_blocks: u64,
     pub free_blocks: u64,
     pub pending_blocks: u64,
+    /// Entries in the commit log (0: written behind a barrier).
+    pub log_len: u32,
 }
 
 impl RootSlot {
-    /// Encode into one block of `block_size` bytes.
+    /// Encode into one block of `block_size` bytes, without a commit log.
     pub fn encode(&self, block_size: u32) -> Vec<u8> {
+        let mut s = *self;
+        s.log_len = 0;
+        s.encode_with_log(block_size, &[])
+    }
+
+    /// Encode with the commit log `log` (block, CRC-32C of its bytes);
+    /// `log.len()` must not exceed [`log_capacity`].
+    pub fn encode_with_log(&self, block_size: u32, log: &[(u64, u32)]) -> Vec<u8> {
         let mut b = vec![0u8; block_size as usize];
+        let n = log.len().min(log_capacity(block_size));
+        for (i, (blk, crc)) in log[..n].iter().enumerate() {
+            let o = LOG_OFFSET + i * LOG_ENTRY_LEN;
+            b[o..o + 8].copy_from_slice(&blk.to_le_bytes());
+            b[o + 8..o + 12].copy_from_slice(&crc.to_le_bytes());
+        }
+        b[LOG_LEN_OFFSET..LOG_LEN_OFFSET + 4].copy_from_slice(&(n as u32).to_le_bytes());
+        if n > 0 {
+            let d = blake(&b[LOG_OFFSET..LOG_OFFSET + n * LOG_ENTRY_LEN]);
+            b[LOG_DIGEST_OFFSET..LOG_DIGEST_OFFSET + 32].copy_from_slice(&d);
+        }
         b[0..8].copy_from_slice(&SLOT_MAGIC);
         b[8..16].copy_from_slice(&self.generation.to_le_bytes());
         b[16..32].copy_from_slice(&self.uuid);
@@ -127,7 +180,14 @@ impl RootSlot {
             used_blocks: le64(b, 88),
             free_blocks: le64(b, 96),
             pending_blocks: le64(b, 104),
+            log_len: le32(b, LOG_LEN_OFFSET),
         };
+        if s.log_len as usize > log_capacity(b.len() as u32) {
+            return Err(Error::corrupt(format!(
+                "commit log of {} entries does not fit the slot",
+                s.log_len
+            )));
+        }
         if &s.uuid != uuid {
             return Err(Error::corrupt(
                 "UUID differs from the superblock (left over from an earlier format)",
@@ -155,5 +215,27 @@ impl RootSlot {
             )));
         }
         Ok(s)
+    }
+
+    /// The commit log of a slot decoded from `b` (checked against its
+    /// digest; `Err` means the slot's log is damaged).
+    pub fn decode_log(&self, b: &[u8]) -> Result<Vec<(u64, u32)>> {
+        let n = self.log_len as usize;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let end = LOG_OFFSET + n * LOG_ENTRY_LEN;
+        if b.len() < end {
+            return Err(Error::corrupt("commit log past the end of the slot"));
+        }
+        if blake(&b[LOG_OFFSET..end])[..] != b[LOG_DIGEST_OFFSET..LOG_DIGEST_OFFSET + 32] {
+            return Err(Error::corrupt("commit log digest mismatch"));
+        }
+        Ok((0..n)
+            .map(|i| {
+                let o = LOG_OFFSET + i * LOG_ENTRY_LEN;
+                (le64(b, o), le32(b, o + 8))
+            })
+            .collect())
     }
 }

@@ -15,7 +15,8 @@
 //!     12     4  format minor version (0)
 //!     16     8  compat feature flags      (unknown bits: ignored)
 //!     24     8  ro_compat feature flags   (unknown bits: mount read-only)
-//!     32     8  incompat feature flags    (unknown bits: refuse to mount)
+//!     32     8  incompat feature flags    (unknown bits: refuse to mount;
+//!                 bit 0 = commit log, see root_ring.rs)
 //!     40    16  filesystem UUID
 //!     56     4  block size B, bytes (power of two, 512..=65536)
 //!     60     4  node size, bytes (multiple of B, >= 4096)
@@ -48,10 +49,16 @@ pub const LABEL_LEN: usize = 64;
 pub const ALGO_CRC32C: u8 = 1;
 pub const ALGO_BLAKE2B256: u8 = 2;
 
-/// Feature bits known to this version (none yet: v1 is the base format).
+/// Incompat feature: small commits use the one-flush protocol, their root
+/// slot carrying a commit log (root_ring.rs). A reader that did not verify
+/// the log could accept a root whose blocks never reached the disk, so an
+/// older reader must refuse the filesystem.
+pub const INCOMPAT_COMMIT_LOG: u64 = 1 << 0;
+
+/// Feature bits known to this version.
 pub const COMPAT_KNOWN: u64 = 0;
 pub const RO_COMPAT_KNOWN: u64 = 0;
-pub const INCOMPAT_KNOWN: u64 = 0;
+pub const INCOMPAT_KNOWN: u64 = INCOMPAT_COMMIT_LOG;
 
 pub const MIN_ROOT_SLOTS: u32 = 2;
 pub const MAX_ROOT_SLOTS: u32 = 64;

@@ -62,7 +62,32 @@ pub(crate) struct Txn {
     /// the files open at once).
     pub handles: HashMap<u64, (EntryKey, usize)>,
     pub buffered_bytes: usize,
+    /// CRC-32C of each data block written by this transaction, for the
+    /// commit log (bounded: past `DATA_CRCS_MAX` it stops and the commit
+    /// uses the barrier protocol).
+    pub data_crcs: HashMap<u64, u32>,
+    pub data_crcs_overflow: bool,
     pub changed: bool,
+}
+
+/// Data blocks whose CRCs a transaction remembers for the commit log (more
+/// than any slot can list: the log is only for small commits).
+pub(crate) const DATA_CRCS_MAX: usize = 4096;
+
+impl Txn {
+    fn note_data(&mut self, pb: u64, crcs: &[u32]) {
+        if self.data_crcs_overflow {
+            return;
+        }
+        if self.data_crcs.len() + crcs.len() > DATA_CRCS_MAX {
+            self.data_crcs.clear();
+            self.data_crcs_overflow = true;
+            return;
+        }
+        for (i, c) in crcs.iter().enumerate() {
+            self.data_crcs.insert(pb + i as u64, *c);
+        }
+    }
 }
 
 /// Make sure `ino` has a transaction state, loading its inode.
@@ -233,6 +258,7 @@ pub(crate) fn write_blocks<E: TxnEnv>(
         }
         env.note_written(chunk.len() as u64);
         let crcs: Vec<u32> = chunk.chunks(bs).map(crate::checksum::crc).collect();
+        t.note_data(pb, &crcs);
         unmap(t, &io, ino, lb + *done, got)?;
         map(t, &io, ino, lb + *done, pb, &crcs)?;
         hint = Some(pb + got);
@@ -275,6 +301,10 @@ pub(crate) fn spill_metadata<E: TxnEnv>(env: &E, t: &mut Txn, ino: u64) -> Resul
         Ok(_) | Err(Error::NoSpace) => {}
         Err(e) => return Err(e),
     }
+    // Spilled nodes are not in the commit log's sources: this commit will
+    // use the barrier protocol.
+    t.data_crcs.clear();
+    t.data_crcs_overflow = true;
     if let Err(e) = crate::commit::write_coalesced(io.dev.as_ref(), &mut out) {
         return env.fail_write(e);
     }

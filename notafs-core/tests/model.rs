@@ -197,6 +197,14 @@ fn run(seed: u64, steps: usize, blocks: u64, bs: u32) {
             90..=95 => {
                 fs.abort().unwrap();
                 txn = committed.clone();
+                // Closing seals a one-flush commit with a log-free slot: a
+                // new generation holding the same state.
+                fs.close().unwrap();
+                let g = fs.generation();
+                if history.last().map(|h| h.0) != Some(g) {
+                    history.push((g, committed.clone()));
+                }
+                drop(fs);
                 fs = Fs::open(dev.clone(), &OpenOptions::default()).unwrap();
                 compare(&fs, &committed, &ctx);
                 let r = check(

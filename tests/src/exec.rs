@@ -101,6 +101,8 @@ pub fn base(w: &Workload) -> Result<(CrashImage, Model), RunError> {
                 st.step(op)
                     .map_err(|m| rerr(None, format!("setup {op}: {m}")))?;
             }
+            st.finish()
+                .map_err(|m| rerr(None, format!("setup close: {m}")))?;
             drop(st);
             model.hist.commits.clear();
             model.hist.base_generation = model.generation;
@@ -179,6 +181,8 @@ pub fn execute_ops(w: &Workload, ops: &[Op]) -> Result<Run, RunError> {
             st.step(op)
                 .map_err(|m| rerr(Some(i), format!("{op}: {m}")))?;
         }
+        st.finish()
+            .map_err(|m| rerr(Some(ops.len()), format!("close: {m}")))?;
         (st.skipped, st.nospace)
     };
     model.hist.total_ops = dev.ops();
@@ -205,8 +209,23 @@ impl Exec<'_> {
         self.fs.as_ref().expect("open")
     }
 
+    /// Close the filesystem as a user would: a one-flush commit is sealed
+    /// with a log-free slot (a new generation with the same tree), which the
+    /// model records like a commit.
+    fn finish(&mut self) -> Result<(), String> {
+        if let Some(fs) = self.fs.take() {
+            let before = fs.generation();
+            let start = self.dev.ops();
+            fs.close().map_err(|e| format!("close: {e}"))?;
+            if fs.generation() != before {
+                self.model.seal(fs.generation(), start, self.dev.ops());
+            }
+        }
+        Ok(())
+    }
+
     fn reopen(&mut self) -> Result<(), String> {
-        self.fs = None;
+        self.finish()?;
         let opts = OpenOptions {
             discard: self.discard,
             ..open_opts()
@@ -306,7 +325,24 @@ impl Exec<'_> {
 
     fn repair(&mut self, back: u32) -> Result<(), String> {
         let target = self.model.generation - back as u64;
-        self.fs = None;
+        // A commit cut short by a crash still took its ring slot: the
+        // oldest generation the model retains may be gone from the ring.
+        // Rolling back to it is then not a valid operation.
+        self.finish()?;
+        let on_ring = Fs::open(
+            self.dev.clone(),
+            &OpenOptions {
+                read_only: true,
+                ..open_opts()
+            },
+        )
+        .map(|fs| fs.generations().iter().any(|g| g.generation == target))
+        .map_err(|e| format!("open before repair: {e}"))?;
+        if !on_ring {
+            self.skipped += 1;
+            self.model.revert();
+            return self.reopen();
+        }
         self.model.revert();
         let start = self.dev.ops();
         let dev: Arc<dyn BlockDevice> = self.dev.clone();

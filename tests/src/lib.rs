@@ -15,12 +15,14 @@ pub mod workload;
 use notafs_core::Faults;
 
 /// The fault switches `--inject` accepts.
-pub const INJECTIONS: [&str; 5] = [
+pub const INJECTIONS: [&str; 7] = [
     "skip-barrier",
     "root-before-data",
     "reuse-freed",
     "skip-verify",
     "forget-last-extent",
+    "log-omits-data",
+    "skip-log-verify",
 ];
 
 /// The core's fault switches for an `--inject` name.
@@ -32,6 +34,8 @@ pub fn faults_for(name: &str) -> Option<Faults> {
         "reuse-freed" => f.reuse_freed_immediately = true,
         "skip-verify" => f.skip_verify = true,
         "forget-last-extent" => f.forget_last_extent = true,
+        "log-omits-data" => f.log_omits_data = true,
+        "skip-log-verify" => f.skip_log_verify = true,
         _ => return None,
     }
     Some(f)

@@ -279,6 +279,20 @@ impl Model {
         });
     }
 
+    /// Record the sealing slot a handle writes at close after a one-flush
+    /// commit: a new generation holding the committed tree.
+    pub fn seal(&mut self, generation: u64, start_op: usize, end_op: usize) {
+        let tree = self.committed();
+        self.hist.gens.insert(generation, tree);
+        self.generation = generation;
+        self.hist.commits.push(CommitRec {
+            generation,
+            start_op,
+            end_op: Some(end_op),
+            what: "seal",
+        });
+    }
+
     /// Record a commit that failed (nothing of it may become visible).
     pub fn failed_commit(&mut self, start_op: usize) {
         self.hist.commits.push(CommitRec {

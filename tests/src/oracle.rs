@@ -201,9 +201,13 @@ pub fn check_state(
         .commit()
         .map_err(|e| format!("probe commit failed: {e}"))?;
     drop(f);
+    // Close seals a one-flush commit with a log-free slot (one more
+    // generation, same tree).
+    fs.close().map_err(|e| format!("probe close failed: {e}"))?;
+    let sealed = fs.generation();
     drop(fs);
     let fs = Fs::open(img, &open_opts()).map_err(|e| format!("reopen after probe: {e}"))?;
-    if fs.generation() != g2 || g2 != g + 1 {
+    if fs.generation() != sealed || g2 != g + 1 || !(sealed == g2 || sealed == g2 + 1) {
         return Err(format!(
             "probe commit returned {g2}, reopen shows {} (base {g})",
             fs.generation()
