@@ -648,10 +648,13 @@ fn fsync_commits_while_mounted() {
         getxattr(&img.mnt, "user.notafs.committed"),
         Some((g0 + 2).to_string())
     );
-    // Nothing pending: the unmount commits nothing more.
+    // Nothing pending: the unmount commits nothing more (it may seal the
+    // last one-flush commit: one log-free slot with the same tree).
     drop(f);
     assert!(m.unmount().success());
-    assert_eq!(img.open().generation(), g0 + 2);
+    let g = img.open().generation();
+    assert!(g == g0 + 2 || g == g0 + 3, "generation {g} after unmount");
+    assert!(img.open().stat("newdir").unwrap().is_dir());
     img.assert_clean();
 }
 
@@ -701,6 +704,8 @@ fn generation_option_shows_old_content() {
     require_fuse!();
     let mut gens = Vec::new();
     let img = Image::new(32, |fs| {
+        // Barrier commits: no sealing slot at close, `new` stays newest.
+        fs.set_commit_log(false);
         let f = fs.create("v").unwrap();
         f.write_at(0, b"one").unwrap();
         gens.push(fs.commit().unwrap());
