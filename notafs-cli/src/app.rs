@@ -563,6 +563,9 @@ fn get_to_local(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| CliError::usage(format!("{shown}: not a file name")))?;
+    // Hold Ctrl-C, SIGTERM and SIGHUP back until the handler knows the
+    // temporary's name (no window where it could be left behind).
+    let deferred = crate::signals::Deferred::new();
     let (tmp, file) = create_temp(&dir, &file_name).map_err(|e| {
         CliError::op(format!(
             "{shown}: creating a temporary file in {}: {e}",
@@ -581,6 +584,7 @@ fn get_to_local(
     let mut guard = Cleanup(Some(&tmp));
     // Ctrl-C, SIGTERM or SIGHUP during the copy remove the temporary too.
     crate::signals::remove_on_signal(&tmp);
+    drop(deferred);
     if let Some(m) = &meta {
         // Replacing a file: keep its permission bits.
         let _ = file.set_permissions(m.permissions());

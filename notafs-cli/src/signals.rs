@@ -46,3 +46,35 @@ pub(crate) fn remove_on_signal(path: &Path) {
 pub(crate) fn forget_temp() {
     TEMP.store(std::ptr::null_mut(), Ordering::SeqCst);
 }
+
+/// The terminating signals held back while it lives: a signal that arrives
+/// between creating the temporary and [`remove_on_signal`] is delivered when
+/// the guard drops, with the handler in place, so the temporary still goes.
+pub(crate) struct Deferred(libc::sigset_t);
+
+impl Deferred {
+    pub(crate) fn new() -> Deferred {
+        // SAFETY: sigemptyset/sigaddset fill a sigset_t we own;
+        // pthread_sigmask only changes this thread's signal mask and writes
+        // the previous mask into `old`, which we own.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in SIGNALS {
+                libc::sigaddset(&mut set, s);
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            Deferred(old)
+        }
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `new` for this thread.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
+        }
+    }
+}
