@@ -65,6 +65,9 @@ pub(crate) struct Inner {
     pub sealed: AtomicBool,
     /// Small commits use the one-flush commit-log protocol.
     pub commit_log: AtomicBool,
+    /// Generations below this were dropped early for space (their slots
+    /// wiped): no longer retained.
+    pub dropped_below: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -262,8 +265,9 @@ impl Fs {
             all.insert(r.generation, *r);
         }
         all.insert(cur.generation, cur);
+        let dropped = self.inner.dropped_below.load(Ordering::SeqCst);
         for (g, r) in all.iter().rev() {
-            if *g > cur.generation || cur.generation - *g >= n {
+            if *g > cur.generation || cur.generation - *g >= n || *g < dropped {
                 continue;
             }
             v.push(GenerationInfo {
@@ -356,7 +360,7 @@ impl Fs {
     pub(crate) fn reserve_check_pub(&self, t: &mut Txn, extra_blocks: u64) -> Result<()> {
         let r = self.commit_reserve(t, 0) + extra_blocks;
         t.alloc.reserve = r;
-        if t.alloc.free.total() < r {
+        if t.alloc.free.total() < r && !(self.reclaim(t)? && t.alloc.free.total() >= r) {
             return Err(Error::NoSpace);
         }
         Ok(())
@@ -366,7 +370,7 @@ impl Fs {
     pub(crate) fn reserve_check(&self, t: &mut Txn, extra_nodes: u64) -> Result<()> {
         let r = self.commit_reserve(t, extra_nodes);
         t.alloc.reserve = r;
-        if t.alloc.free.total() < r {
+        if t.alloc.free.total() < r && !(self.reclaim(t)? && t.alloc.free.total() >= r) {
             return Err(Error::NoSpace);
         }
         Ok(())
@@ -498,12 +502,79 @@ impl Fs {
     /// live snapshot can reference them.
     pub(crate) fn release(&self, t: &mut Txn) -> Result<()> {
         let g = self.generation();
-        let mut upto = (g + 1).saturating_sub(self.inner.sb.ring_slots as u64);
+        let normal = (g + 1).saturating_sub(self.inner.sb.ring_slots as u64);
+        // Space pressure after a commit: fewer than 1/16 of the data blocks
+        // free while older generations hold freed blocks. Keep only the
+        // newest generation (see `reclaim`).
+        let layout = &self.inner.io.layout;
+        let data = layout.data_end - layout.data_start;
+        let upto = if t.alloc.free.total() < data / 16 && self.held_for_old(t) > 0 {
+            g
+        } else {
+            normal
+        };
+        self.release_upto(t, upto)
+    }
+
+    /// Blocks pending for generations older than the newest committed one.
+    fn held_for_old(&self, t: &Txn) -> u64 {
+        let g = self.generation();
+        t.alloc.pending.range(..=g).map(|(_, s)| s.total()).sum()
+    }
+
+    /// Out of space: give up every retained generation but the newest
+    /// committed one (wiping their slots durably first), so that blocks
+    /// freed by committed removals and overwrites become reusable now, as
+    /// on ext4, instead of N commits later. Returns whether anything was
+    /// released. Snapshots still pin what they read.
+    pub(crate) fn reclaim(&self, t: &mut Txn) -> Result<bool> {
+        if self.inner.read_only || self.held_for_old(t) == 0 {
+            return Ok(false);
+        }
+        let before = t.alloc.free.total();
+        self.release_upto(t, self.generation())?;
+        Ok(t.alloc.free.total() > before)
+    }
+
+    fn release_upto(&self, t: &mut Txn, upto: u64) -> Result<()> {
+        let g = self.generation();
+        let normal = (g + 1).saturating_sub(self.inner.sb.ring_slots as u64);
+        let mut upto = upto.min(g).max(normal);
         let pins = self.inner.pins.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((&min, _)) = pins.iter().next() {
             upto = upto.min(min);
         }
         drop(pins);
+        if upto > normal {
+            // Wipe the dropped generations' slots, durably, before any of
+            // their blocks can be reused: a slot must never name blocks
+            // that were overwritten.
+            let sb = &self.inner.sb;
+            let first = normal
+                .max(self.inner.dropped_below.load(Ordering::SeqCst))
+                .max(1);
+            if first < upto {
+                for old in first..upto {
+                    let w = self.inner.dev.write(
+                        crate::root_ring::slot_address(sb, old),
+                        &vec![0u8; sb.block_size as usize],
+                    );
+                    if let Err(e) = w {
+                        return self.fail(e.into());
+                    }
+                }
+                if let Err(e) = self.inner.dev.flush() {
+                    return self.fail(e.into());
+                }
+                warn!(
+                    kept = g,
+                    "space is short: dropped generations {first}..={} early so that freed \
+                     blocks can be reused (generation {g} and newer are retained)",
+                    upto - 1
+                );
+                self.inner.dropped_below.store(upto, Ordering::SeqCst);
+            }
+        }
         let released = t.alloc.release(upto)?;
         if self.inner.discard {
             // A hint on blocks no retained root references: whatever the
@@ -599,6 +670,9 @@ impl TxnEnv for Fs {
     }
     fn reserve_for_data(&self, t: &mut Txn) -> Result<()> {
         Fs::reserve_for_data(self, t)
+    }
+    fn reclaim(&self, t: &mut Txn) -> Result<bool> {
+        Fs::reclaim(self, t)
     }
     fn note_written(&self, bytes: u64) {
         Fs::note_written(self, bytes)

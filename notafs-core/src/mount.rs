@@ -320,7 +320,8 @@ impl Fs {
     /// hold what the commit wrote. A mismatch means the commit's flush never
     /// completed: the slot is crash residue, not damage.
     fn verify_commit_log(io: &NodeIo, slot: &RootSlot, raw: &[u8]) -> Result<()> {
-        if slot.log_len == 0 || crate::faults::current_faults().skip_log_verify {
+        let f = crate::faults::current_faults();
+        if slot.log_len == 0 || f.skip_log_verify || f.skip_verify {
             return Ok(());
         }
         let log = slot
@@ -493,7 +494,19 @@ impl Fs {
             || needs_check.is_some()
             || sb.ro_compat & !superblock::RO_COMPAT_KNOWN != 0;
         let mut alloc = alloc.unwrap_or_else(Allocator::empty);
-        let upto = (slot.generation + 1).saturating_sub(sb.ring_slots as u64);
+        // Blocks freed by commits up to the oldest generation still in the
+        // ring are referenced by no slot: reusable. Normally that is
+        // g + 1 - N; after generations were dropped for space (their slots
+        // wiped) it is later.
+        let oldest_on_ring = slots
+            .iter()
+            .filter_map(|s| s.state.as_ref().ok().map(|r| r.generation))
+            .filter(|&x| x <= slot.generation)
+            .min()
+            .unwrap_or(slot.generation);
+        let upto = (slot.generation + 1)
+            .saturating_sub(sb.ring_slots as u64)
+            .max(if pick == 0 { oldest_on_ring } else { 0 });
         let _ = alloc.release(upto)?;
         let files = Tree::<Files>::from_disk(slot.files, slot.files_height, 0)?;
         let txn = Txn {
@@ -542,6 +555,7 @@ impl Fs {
                 // open is confirmed by this handle's first commit.
                 sealed: AtomicBool::new(true),
                 commit_log: AtomicBool::new(true),
+                dropped_below: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         if !fs.inner.read_only {

@@ -27,6 +27,9 @@ pub(crate) trait TxnEnv {
     fn io(&self) -> &NodeIo;
     /// Set the commit reserve before allocating data blocks.
     fn reserve_for_data(&self, t: &mut Txn) -> Result<()>;
+    /// Out of space: release what older generations hold (keeping the
+    /// newest committed one); whether anything was released.
+    fn reclaim(&self, t: &mut Txn) -> Result<bool>;
     /// Account bytes written (for write-behind).
     fn note_written(&self, bytes: u64);
     /// Latch a device failure: the handle stops accepting writes.
@@ -251,7 +254,13 @@ pub(crate) fn write_blocks<E: TxnEnv>(
         } else {
             env.reserve_for_data(t)?;
         }
-        let (pb, got) = t.alloc.alloc(n - *done, hint, committing)?;
+        let (pb, got) = match t.alloc.alloc(n - *done, hint, committing) {
+            Err(Error::NoSpace) if !committing && env.reclaim(t)? => {
+                env.reserve_for_data(t)?;
+                t.alloc.alloc(n - *done, hint, committing)?
+            }
+            r => r?,
+        };
         let chunk = &data[(*done as usize) * bs..((*done + got) as usize) * bs];
         if let Err(e) = io.dev.write(pb, chunk) {
             return env.fail_write(e.into());
