@@ -1286,3 +1286,66 @@ fn throughput_nbd_vs_file() {
     println!("  file buffered   write {bw:7.0} MB/s  read {br:7.0} MB/s");
     println!("  nbd (qemu-nbd)  write {nw:7.0} MB/s  read {nr:7.0} MB/s  batched(16) write {nbw:7.0} MB/s");
 }
+
+/// A read error reply carries no payload (issue 8, item 7): the error is
+/// reported at once, far below the I/O timeout, and the connection stays
+/// usable for the requests after it.
+#[test]
+fn read_errors_are_reported_at_once_and_the_connection_survives() {
+    // Every read fails.
+    let Some(srv) = Server::nbdkit(&[
+        "--filter=error",
+        "memory",
+        "1M",
+        "error-pread=EIO",
+        "error-pread-rate=100%",
+    ]) else {
+        return;
+    };
+    let dev = srv.connect();
+    let t = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..3 {
+        let e = dev.read(0, &mut buf).unwrap_err();
+        assert!(e.is_io(), "{e}");
+    }
+    // Writes still work on the same connection: the stream stayed in sync.
+    dev.write(1, &vec![7u8; 4096]).unwrap();
+    dev.flush().unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "read errors took {:?}",
+        t.elapsed()
+    );
+    drop(dev);
+    drop(srv);
+
+    // Half the reads fail: every successful one returns the right bytes.
+    let Some(srv) = Server::nbdkit(&[
+        "--filter=error",
+        "memory",
+        "1M",
+        "error-pread=EIO",
+        "error-pread-rate=50%",
+    ]) else {
+        return;
+    };
+    let dev = srv.connect();
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    dev.write(3, &data).unwrap();
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..64 {
+        let mut back = vec![0u8; 4096];
+        match dev.read(3, &mut back) {
+            Ok(()) => {
+                assert!(back == data, "a read after an error returned wrong bytes");
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(e.is_io(), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(ok > 0 && failed > 0, "{ok} ok, {failed} failed");
+}

@@ -45,9 +45,19 @@ impl Shared {
 
     /// Record why the connection is unusable (the first reason wins).
     pub(crate) fn set_dead(&self, why: String) {
+        self.set_dead_quietly(why.clone(), false);
+    }
+
+    /// As `set_dead`; `closed` marks the normal end (the device was closed
+    /// by its owner), which is not worth a warning.
+    pub(crate) fn set_dead_quietly(&self, why: String, closed: bool) {
         let mut d = self.dead.lock().unwrap_or_else(|e| e.into_inner());
         if d.is_none() {
-            tracing::warn!(reason = %why, "NBD connection lost");
+            if closed {
+                tracing::debug!(reason = %why, "NBD connection closed");
+            } else {
+                tracing::warn!(reason = %why, "NBD connection lost");
+            }
             *d = Some(why);
         }
     }
@@ -177,11 +187,11 @@ async fn serve<S: AsyncRead + AsyncWrite>(
         r = reader(&mut rd, &pending, &drained) => r,
         _ = shared.abort.notified() => Err("connection aborted by the client (request timed out)".to_string()),
     };
-    let reason = match end {
-        Ok(()) => "the device was closed".to_string(),
-        Err(e) => e,
+    let (reason, closed) = match end {
+        Ok(()) => ("the device was closed".to_string(), true),
+        Err(e) => (e, false),
     };
-    shared.set_dead(reason.clone());
+    shared.set_dead_quietly(reason.clone(), closed);
     // Fail everything still waiting, then everything queued.
     let pend: Vec<Pending> = pending
         .lock()
@@ -273,10 +283,13 @@ async fn reader<R: AsyncRead + Unpin>(
             .unwrap_or_else(|e| e.into_inner())
             .remove(&cookie)
             .ok_or_else(|| format!("protocol error: reply for unknown handle {cookie:#x}"))?;
-        // A simple reply to a read carries exactly the requested length, even
-        // on error. The length is ours (bounded by the maximum request size),
-        // never the server's.
-        let data = if p.read_len > 0 {
+        // A simple reply to a successful read carries exactly the requested
+        // length; a reply with an error carries no payload (the protocol:
+        // the data is sent only when the error field is zero), so the next
+        // header follows at once and the connection stays usable. The
+        // length is ours (bounded by the maximum request size), never the
+        // server's.
+        let data = if p.read_len > 0 && err == 0 {
             let mut v = vec![0u8; p.read_len as usize];
             rd.read_exact(&mut v)
                 .await
