@@ -1019,8 +1019,10 @@ fn error_reply_keeps_the_connection() {
         serve_handshake(&mut s, 1 << 20, 1 | 4);
         while let Some(r) = read_req(&mut s) {
             match r.cmd {
-                0 => simple_reply(&mut s, 5, r.cookie, &vec![0u8; r.len as usize]), // EIO + data
-                1 => simple_reply(&mut s, 28, r.cookie, &[]),                       // ENOSPC
+                // EIO: a failed read's simple reply carries no payload
+                // (as qemu-nbd and nbdkit send it).
+                0 => simple_reply(&mut s, 5, r.cookie, &[]),
+                1 => simple_reply(&mut s, 28, r.cookie, &[]), // ENOSPC
                 2 => return,
                 _ => simple_reply(&mut s, 0, r.cookie, &[]),
             }
