@@ -423,6 +423,19 @@ impl NotafsFuse {
         }
     }
 
+    /// Make a change durable before its system call returns (close of a
+    /// written file, mkdir, unlink, rmdir, rename, chmod, truncate, ...).
+    /// The kernel does not wait for the daemon at unmount (`umount` and
+    /// `fusermount3 -u` return while it may still be working), and a FUSE
+    /// mount cannot be unmounted while a file is open: so when every change
+    /// is committed by the call that made it or by the close that ends it,
+    /// an unmount that succeeds finds nothing left to commit.
+    fn settle<T>(&self, why: &str, r: Result<T, Errno>) -> Result<T, Errno> {
+        let v = r?;
+        self.commit(why)?;
+        Ok(v)
+    }
+
     fn entry(&self, nodes: &mut NodeTable, parent: u64, name: &str, m: &Metadata) -> FileAttr {
         nodes.looked_up(m.ino, parent, name);
         self.attr(m)
@@ -749,7 +762,8 @@ impl Filesystem for NotafsFuse {
         if self.read_only() {
             return reply.error(Errno::EROFS);
         }
-        match self.do_setattr(ino.0, size, fh, mode, uid, gid, mtime) {
+        let r = self.do_setattr(ino.0, size, fh, mode, uid, gid, mtime);
+        match self.settle("setattr", r) {
             Ok(a) => reply.attr(&self.opts.ttl, &a),
             Err(e) => reply.error(e),
         }
@@ -772,7 +786,8 @@ impl Filesystem for NotafsFuse {
             // Only regular files and directories exist in notafs.
             return reply.error(Errno::EPERM);
         }
-        match self.do_create(parent.0, name, false) {
+        let r = self.do_create(parent.0, name, false);
+        match self.settle("mknod", r) {
             Ok((a, _)) => reply.entry(&self.opts.ttl, &a, Generation(self.generation)),
             Err(e) => reply.error(e),
         }
@@ -787,7 +802,8 @@ impl Filesystem for NotafsFuse {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.do_create(parent.0, name, true) {
+        let r = self.do_create(parent.0, name, true);
+        match self.settle("mkdir", r) {
             Ok((a, _)) => reply.entry(&self.opts.ttl, &a, Generation(self.generation)),
             Err(e) => reply.error(e),
         }
@@ -823,14 +839,16 @@ impl Filesystem for NotafsFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_remove(parent.0, name, false) {
+        let r = self.do_remove(parent.0, name, false);
+        match self.settle("unlink", r) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_remove(parent.0, name, true) {
+        let r = self.do_remove(parent.0, name, true);
+        match self.settle("rmdir", r) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -846,7 +864,8 @@ impl Filesystem for NotafsFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.do_rename(parent.0, name, newparent.0, newname, flags) {
+        let r = self.do_rename(parent.0, name, newparent.0, newname, flags);
+        match self.settle("rename", r) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -902,9 +921,12 @@ impl Filesystem for NotafsFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // close(2) does not commit: fsync, the periodic commit or the
-        // unmount does.
-        reply.ok();
+        // close(2) commits what the file's writes changed (see `settle`):
+        // after the last close, an unmount has nothing left to commit.
+        match self.commit("close") {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn release(
