@@ -29,7 +29,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use notafs_core::{DirEntry, Error, File, Fs, Metadata, Snapshot, SnapshotFile, ROOT_INO};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 mod mount;
 pub use mount::{run, MountConfig};
@@ -413,7 +413,7 @@ impl NotafsFuse {
         }
         match fs.commit() {
             Ok(g) => {
-                info!(generation = g, "committed ({why})");
+                debug!(generation = g, "committed ({why})");
                 Ok(())
             }
             Err(e) => {

@@ -90,22 +90,12 @@ struct Args {
 fn main() -> ExitCode {
     // Man page and completions for the install script (same clap definitions).
     notafs_tools_common::generate_docs_if_asked::<Args>("1");
-    let args = Args::parse();
-    let level = match args.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // fuser warns about a failed second unmount after every external
-        // unmount: noise, not news.
-        .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(format!("{level},fuser::session=error"))
-        });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // Usage errors exit 16, as the other tools (clap alone would exit 2).
+    let args: Args = notafs_tools_common::parse_args();
+    // Quiet by default (warnings and errors), colour only on a terminal;
+    // -v for info (every commit), -vv debug, RUST_LOG for more.
+    let level = notafs_tools_common::log_level(args.verbose, false);
+    notafs_tools_common::init_logging_at(&format!("{level},fuser::session=error"));
     let _ = args.foreground;
     let cfg = MountConfig {
         device: args.device,
@@ -123,7 +113,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("notafs-fuse: {e}");
-            ExitCode::FAILURE
+            // Operational error, as e2fsprogs and the other notafs tools.
+            ExitCode::from(notafs_tools_common::EXIT_OPERATIONAL as u8)
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Open a device, mount it, serve until unmounted, commit, return.
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -45,16 +44,24 @@ pub fn run(cfg: &MountConfig) -> Result<(), Box<dyn std::error::Error>> {
                 .into(),
         );
     }
-    let dev = notafs_blockdev::open(
+    match std::fs::metadata(&cfg.mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(format!("{}: not a directory", cfg.mountpoint.display()).into());
+        }
+        Err(e) => return Err(format!("{}: {e}", cfg.mountpoint.display()).into()),
+    }
+    // The block size comes from the superblock (512-byte and 16 KiB
+    // filesystems mount without options), for every device form.
+    let dev = notafs_tools_common::open_fs_device_with(
         &cfg.device,
-        &notafs_blockdev::OpenOptions {
+        &notafs_tools_common::DeviceOptions {
             read_only: !cfg.rw,
             direct: cfg.direct,
-            ..Default::default()
+            block_size: None,
         },
     )
-    .map_err(|e| format!("{}: {e}", cfg.device))?;
-    let dev: Arc<dyn notafs_blockdev::BlockDevice> = Arc::from(dev);
+    .map_err(|e| e.msg)?;
     let fs = Fs::open(
         dev,
         &OpenOptions {
@@ -66,8 +73,12 @@ pub fn run(cfg: &MountConfig) -> Result<(), Box<dyn std::error::Error>> {
     )
     .map_err(|e| format!("{}: {e}", cfg.device))?;
     if cfg.rw && fs.is_read_only() {
+        let why = fs.info().needs_check.map_or_else(
+            || "unknown read-only-compatible features".to_string(),
+            |w| format!("it needs checking: {w}; run fsck.notafs"),
+        );
         return Err(format!(
-            "{}: the filesystem can only be opened read-only (unknown read-only-compatible features)",
+            "{}: the filesystem can only be opened read-only ({why})",
             cfg.device
         )
         .into());

@@ -959,3 +959,111 @@ fn unmount_returns_after_the_last_commit() {
     assert!(st.success(), "{st}");
     img.assert_clean();
 }
+
+/// Mount conventions: a mountpoint that is a regular file is refused with
+/// exit 8 and one line; a 512-byte-block image mounts without options
+/// (the block size comes from the superblock); the daemon is quiet by
+/// default (no INFO per commit, no colour escapes into a file).
+#[test]
+fn mount_conventions_and_quiet_logs() {
+    require_fuse!();
+    let img = Image::new(16, |fs| {
+        fs.create("a").unwrap().write_at(0, b"hello").unwrap();
+    });
+    let not_dir = img._dir.path().join("file");
+    fs::write(&not_dir, b"x").unwrap();
+    let out = Command::new(BIN)
+        .arg(&img.path)
+        .arg(&not_dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(8), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a directory"), "{err}");
+
+    // 512-byte blocks.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.img");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    {
+        let dev = FileDevice::create(&path, 16 << 20).unwrap();
+        drop(dev);
+        let dev = FileDevice::open(
+            &path,
+            &FileOptions {
+                block_size: Some(512),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let fs = Fs::format(Arc::new(dev), &FormatOptions::default()).unwrap();
+        fs.create("small")
+            .unwrap()
+            .write_at(0, b"512-byte blocks")
+            .unwrap();
+        fs.commit().unwrap();
+    }
+    // Quiet: stderr goes to a file; no RUST_LOG.
+    let log = dir.path().join("log");
+    let child = Command::new(BIN)
+        .args(["--rw"])
+        .arg(&path)
+        .arg(&mnt)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut m = Mount {
+        child: Some(child),
+        mnt: mnt.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "512-byte image did not mount");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(fs::read(mnt.join("small")).unwrap(), b"512-byte blocks");
+    for i in 0..20 {
+        fs::write(mnt.join(format!("f{i}")), b"data").unwrap();
+    }
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(m.wait_exit(Duration::from_secs(30)).success());
+    let logged = fs::read_to_string(&log).unwrap();
+    assert!(
+        !logged.contains('\u{1b}'),
+        "colour escapes in a file: {logged:?}"
+    );
+    assert!(!logged.contains("INFO"), "INFO lines by default: {logged}");
+}
+
+/// Out of space, a removal frees its blocks for the next writes at once:
+/// older generations give their space back (issue 12).
+#[test]
+fn rm_then_write_on_a_full_mount() {
+    require_fuse!();
+    let img = Image::new(64, |_| {});
+    let m = img.mount(&["--rw"]);
+    let chunk = pattern(1 << 20, 9);
+    let write = |name: &str, mib: usize| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = fs::File::create(img.p(name))?;
+        for _ in 0..mib {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()
+    };
+    write("one", 52).expect("first file fits");
+    fs::remove_file(img.p("one")).unwrap();
+    write("two", 52).expect("the removed file's space is writable again");
+    assert_eq!(fs::metadata(img.p("two")).unwrap().len(), 52 << 20);
+    assert!(m.unmount().success());
+    img.assert_clean();
+}
