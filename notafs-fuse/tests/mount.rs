@@ -208,11 +208,22 @@ impl Mount {
 
     /// Unmount with fusermount3 -u and wait for a clean exit.
     fn unmount(mut self) -> ExitStatus {
-        let st = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.mnt)
-            .status()
-            .unwrap();
+        // The kernel releases a closed file asynchronously: right after a
+        // close the mount can still be busy for a moment (EBUSY).
+        let mut tries = 0;
+        let st = loop {
+            let st = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            tries += 1;
+            if st.success() || tries == 50 {
+                break st;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert!(st.success(), "fusermount3 -u failed: {st}");
         let st = self.wait_exit(Duration::from_secs(60));
         assert!(!is_mounted(&self.mnt));
@@ -933,11 +944,7 @@ fn unmount_returns_after_the_last_commit() {
     }
     fs::create_dir(img.p("d")).unwrap();
     fs::rename(img.p("big"), img.p("d/big")).unwrap();
-    let st = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&img.mnt)
-        .status()
-        .unwrap();
+    let st = fusermount_u(&img.mnt);
     assert!(st.success());
     // Right after the unmount returned: the next command sees everything.
     let fs = img.open();
@@ -1029,11 +1036,7 @@ fn mount_conventions_and_quiet_logs() {
     for i in 0..20 {
         fs::write(mnt.join(format!("f{i}")), b"data").unwrap();
     }
-    let st = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&mnt)
-        .status()
-        .unwrap();
+    let st = fusermount_u(&mnt);
     assert!(st.success());
     assert!(m.wait_exit(Duration::from_secs(30)).success());
     let logged = fs::read_to_string(&log).unwrap();
@@ -1066,4 +1069,26 @@ fn rm_then_write_on_a_full_mount() {
     assert_eq!(fs::metadata(img.p("two")).unwrap().len(), 52 << 20);
     assert!(m.unmount().success());
     img.assert_clean();
+}
+
+/// `fusermount3 -u`, retried while the kernel still holds a just-closed
+/// file (EBUSY for a moment after close).
+fn fusermount_u(mnt: &Path) -> ExitStatus {
+    for _ in 0..50 {
+        let st = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mnt)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        if st.success() {
+            return st;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("fusermount3")
+        .arg("-u")
+        .arg(mnt)
+        .status()
+        .unwrap()
 }
