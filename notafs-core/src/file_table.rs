@@ -12,12 +12,18 @@
 //!        0    8 inode number (unique, never reused; 1 is the root directory)
 //!        8    1 type: 1 = file, 2 = directory
 //!        9    1 extent tree height (0 = no extents)
-//!       10    6 reserved (0)
+//!       10    2 attributes (feature COMPAT_ATTRS; 0 = defaults):
+//!                 bits 0..11 permission bits (with bit 15)
+//!                 bit 14 owner recorded (uid, gid below)
+//!                 bit 15 permission bits recorded
+//!                 (0: 0644 for files, 0755 for directories, owned by
+//!                 whoever mounts)
+//!       12    4 owner uid (valid with bit 14)
 //!       16    8 size in bytes (files; 0 for directories)
 //!       24    8 modification time, ns since the Unix epoch
 //!       32    8 extent tree root block (0 = none)
 //!       40    4 extent tree root CRC-32C
-//!       44    4 reserved (0)
+//!       44    4 owner gid (valid with bit 14)
 //! ```
 use crate::btree::{Kind, MAX_HEIGHT};
 use crate::codec::{Dec, Enc};
@@ -50,7 +56,16 @@ pub struct Inode {
     pub mtime_ns: u64,
     pub extents: Ptr,
     pub extent_height: u8,
+    /// Permission bits, when set (None: 0644 / 0755).
+    pub mode: Option<u16>,
+    /// Owner (uid, gid), when set (None: whoever mounts).
+    pub owner: Option<(u32, u32)>,
 }
+
+/// Bits of the attributes field at offset 10 of an inode.
+const ATTR_MODE_SET: u16 = 1 << 15;
+const ATTR_OWNER_SET: u16 = 1 << 14;
+const ATTR_PERM_MASK: u16 = 0o7777;
 
 pub const INODE_LEN: usize = 48;
 
@@ -90,12 +105,21 @@ impl Kind for Files {
             FileType::Dir => 2,
         });
         e.u8(v.extent_height);
-        e.bytes(&[0; 6]);
+        let mut attrs = 0u16;
+        if let Some(m) = v.mode {
+            attrs |= ATTR_MODE_SET | (m & ATTR_PERM_MASK);
+        }
+        if v.owner.is_some() {
+            attrs |= ATTR_OWNER_SET;
+        }
+        let (uid, gid) = v.owner.unwrap_or((0, 0));
+        e.u16(attrs);
+        e.u32(uid);
         e.u64(v.size);
         e.u64(v.mtime_ns);
         e.u64(v.extents.block);
         e.u32(v.extents.crc);
-        e.u32(0);
+        e.u32(gid);
     }
     fn dec_val(d: &mut Dec<'_>, layout: &Layout) -> Result<Inode> {
         let ino = d.u64()?;
@@ -105,14 +129,25 @@ impl Kind for Files {
             t => return Err(Error::corrupt(format!("inode {ino}: unknown type {t}"))),
         };
         let extent_height = d.u8()?;
-        d.take(6)?;
+        let attrs = d.u16()?;
+        let uid = d.u32()?;
         let size = d.u64()?;
         let mtime_ns = d.u64()?;
         let extents = Ptr {
             block: d.u64()?,
             crc: d.u32()?,
         };
-        d.u32()?;
+        let gid = d.u32()?;
+        if attrs & !(ATTR_MODE_SET | ATTR_OWNER_SET | ATTR_PERM_MASK) != 0
+            || (attrs & ATTR_MODE_SET == 0 && attrs & ATTR_PERM_MASK != 0)
+            || (attrs & ATTR_OWNER_SET == 0 && (uid != 0 || gid != 0))
+        {
+            return Err(Error::corrupt(format!(
+                "inode {ino}: attribute bits {attrs:#06x} are not valid"
+            )));
+        }
+        let mode = (attrs & ATTR_MODE_SET != 0).then_some(attrs & ATTR_PERM_MASK);
+        let owner = (attrs & ATTR_OWNER_SET != 0).then_some((uid, gid));
         if ino <= ROOT_INO {
             return Err(Error::corrupt(format!("inode number {ino} is reserved")));
         }
@@ -141,6 +176,8 @@ impl Kind for Files {
             mtime_ns,
             extents,
             extent_height,
+            mode,
+            owner,
         })
     }
 }

@@ -140,7 +140,7 @@ impl Fs {
         Ok(Superblock {
             version_major: superblock::VERSION_MAJOR,
             version_minor: superblock::VERSION_MINOR,
-            compat: 0,
+            compat: superblock::COMPAT_ATTRS,
             ro_compat: 0,
             incompat: superblock::INCOMPAT_COMMIT_LOG,
             uuid,

@@ -69,6 +69,8 @@ impl Fs {
             mtime_ns: now_ns(),
             extents: Ptr::NULL,
             extent_height: 0,
+            mode: None,
+            owner: None,
         };
         self.reserve_check(&mut t, 4)?;
         t.files.insert(&io, key.clone(), inode)?;
@@ -108,6 +110,8 @@ impl Fs {
                 kind: FileType::Dir,
                 size: 0,
                 mtime_ns: self.committed_slot().time_ns,
+                mode: None,
+                owner: None,
             }),
             Some((_, i)) => Ok(meta_of(&i)),
         }
@@ -210,6 +214,50 @@ impl Fs {
         Ok(())
     }
 
+    /// Set the attributes of `p` (a file or directory; the root has none):
+    /// permission bits (the low 12 bits of `mode`), owner, modification
+    /// time; `None` leaves one unchanged. Part of the transaction.
+    pub fn set_attrs(
+        &self,
+        p: &str,
+        mode: Option<u32>,
+        owner: Option<(u32, u32)>,
+        mtime_ns: Option<u64>,
+    ) -> Result<Metadata> {
+        self.check_writable()?;
+        let io = self.io().clone();
+        let mut t = self.txn();
+        let Some((key, inode)) = Self::lookup(&t, &io, p)? else {
+            return Err(Error::InvalidArgument(
+                "the root directory has no attributes to set".into(),
+            ));
+        };
+        let apply = |i: &mut Inode| {
+            if let Some(m) = mode {
+                i.mode = Some((m & 0o7777) as u16);
+            }
+            if let Some(o) = owner {
+                i.owner = Some(o);
+            }
+            if let Some(ns) = mtime_ns {
+                i.mtime_ns = ns;
+            }
+        };
+        let out = if let Some(st) = t.inodes.get_mut(&inode.ino) {
+            apply(&mut st.inode);
+            st.inode
+        } else {
+            self.reserve_check(&mut t, 2)?;
+            let mut i = inode;
+            apply(&mut i);
+            t.files.insert(&io, key, i)?;
+            Self::drain_freed(&mut t, &io.layout)?;
+            i
+        };
+        t.changed = true;
+        Ok(meta_of(&out))
+    }
+
     /// Rename `from` to `to` atomically, replacing `to` if it is a file (or
     /// an empty directory when `from` is a directory).
     pub fn rename(&self, from: &str, to: &str) -> Result<()> {
@@ -298,6 +346,8 @@ pub(crate) fn meta_of(i: &Inode) -> Metadata {
         kind: i.kind,
         size: i.size,
         mtime_ns: i.mtime_ns,
+        mode: i.mode,
+        owner: i.owner,
     }
 }
 

@@ -115,6 +115,10 @@ pub struct Metadata {
     pub kind: FileType,
     pub size: u64,
     pub mtime_ns: u64,
+    /// Permission bits, when set (None: 0644 for files, 0755 for dirs).
+    pub mode: Option<u16>,
+    /// Owner (uid, gid), when set (None: whoever mounts).
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Metadata {

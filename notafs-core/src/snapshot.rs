@@ -74,6 +74,8 @@ impl Snapshot {
                 kind: FileType::Dir,
                 size: 0,
                 mtime_ns: self.slot.time_ns,
+                mode: None,
+                owner: None,
             },
         })
     }

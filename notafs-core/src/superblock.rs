@@ -13,7 +13,8 @@
 //!      0     8  magic  "NOTAFS\0\x01"
 //!      8     4  format major version (1)
 //!     12     4  format minor version (0)
-//!     16     8  compat feature flags      (unknown bits: ignored)
+//!     16     8  compat feature flags      (unknown bits: ignored;
+//!                 bit 0 = inode attributes, see file_table.rs)
 //!     24     8  ro_compat feature flags   (unknown bits: mount read-only)
 //!     32     8  incompat feature flags    (unknown bits: refuse to mount;
 //!                 bit 0 = commit log, see root_ring.rs)
@@ -55,8 +56,13 @@ pub const ALGO_BLAKE2B256: u8 = 2;
 /// older reader must refuse the filesystem.
 pub const INCOMPAT_COMMIT_LOG: u64 = 1 << 0;
 
+/// Compat feature: inodes may carry permission bits and an owner in bytes
+/// 10..16 and 44..48 (file_table.rs). Readers that ignore it see default
+/// permissions; it changes nothing else.
+pub const COMPAT_ATTRS: u64 = 1 << 0;
+
 /// Feature bits known to this version.
-pub const COMPAT_KNOWN: u64 = 0;
+pub const COMPAT_KNOWN: u64 = COMPAT_ATTRS;
 pub const RO_COMPAT_KNOWN: u64 = 0;
 pub const INCOMPAT_KNOWN: u64 = INCOMPAT_COMMIT_LOG;
 

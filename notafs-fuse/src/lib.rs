@@ -377,10 +377,10 @@ impl NotafsFuse {
             ctime: t,
             crtime: t,
             kind: kind_of(m),
-            perm: if dir { 0o755 } else { 0o644 },
+            perm: m.mode.unwrap_or(if dir { 0o755 } else { 0o644 }),
             nlink: if dir { 2 } else { 1 },
-            uid: self.opts.uid,
-            gid: self.opts.gid,
+            uid: m.owner.map_or(self.opts.uid, |o| o.0),
+            gid: m.owner.map_or(self.opts.gid, |o| o.1),
             rdev: 0,
             blksize: self.block_size,
             flags: 0,
@@ -535,20 +535,43 @@ impl NotafsFuse {
         mtime: Option<TimeOrNow>,
     ) -> Result<FileAttr, Errno> {
         let nodes = lock(&self.nodes);
-        let (path, m) = self.resolve(&nodes, ino)?;
-        if let Some(mode) = mode {
-            let want = if m.is_dir() { 0o755 } else { 0o644 };
-            if mode & 0o7777 != want {
-                return Err(Errno::EPERM);
+        let (path, mut m) = self.resolve(&nodes, ino)?;
+        // Permission bits, owner and a given modification time are stored
+        // in the inode (chmod, chown, touch -d, cp -p, rsync -a, tar x).
+        // Changing the owner to someone else needs root, as anywhere.
+        let given_mtime = match mtime {
+            Some(TimeOrNow::SpecificTime(t)) => Some(
+                t.duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
+                    .unwrap_or(0),
+            ),
+            _ => None,
+        };
+        if mode.is_some() || uid.is_some() || gid.is_some() || given_mtime.is_some() {
+            let fs = self.rw()?;
+            if path.is_empty() || path == "/" {
+                // The root directory has no inode to record them in.
+                if mode.is_some() || uid.is_some() || gid.is_some() {
+                    return Err(Errno::EPERM);
+                }
+            } else {
+                let cur = m.owner.unwrap_or((self.opts.uid, self.opts.gid));
+                let owner = if uid.is_some() || gid.is_some() {
+                    let o = (uid.unwrap_or(cur.0), gid.unwrap_or(cur.1));
+                    if o.0 != cur.0 && self.opts.uid != 0 {
+                        return Err(Errno::EPERM);
+                    }
+                    Some(o)
+                } else {
+                    None
+                };
+                m = fs
+                    .set_attrs(&path, mode, owner, given_mtime)
+                    .map_err(|e| errno_of(&e))?;
             }
         }
-        if uid.is_some_and(|u| u != self.opts.uid) || gid.is_some_and(|g| g != self.opts.gid) {
-            return Err(Errno::EPERM);
-        }
-        // The core sets the modification time on every write or size change
-        // and has no call to set it to a given value. So "now" (touch) is
-        // a size change to the same size; a specific time (touch -d, cp -p)
-        // is accepted and ignored.
+        // The core sets the modification time on every write or size change:
+        // "now" (touch) is a size change to the same size.
         let touch = matches!(mtime, Some(TimeOrNow::Now)) && m.is_file();
         let size = match size {
             Some(s) => s,

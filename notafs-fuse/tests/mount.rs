@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use notafs_blockdev::file::{FileDevice, FileOptions};
 use notafs_blockdev::BlockDevice;
@@ -502,14 +502,15 @@ fn rw_mount_commits_changes_at_unmount() {
         after > before,
         "touch did not move mtime: {before:?} -> {after:?}"
     );
-    // A given time is accepted and ignored.
+    // A given time is stored (touch -d, cp -p, rsync, tar x).
     run(Command::new("touch")
-        .args(["-d", "2001-01-01"])
+        .args(["-d", "2001-01-01 00:00:00 UTC"])
         .arg(img.p("copied")));
     assert_eq!(
         fs::metadata(img.p("copied")).unwrap().modified().unwrap(),
-        after
+        UNIX_EPOCH + Duration::from_secs(978_307_200)
     );
+    assert!(after > UNIX_EPOCH);
 
     // The mount sees its own uncommitted changes.
     let mut want_keep = pattern(10_000, 2);
@@ -1091,4 +1092,74 @@ fn fusermount_u(mnt: &Path) -> ExitStatus {
         .arg(mnt)
         .status()
         .unwrap()
+}
+
+/// rsync -a works and is incremental (issue 12): chmod (its temporaries are
+/// created 0600), a given mtime and, as root, chown are stored in the inode;
+/// the second run transfers nothing; the attributes survive an unmount.
+#[test]
+fn rsync_archive_is_incremental() {
+    require_fuse!();
+    if !which("rsync") {
+        println!("SKIPPED: rsync not installed");
+        return;
+    }
+    let img = Image::new(64, |_| {});
+    let src = img._dir.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("a.txt"), b"alpha").unwrap();
+    fs::write(src.join("sub/b.bin"), pattern(100_000, 3)).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(src.join("a.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+        fs::set_permissions(src.join("sub"), fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    run(Command::new("touch")
+        .args(["-d", "2001-02-03 04:05:06"])
+        .arg(src.join("a.txt")));
+    let m = img.mount(&["--rw"]);
+    let rsync = |extra: &[&str]| {
+        let out = Command::new("rsync")
+            .args(["-a", "--stats"])
+            .args(extra)
+            .arg(format!("{}/", src.display()))
+            .arg(format!("{}/", img.mnt.display()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "rsync failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let first = rsync(&[]);
+    assert!(
+        first.contains("Number of regular files transferred: 2"),
+        "{first}"
+    );
+    let second = rsync(&[]);
+    assert!(
+        second.contains("Number of regular files transferred: 0"),
+        "the second rsync -a copied again: {second}"
+    );
+    let check = |p: &Path| {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let a = fs::metadata(p.join("a.txt")).unwrap();
+        assert_eq!(a.permissions().mode() & 0o7777, 0o640);
+        assert_eq!(
+            a.modified().unwrap(),
+            fs::metadata(src.join("a.txt")).unwrap().modified().unwrap()
+        );
+        let d = fs::metadata(p.join("sub")).unwrap();
+        assert_eq!(d.permissions().mode() & 0o7777, 0o700);
+        assert_eq!(a.uid(), fs::metadata(src.join("a.txt")).unwrap().uid());
+    };
+    check(&img.mnt);
+    assert!(m.unmount().success());
+    let m = img.mount(&[]);
+    check(&img.mnt);
+    drop(m);
+    img.assert_clean();
 }
