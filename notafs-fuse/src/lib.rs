@@ -1040,21 +1040,18 @@ impl Filesystem for NotafsFuse {
             Backend::Ro { snap, .. } => snap.inode_count(),
             Backend::Rw { .. } => info.inodes,
         };
-        // Blocks held back for older generations are not available yet,
-        // but will be: count them as free, not as available.
+        // Blocks held back for older generations are given back when space
+        // runs out (the oldest generations go first): free and available.
         let bfree = info.free_blocks + info.pending_blocks;
-        let bavail = if self.read_only() {
-            0
-        } else {
-            info.free_blocks
-        };
+        let bavail = if self.read_only() { 0 } else { bfree };
+        // No inode table: any free block can hold a new file. Total =
+        // used (inodes and the root) + free, so that df -i adds up.
         reply.statfs(
             info.block_count,
             bfree,
             bavail,
-            inodes,
-            // No inode table: any free block can hold a new file.
-            info.free_blocks,
+            inodes + 1 + bfree,
+            bfree,
             info.block_size,
             notafs_core::path::MAX_NAME as u32,
             info.block_size,

@@ -1163,3 +1163,29 @@ fn rsync_archive_is_incremental() {
     drop(m);
     img.assert_clean();
 }
+
+/// df -i adds up: total = used + free, used = the files and directories
+/// (issue 12: it showed "Inodes 0, IUsed -4194293").
+#[test]
+fn statfs_inodes_add_up() {
+    require_fuse!();
+    let img = Image::new(32, |fs| {
+        fs.create_dir("d").unwrap();
+        fs.create("d/a").unwrap().write_at(0, b"x").unwrap();
+        fs.create("b").unwrap();
+    });
+    let m = img.mount(&[]);
+    let out = run(Command::new("df")
+        .args(["--output=itotal,iused,iavail"])
+        .arg(&img.mnt));
+    let nums: Vec<i64> = out
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(nums[0], nums[1] + nums[2], "{out}");
+    assert_eq!(nums[1], 4, "{out}"); // root, d, d/a, b
+    drop(m);
+}
