@@ -27,7 +27,6 @@ pub(crate) fn read_at(
     }
     let n = (out.len() as u64).min(size - off) as usize;
     let out = &mut out[..n];
-    out.fill(0);
     let bs = io.layout.block_size as u64;
     let end = off + n as u64;
     let first = off / bs;
@@ -46,9 +45,27 @@ pub(crate) fn read_at(
         }
         Ok(true)
     })?;
-    let mut bounce: Vec<u8> = Vec::new();
-    for (k, e) in pieces {
-        let a = k.max(first);
+    // Plan: whole blocks inside the caller's buffer are read in place,
+    // physically and logically contiguous runs merged into one request; the
+    // (at most two) partial blocks at the ends go through small bounce
+    // buffers. Everything goes to the device as one batch, so backends with
+    // many requests in flight (io_uring, NBD) get them all at once.
+    struct InPlace<'c> {
+        pb: u64,
+        lo: usize,
+        hi: usize,
+        crcs: Vec<&'c [u32]>,
+    }
+    struct Bounce<'c> {
+        pb: u64,
+        byte_lo: u64,
+        buf: Vec<u8>,
+        crcs: &'c [u32],
+    }
+    let mut inplace: Vec<InPlace<'_>> = Vec::new();
+    let mut bounces: Vec<Bounce<'_>> = Vec::new();
+    for (k, e) in &pieces {
+        let a = (*k).max(first);
         let b = (k + e.len()).min(last + 1);
         let mut blk = a;
         while blk < b {
@@ -58,25 +75,97 @@ pub(crate) fn read_at(
             let pb = e.pblock + (blk - k);
             let crcs = &e.crcs[(blk - k) as usize..(blk - k + cnt) as usize];
             if byte_lo >= off && byte_hi <= end {
-                // Whole blocks inside the caller's buffer: read in place.
-                let dst = &mut out[(byte_lo - off) as usize..(byte_hi - off) as usize];
-                io.dev.read(pb, dst)?;
-                if verify {
-                    check_blocks(dst, crcs, pb, bs as usize)?;
+                let (lo, hi) = ((byte_lo - off) as usize, (byte_hi - off) as usize);
+                match inplace.last_mut() {
+                    Some(r)
+                        if r.hi == lo
+                            && r.pb + ((r.hi - r.lo) as u64) / bs == pb
+                            && (hi - r.lo) as u64 <= MAX_READ =>
+                    {
+                        r.hi = hi;
+                        r.crcs.push(crcs);
+                    }
+                    _ => inplace.push(InPlace {
+                        pb,
+                        lo,
+                        hi,
+                        crcs: vec![crcs],
+                    }),
                 }
             } else {
-                bounce.resize((cnt * bs) as usize, 0);
-                io.dev.read(pb, &mut bounce)?;
-                if verify {
-                    check_blocks(&bounce, crcs, pb, bs as usize)?;
-                }
-                let lo = byte_lo.max(off);
-                let hi = byte_hi.min(end);
-                out[(lo - off) as usize..(hi - off) as usize]
-                    .copy_from_slice(&bounce[(lo - byte_lo) as usize..(hi - byte_lo) as usize]);
+                bounces.push(Bounce {
+                    pb,
+                    byte_lo,
+                    buf: vec![0u8; (cnt * bs) as usize],
+                    crcs,
+                });
             }
             blk += cnt;
         }
+    }
+    // Zero only what no extent covers (holes): the rest is about to be
+    // overwritten by the reads.
+    let mut covered: Vec<(usize, usize)> = inplace.iter().map(|r| (r.lo, r.hi)).collect();
+    for bo in &bounces {
+        let lo = bo.byte_lo.max(off);
+        let hi = (bo.byte_lo + bo.buf.len() as u64).min(end);
+        covered.push(((lo - off) as usize, (hi - off) as usize));
+    }
+    covered.sort_unstable();
+    let mut cursor = 0usize;
+    for (lo, hi) in &covered {
+        if *lo > cursor {
+            out[cursor..*lo].fill(0);
+        }
+        cursor = cursor.max(*hi);
+    }
+    if cursor < n {
+        out[cursor..].fill(0);
+    }
+    {
+        let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(inplace.len() + bounces.len());
+        let mut rest: &mut [u8] = out;
+        let mut base = 0usize;
+        for r in &inplace {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(r.lo - base);
+            let (dst, tail) = tail.split_at_mut(r.hi - r.lo);
+            reqs.push((r.pb, dst));
+            rest = tail;
+            base = r.hi;
+        }
+        for bo in bounces.iter_mut() {
+            reqs.push((bo.pb, &mut bo.buf[..]));
+        }
+        match reqs.len() {
+            0 => {}
+            1 => {
+                let (pb, dst) = reqs.pop().expect("one request");
+                io.dev.read(pb, dst)?;
+            }
+            _ => io.dev.read_batch(&mut reqs)?,
+        }
+    }
+    if verify {
+        for r in &inplace {
+            let mut at = r.lo;
+            let mut pb = r.pb;
+            for c in &r.crcs {
+                let len = c.len() * bs as usize;
+                check_blocks(&out[at..at + len], c, pb, bs as usize)?;
+                at += len;
+                pb += c.len() as u64;
+            }
+        }
+        for bo in &bounces {
+            check_blocks(&bo.buf, bo.crcs, bo.pb, bs as usize)?;
+        }
+    }
+    for bo in &bounces {
+        let byte_hi = bo.byte_lo + bo.buf.len() as u64;
+        let lo = bo.byte_lo.max(off);
+        let hi = byte_hi.min(end);
+        out[(lo - off) as usize..(hi - off) as usize]
+            .copy_from_slice(&bo.buf[(lo - bo.byte_lo) as usize..(hi - bo.byte_lo) as usize]);
     }
     if let Some(buf) = buffered {
         for (&lb, data) in buf.range(first..=last) {
