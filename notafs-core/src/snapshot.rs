@@ -114,7 +114,13 @@ impl Snapshot {
         let f = self.open(p)?;
         let len = usize::try_from(f.len())
             .map_err(|_| Error::InvalidArgument("file too large for memory".into()))?;
-        let mut v = vec![0; len];
+        // The size comes from the disk: never abort on an allocation it
+        // asks for (a damaged size of 1 TiB is an error, not a crash).
+        let mut v: Vec<u8> = Vec::new();
+        v.try_reserve_exact(len).map_err(|_| {
+            Error::InvalidArgument(format!("{p}: {len} bytes do not fit in memory"))
+        })?;
+        v.resize(len, 0);
         f.read_at(0, &mut v)?;
         Ok(v)
     }
