@@ -932,7 +932,10 @@ fn info(fs: &Fs, device: &str, out: &mut dyn Write) -> CliResult<()> {
     );
     let _ = writeln!(s, "root slots:     {}", sb.ring_slots);
     if let Some(why) = &inf.needs_check {
-        let _ = writeln!(s, "needs check:    {why} (writes refused until fsck.notafs)");
+        let _ = writeln!(
+            s,
+            "needs check:    {why} (writes refused until fsck.notafs)"
+        );
     }
     for st in fs.slot_status() {
         let line = match (&st.state, &st.roots_ok) {

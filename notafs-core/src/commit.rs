@@ -155,6 +155,22 @@ pub(crate) fn write_generation(
     })
 }
 
+/// Seal a commit-log generation: write the log-free slot `slot` (a new
+/// generation naming the same trees and free list, see `Inner::seal`) and
+/// flush. With `write_generation`, the only writers of a root slot.
+pub(crate) fn write_seal(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+    slot: &RootSlot,
+) -> notafs_blockdev::Result<()> {
+    debug_assert_eq!(slot.log_len, 0);
+    dev.write(
+        slot_address(sb, slot.generation),
+        &slot.encode(sb.block_size),
+    )?;
+    dev.flush()
+}
+
 /// The commit log of a commit: every block the new root references that
 /// this transaction wrote (`alloc.fresh`), with its CRC-32C, taken from the
 /// node buffers in `out` or from `data_crcs`. None when it does not fit the

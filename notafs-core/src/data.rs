@@ -74,8 +74,15 @@ pub(crate) fn read_at(
             let byte_hi = (blk + cnt) * bs;
             let pb = e.pblock + (blk - k);
             let crcs = &e.crcs[(blk - k) as usize..(blk - k + cnt) as usize];
-            if byte_lo >= off && byte_hi <= end {
-                let (lo, hi) = ((byte_lo - off) as usize, (byte_hi - off) as usize);
+            let (lo, hi) = (
+                byte_lo.saturating_sub(off) as usize,
+                byte_hi.saturating_sub(off) as usize,
+            );
+            // Extents of a damaged tree may overlap: an overlapping run
+            // goes through a bounce buffer, so in-place reads stay disjoint
+            // and in order.
+            let overlaps = inplace.last().is_some_and(|r| lo < r.hi);
+            if byte_lo >= off && byte_hi <= end && !overlaps {
                 match inplace.last_mut() {
                     Some(r)
                         if r.hi == lo
