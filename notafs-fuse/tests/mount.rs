@@ -1189,3 +1189,81 @@ fn statfs_inodes_add_up() {
     assert_eq!(nums[1], 4, "{out}"); // root, d, d/a, b
     drop(m);
 }
+
+/// `mount -t fuse.notafs IMAGE MNT -o rw,...` and the helper it runs
+/// (`mount.fuse.notafs`, built as `mount-fuse-notafs`): options mapped to
+/// flags, mount(8)'s generic options ignored, unknown ones refused (16),
+/// the helper returns once the mount is in place.
+#[test]
+fn mount_helper_and_mount_t_fuse_notafs() {
+    require_fuse!();
+    let helper = env!("CARGO_BIN_EXE_mount-fuse-notafs");
+    let img = Image::new(32, |fs| {
+        fs.create("hello").unwrap().write_at(0, b"hi").unwrap();
+    });
+    let out = Command::new(helper)
+        .arg(&img.path)
+        .arg(&img.mnt)
+        .args(["-o", "rw,bogus_option"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(16), "{out:?}");
+    assert!(!is_mounted(&img.mnt));
+
+    let st = Command::new(helper)
+        .arg(&img.path)
+        .arg(&img.mnt)
+        .args(["-o", "rw,noatime,nodev,x-systemd.automount"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        is_mounted(&img.mnt),
+        "the helper returned before the mount was in place"
+    );
+    assert_eq!(fs::read(img.p("hello")).unwrap(), b"hi");
+    fs::write(img.p("via-helper"), b"written").unwrap();
+    assert!(fusermount_u(&img.mnt).success());
+    assert_eq!(
+        img.open().snapshot().read_to_vec("via-helper").unwrap(),
+        b"written"
+    );
+
+    // mount(8) itself, which runs /sbin/mount.fuse.notafs for the type
+    // fuse.notafs: only as root, and only if no helper is installed there.
+    let sbin = Path::new("/sbin/mount.fuse.notafs");
+    if !is_root() || sbin.exists() || !which("mount") {
+        println!(
+            "SKIPPED: mount -t fuse.notafs (needs root and no installed /sbin/mount.fuse.notafs)"
+        );
+        return;
+    }
+    struct Unlink<'a>(&'a Path);
+    impl Drop for Unlink<'_> {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(self.0);
+        }
+    }
+    if std::os::unix::fs::symlink(helper, sbin).is_err() {
+        println!("SKIPPED: mount -t fuse.notafs (cannot install the helper in /sbin)");
+        return;
+    }
+    let _guard = Unlink(sbin);
+    // status(), not output(): the daemon keeps the inherited stderr open.
+    let st = Command::new("mount")
+        .args(["-t", "fuse.notafs", "-o", "rw"])
+        .arg(&img.path)
+        .arg(&img.mnt)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount -t fuse.notafs: {st}");
+    fs::write(img.p("via-mount"), b"mounted").unwrap();
+    let st = Command::new("umount").arg(&img.mnt).status().unwrap();
+    assert!(st.success());
+    assert_eq!(
+        img.open().snapshot().read_to_vec("via-mount").unwrap(),
+        b"mounted"
+    );
+}
