@@ -41,6 +41,10 @@ pub fn format_opts(root_slots: u32) -> FormatOptions {
     }
 }
 
+/// UUID of the filesystems the mkfs workloads create (the base images use
+/// `notafs-crashtest`, so old and new are told apart).
+pub const MKFS_UUID: [u8; 16] = *b"notafs-mkfs-new!";
+
 /// Enumeration options of a workload: the issue-2 defaults, seeded.
 pub fn enum_opts(seed: u64) -> EnumOptions {
     EnumOptions {
@@ -108,6 +112,23 @@ pub fn base(w: &Workload) -> Result<(CrashImage, Model), RunError> {
             model.hist.base_generation = model.generation;
             Ok((dev.snapshot(), model))
         }
+        Base::Blank {
+            block_size,
+            blocks,
+            garbage,
+        } => {
+            let dev = match garbage {
+                None => CrashDevice::new(*block_size, *blocks),
+                Some(g) => {
+                    let mut r = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(*g);
+                    let mut v = vec![0u8; (*block_size as u64 * *blocks) as usize];
+                    rand::RngCore::fill_bytes(&mut r, &mut v);
+                    CrashDevice::from_vec(*block_size, v)
+                }
+            }
+            .map_err(|e| rerr(None, format!("device: {e}")))?;
+            Ok((dev.snapshot(), Model::new(0, Tree::default(), 2)))
+        }
         Base::Crash { parent, state } => {
             let run = execute(parent)?;
             let opts = enum_opts(seed_of(parent));
@@ -166,13 +187,19 @@ pub fn execute_ops(w: &Workload, ops: &[Op]) -> Result<Run, RunError> {
     if let Some(a) = w.atomic_unit {
         dev.set_atomic_unit(a);
     }
-    let fs = Fs::open(dev.clone(), &open_opts_for(w))
-        .map_err(|e| rerr(None, format!("base image does not open: {e}")))?;
+    let fs = if matches!(w.base, Base::Blank { .. }) {
+        None
+    } else {
+        Some(
+            Fs::open(dev.clone(), &open_opts_for(w))
+                .map_err(|e| rerr(None, format!("base image does not open: {e}")))?,
+        )
+    };
     let (skipped, nospace) = {
         let mut st = Exec {
             discard: w.discard,
             dev: dev.clone(),
-            fs: Some(fs),
+            fs,
             model: &mut model,
             skipped: 0,
             nospace: 0,
@@ -251,7 +278,7 @@ impl Exec<'_> {
     }
 
     fn step(&mut self, op: &Op) -> Result<(), String> {
-        if !self.model.valid(op) {
+        if !self.model.valid(op) || (self.fs.is_none() && !matches!(op, Op::Format { .. })) {
             self.skipped += 1;
             return Ok(());
         }
@@ -290,6 +317,11 @@ impl Exec<'_> {
             }
             Op::Commit => return self.commit(),
             Op::Repair { back } => return self.repair(*back),
+            Op::Format {
+                root_slots,
+                discard,
+                wipe,
+            } => return self.format(*root_slots, *discard, *wipe),
         };
         match res {
             Ok(()) => {
@@ -321,6 +353,42 @@ impl Exec<'_> {
             }
             Err(e) => Err(format!("commit failed: {e}")),
         }
+    }
+
+    /// What `mkfs.notafs -F` does to the device (see `mkfs/src/lib.rs`):
+    /// discard everything, zero the blocks of detected signatures, format.
+    fn format(&mut self, root_slots: u32, discard: bool, wipe: bool) -> Result<(), String> {
+        self.fs = None;
+        let start = self.dev.ops();
+        let geo = self.dev.geometry();
+        if discard {
+            self.dev
+                .discard(0, geo.block_count)
+                .map_err(|e| format!("discard: {e}"))?;
+        }
+        if wipe {
+            self.dev
+                .write(0, &vec![0u8; geo.block_size as usize])
+                .map_err(|e| format!("wipe: {e}"))?;
+        }
+        let fs = Fs::format(
+            self.dev.clone(),
+            &FormatOptions {
+                label: "mkfs".into(),
+                uuid: Some(MKFS_UUID),
+                root_slots,
+                node_size: None,
+                time: Some(1_700_000_001),
+            },
+        )
+        .map_err(|e| format!("format failed: {e}"))?;
+        let end = self.dev.ops();
+        self.model.formatted(root_slots, start, Some(end));
+        if fs.generation() != 1 {
+            return Err(format!("format made generation {}", fs.generation()));
+        }
+        self.fs = Some(fs);
+        self.verify_live()
     }
 
     fn repair(&mut self, back: u32) -> Result<(), String> {
@@ -404,6 +472,9 @@ pub fn first_violation(
     if w.kind == crate::workload::Kind::LostWrite {
         return oracle::lost_write_states(run, cap, &mut on_state);
     }
+    if w.kind == crate::workload::Kind::ReadError {
+        return crate::eio::read_error_states(run, cap, &mut on_state);
+    }
     let opts = enum_opts(seed_of(w));
     let total = run.dev.count_states(&opts);
     let stride = if cap > 0 && total > cap {
@@ -413,7 +484,11 @@ pub fn first_violation(
     };
     for st in run.dev.states(&opts).step_by(stride as usize) {
         let img: Arc<dyn BlockDevice> = Arc::new(st.image());
-        let res = oracle::check_state(img, st.cut, st.last_cut, &run.model.hist);
+        let res = if run.model.hist.format.is_some() {
+            oracle::check_mkfs_state(img, st.cut, st.last_cut, &run.model.hist)
+        } else {
+            oracle::check_state(img, st.cut, st.last_cut, &run.model.hist)
+        };
         let go_on = on_state();
         if let Err(m) = res {
             return Some((format!("cut {}..={}: {}", st.cut, st.last_cut, st.desc), m));

@@ -6,6 +6,9 @@
 //! * [`exec`]: running a workload on a crash device in lockstep with the model;
 //! * [`oracle`]: what must hold for every crash state;
 //! * [`runner`]: threads, budgets, shrinking;
+//! * [`eio`]: device errors at open and repair (the read-error workload),
+//!   and request-recording device wrappers;
+pub mod eio;
 pub mod exec;
 pub mod model;
 pub mod oracle;

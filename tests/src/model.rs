@@ -135,6 +135,10 @@ pub struct History {
     /// Generations a repair rolled back (no longer required to be
     /// retained; if still listed as retained they must still read right).
     pub dropped: std::collections::BTreeSet<u64>,
+    /// A `Format` op of the run (mkfs workloads): where it sits in the log.
+    pub format: Option<CommitRec>,
+    /// The generations of the filesystem the format replaced.
+    pub old_gens: BTreeMap<u64, Arc<Tree>>,
 }
 
 impl History {
@@ -206,7 +210,7 @@ impl Model {
                     && self.hist.gens.contains_key(&target)
                     && target + self.hist.root_slots as u64 > self.generation
             }
-            Op::Commit | Op::Abort | Op::Reopen | Op::Trim => true,
+            Op::Commit | Op::Abort | Op::Reopen | Op::Trim | Op::Format { .. } => true,
         }
     }
 
@@ -256,7 +260,7 @@ impl Model {
                 }
             }
             Op::Abort | Op::Reopen => self.revert(),
-            Op::Commit | Op::Repair { .. } | Op::Trim => {}
+            Op::Commit | Op::Repair { .. } | Op::Trim | Op::Format { .. } => {}
         }
     }
 
@@ -291,6 +295,25 @@ impl Model {
             end_op: Some(end_op),
             what: "seal",
         });
+    }
+
+    /// The device was formatted anew (log positions `start_op..end_op`):
+    /// the history so far becomes the old filesystem's, the new one starts
+    /// empty at generation 1.
+    pub fn formatted(&mut self, root_slots: u32, start_op: usize, end_op: Option<usize>) {
+        self.hist.old_gens = std::mem::take(&mut self.hist.gens);
+        self.hist.commits.clear();
+        self.hist.base_generation = 1;
+        self.hist.root_slots = root_slots;
+        self.hist.format = Some(CommitRec {
+            generation: 1,
+            start_op,
+            end_op,
+            what: "format",
+        });
+        self.txn = Tree::default();
+        self.generation = 1;
+        self.hist.gens.insert(1, Arc::new(Tree::default()));
     }
 
     /// Record a commit that failed (nothing of it may become visible).

@@ -16,6 +16,8 @@ pub struct Caps {
     pub recovery: u64,
     pub repair: u64,
     pub lost_write: u64,
+    pub mkfs: u64,
+    pub read_error: u64,
 }
 
 impl Default for Caps {
@@ -27,23 +29,27 @@ impl Default for Caps {
             recovery: 1500,
             repair: 1500,
             lost_write: 150,
+            mkfs: 0, // every state
+            read_error: 300,
         }
     }
 }
 
 /// The kinds in schedule order: workload `i` has kind `SCHEDULE[i % len]`.
-pub const SCHEDULE: [Kind; 12] = [
+pub const SCHEDULE: [Kind; 14] = [
     Kind::Exhaustive,
     Kind::Exhaustive,
     Kind::LostWrite,
     Kind::Random,
     Kind::Exhaustive,
+    Kind::Mkfs,
     Kind::Exhaustive,
     Kind::NearFull,
     Kind::Pack,
     Kind::Exhaustive,
     Kind::Exhaustive,
     Kind::Recovery,
+    Kind::ReadError,
     Kind::Repair,
 ];
 
@@ -94,6 +100,8 @@ pub fn workload(seed: u64, i: u64, caps: &Caps, kinds: &[Kind]) -> Workload {
         Kind::Recovery => workload::recovery(s, caps.recovery),
         Kind::Repair => workload::repair(s, caps.repair),
         Kind::LostWrite => workload::lost_write(s, caps.lost_write),
+        Kind::Mkfs => workload::mkfs(s, caps.mkfs),
+        Kind::ReadError => workload::read_error(s, caps.read_error),
     }
 }
 

@@ -44,6 +44,15 @@ pub enum Op {
     },
     /// `Fs::trim`: discard every free block.
     Trim,
+    /// Format the device as `mkfs.notafs` does: discard it whole (when
+    /// `discard`), zero the old notafs primary superblock (when `wipe`,
+    /// as mkfs erases a detected signature), then `Fs::format` with
+    /// [`crate::exec::MKFS_UUID`] and `root_slots`.
+    Format {
+        root_slots: u32,
+        discard: bool,
+        wipe: bool,
+    },
 }
 
 impl fmt::Display for Op {
@@ -66,6 +75,16 @@ impl fmt::Display for Op {
             Op::Reopen => write!(f, "reopen()"),
             Op::Repair { back } => write!(f, "repair(roll back {back} generations)"),
             Op::Trim => write!(f, "trim()"),
+            Op::Format {
+                root_slots,
+                discard,
+                wipe,
+            } => write!(
+                f,
+                "format({root_slots} root slots{}{})",
+                if *discard { ", discard first" } else { "" },
+                if *wipe { ", wipe old primary" } else { "" }
+            ),
         }
     }
 }
@@ -80,10 +99,12 @@ pub enum Kind {
     Recovery,
     Repair,
     LostWrite,
+    Mkfs,
+    ReadError,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Exhaustive,
         Kind::Random,
         Kind::NearFull,
@@ -91,6 +112,8 @@ impl Kind {
         Kind::Recovery,
         Kind::Repair,
         Kind::LostWrite,
+        Kind::Mkfs,
+        Kind::ReadError,
     ];
 
     pub fn name(self) -> &'static str {
@@ -102,6 +125,8 @@ impl Kind {
             Kind::Recovery => "recovery",
             Kind::Repair => "repair",
             Kind::LostWrite => "lost-write",
+            Kind::Mkfs => "mkfs",
+            Kind::ReadError => "read-error",
         }
     }
 }
@@ -120,6 +145,13 @@ pub enum Base {
     /// Crash state number `state` (modulo the count) of `parent`: the
     /// workload is the recovery after that crash.
     Crash { parent: Box<Workload>, state: u64 },
+    /// A device that holds no filesystem: zeros, or deterministic garbage
+    /// from `garbage` (Some(seed)). Only a `Format` op makes it usable.
+    Blank {
+        block_size: u32,
+        blocks: u64,
+        garbage: Option<u64>,
+    },
 }
 
 /// A workload: a base image, the logged operations, and device options.
@@ -167,6 +199,16 @@ impl Workload {
                     parent.describe().replace('\n', "\n    ")
                 );
             }
+            Base::Blank {
+                block_size,
+                blocks,
+                garbage,
+            } => {
+                s += &format!(
+                    "\n  base: blank {blocks} blocks of {block_size} B, {}",
+                    garbage.map_or("zeros".to_string(), |g| format!("garbage seed {g}"))
+                );
+            }
         }
         s += "\n  ops:";
         for op in &self.ops {
@@ -179,6 +221,7 @@ impl Workload {
         match &self.base {
             Base::Fresh { block_size, .. } => *block_size,
             Base::Crash { parent, .. } => parent.block_size(),
+            Base::Blank { block_size, .. } => *block_size,
         }
     }
 }
@@ -789,4 +832,128 @@ pub fn lost_write(seed: u64, state_cap: u64) -> Workload {
     w.name = format!("lost-write seed {seed}");
     w.atomic_unit = None;
     w
+}
+
+// ----- mkfs ------------------------------------------------------------------
+
+/// Crash during mkfs: format a device that holds nothing (zeros), garbage,
+/// or an older notafs filesystem with a few generations (formatted with
+/// the harness UUID, so the new one is told apart), as `mkfs.notafs` does
+/// (optionally discarding the device and wiping the old primary
+/// superblock first); then a first write and commit on the new filesystem.
+/// Every state must be "not notafs", the old filesystem intact (only
+/// before the format returned), or the new one, clean for fsck -n.
+pub fn mkfs(seed: u64, state_cap: u64) -> Workload {
+    let mut r = StdRng::seed_from_u64(seed ^ 0x3f5a);
+    let bs: u32 = if r.gen_bool(0.5) { 4096 } else { 512 };
+    let blocks = (1u64 << 20) / bs as u64;
+    let old = r.gen_range(0..4);
+    let base = match old {
+        0 => Base::Blank {
+            block_size: bs,
+            blocks,
+            garbage: None,
+        },
+        1 => Base::Blank {
+            block_size: bs,
+            blocks,
+            garbage: Some(r.gen()),
+        },
+        _ => {
+            let mut setup = Vec::new();
+            for g in 0..r.gen_range(1..5) {
+                let p = format!("old{}", g % 2);
+                setup.push(Op::Create(p.clone()));
+                setup.push(Op::Append {
+                    path: p,
+                    len: r.gen_range(1..(3 * bs)),
+                    seed: g,
+                });
+                setup.push(Op::Commit);
+            }
+            Base::Fresh {
+                block_size: bs,
+                blocks,
+                root_slots: r.gen_range(2..=8),
+                setup,
+            }
+        }
+    };
+    let mut ops = vec![Op::Format {
+        root_slots: r.gen_range(2..=8),
+        discard: r.gen_bool(0.5),
+        wipe: old >= 2 && r.gen_bool(0.5),
+    }];
+    if r.gen_bool(0.5) {
+        ops.push(Op::Create("first".into()));
+        ops.push(Op::Append {
+            path: "first".into(),
+            len: r.gen_range(1..(3 * bs)),
+            seed: 5,
+        });
+        ops.push(Op::Commit);
+    }
+    Workload {
+        kind: Kind::Mkfs,
+        name: format!("mkfs seed {seed}"),
+        base,
+        ops,
+        atomic_unit: if r.gen_bool(0.3) { Some(0) } else { None },
+        state_cap,
+        discard: false,
+    }
+}
+
+/// Transient read errors at open: a committed history (fresh, or a crash
+/// state of a parent workload); its "states" are, for every read the
+/// writable open issues (and every read a repair issues), an EIO on that
+/// read once, and on its blocks always. Open must fail with a device error
+/// or open the newest generation; the newest generation must never be
+/// overwritten or rolled back by the commit that follows, nor by repair.
+pub fn read_error(seed: u64, state_cap: u64) -> Workload {
+    let mut r = StdRng::seed_from_u64(seed ^ 0xe10e);
+    if r.gen_bool(0.3) {
+        let parent = parent_for(seed, &mut r);
+        return Workload {
+            kind: Kind::ReadError,
+            name: format!("read-error-after-crash seed {seed}"),
+            base: Base::Crash {
+                parent: Box::new(parent),
+                state: r.gen(),
+            },
+            ops: Vec::new(),
+            atomic_unit: None,
+            state_cap,
+            discard: false,
+        };
+    }
+    let bs: u32 = if r.gen_bool(0.5) { 4096 } else { 512 };
+    let names = ["e0", "e1", "d/e2", "e3"];
+    let mut setup = vec![Op::Mkdir("d".into())];
+    for g in 0..r.gen_range(2..7) {
+        for _ in 0..r.gen_range(1..4) {
+            let p = names[r.gen_range(0..names.len())].to_string();
+            setup.push(Op::Create(p.clone()));
+            setup.push(Op::Append {
+                path: p,
+                len: r.gen_range(1..(4 * bs)),
+                seed: g * 10 + r.gen_range(0..10),
+            });
+        }
+        setup.push(Op::Commit);
+    }
+    Workload {
+        kind: Kind::ReadError,
+        name: format!("read-error seed {seed}"),
+        base: Base::Fresh {
+            block_size: bs,
+            blocks: (1 << 20) / bs as u64,
+            root_slots: r.gen_range(2..=8),
+            setup,
+        },
+        ops: Vec::new(),
+        atomic_unit: None,
+        state_cap,
+        discard: false,
+    }
 }

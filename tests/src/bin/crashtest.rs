@@ -34,7 +34,7 @@ struct Args {
     #[arg(long)]
     inject: Option<String>,
     /// Only these workload kinds (comma separated): exhaustive, random,
-    /// near-full, pack-store, recovery, repair, lost-write.
+    /// near-full, pack-store, recovery, repair, lost-write, mkfs, read-error.
     #[arg(long, value_delimiter = ',')]
     kinds: Vec<String>,
     /// Run only workload number N (as printed in a violation report).
