@@ -246,7 +246,11 @@ pub fn check_read_error(
         Phase::Open => {
             let fs = match Fs::open(dev, &open_opts()) {
                 Err(Error::Device(_)) => return verify_after(mem, g0, want, None),
-                Err(e) => return Err(format!("open failed with an error that is not the device's: {e}")),
+                Err(e) => {
+                    return Err(format!(
+                        "open failed with an error that is not the device's: {e}"
+                    ))
+                }
                 Ok(fs) => fs,
             };
             if fs.generation() != g0 {

@@ -428,11 +428,11 @@ pub fn check_mkfs_state(
         ));
     }
     let g = fs.generation();
-    let want = h
-        .old_gens
-        .get(&g)
-        .ok_or_else(|| format!("the old filesystem opens at generation {g}, which it never committed"))?;
-    let got = listing(&fs.snapshot()).map_err(|e| format!("old filesystem, generation {g}: {e}"))?;
+    let want = h.old_gens.get(&g).ok_or_else(|| {
+        format!("the old filesystem opens at generation {g}, which it never committed")
+    })?;
+    let got =
+        listing(&fs.snapshot()).map_err(|e| format!("old filesystem, generation {g}: {e}"))?;
     if got != **want {
         return Err(format!(
             "old filesystem generation {g} differs from what it held: {}",

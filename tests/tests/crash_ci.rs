@@ -64,3 +64,38 @@ fn crash_states_ci_budget() {
     }
     assert!(out.states >= states, "budget not spent: {}", out.states);
 }
+
+/// Crash during mkfs and EIO at open/repair (issue 8): every state of the
+/// `mkfs` and `read-error` kinds. Fails on the core bugs listed in
+/// FINDINGS-tests.md until they are fixed; then move the kinds into
+/// `runner::SCHEDULE`.
+#[test]
+#[ignore = "core bug: format writes both superblocks in one epoch, EIO treated as corruption, see FINDINGS"]
+fn mkfs_and_read_error_kinds() {
+    use tests::workload::Kind;
+    let out = runner::run(&RunOptions {
+        seed: 1,
+        states: 100_000,
+        seconds: None,
+        threads: 2,
+        caps: Caps::default(),
+        kinds: vec![Kind::Mkfs, Kind::ReadError],
+        only: None,
+        max_violations: 1,
+        progress: false,
+    });
+    println!(
+        "crash states: {} checked, {} violations",
+        out.states,
+        out.violations.len()
+    );
+    if let Some(v) = out.violations.first() {
+        panic!(
+            "violation in workload #{}: {}\n  state: {}\n  problem: {}",
+            v.index,
+            v.workload.describe(),
+            v.state,
+            v.message
+        );
+    }
+}

