@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use notafs_blockdev::fault::{FaultConfig, FaultDevice};
 use notafs_blockdev::memory::MemoryDevice;
 use notafs_blockdev::{BlockDevice, BlockError, Geometry, WriteReq};
-use notafs_core::check::{self, CheckOptions};
+use notafs_core::check::CheckOptions;
 use notafs_core::{Error, Fs, OpenOptions};
 
 use crate::exec::{open_opts, Run, CACHE};
@@ -284,7 +284,7 @@ pub fn check_read_error(
             }
         }
         Phase::Repair => {
-            let _ = check::repair(
+            let _ = notafs_core::repair::repair(
                 dev,
                 &CheckOptions {
                     cache_bytes: Some(CACHE),
@@ -319,7 +319,7 @@ pub fn read_error_states(
                 }
             }
             Phase::Repair => {
-                let rep = check::repair(
+                let rep = notafs_core::repair::repair(
                     rec.clone(),
                     &CheckOptions {
                         cache_bytes: Some(CACHE),

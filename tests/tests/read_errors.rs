@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use notafs_blockdev::memory::MemoryDevice;
 use notafs_blockdev::BlockDevice;
-use notafs_core::check::{self, CheckOptions};
+use notafs_core::check::CheckOptions;
 use notafs_core::{FormatOptions, Fs};
 use tests::eio::{check_read_error, EioDevice, Mode, Phase};
 use tests::exec::{open_opts, CACHE};
@@ -64,7 +64,7 @@ fn reads_of(base: &[u8], phase: Phase) -> Vec<(u64, u64)> {
             Fs::open(rec.clone(), &open_opts()).unwrap();
         }
         Phase::Repair => {
-            let rep = check::repair(
+            let rep = notafs_core::repair::repair(
                 rec.clone(),
                 &CheckOptions {
                     cache_bytes: Some(CACHE),
