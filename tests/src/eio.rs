@@ -23,7 +23,7 @@ use notafs_blockdev::fault::{FaultConfig, FaultDevice};
 use notafs_blockdev::memory::MemoryDevice;
 use notafs_blockdev::{BlockDevice, BlockError, Geometry, WriteReq};
 use notafs_core::check::CheckOptions;
-use notafs_core::{Error, Fs, OpenOptions};
+use notafs_core::{Fs, OpenOptions};
 
 use crate::exec::{open_opts, Run, CACHE};
 use crate::model::Tree;
@@ -245,7 +245,7 @@ pub fn check_read_error(
     match phase {
         Phase::Open => {
             let fs = match Fs::open(dev, &open_opts()) {
-                Err(Error::Device(_)) => return verify_after(mem, g0, want, None),
+                Err(e) if e.is_io() => return verify_after(mem, g0, want, None),
                 Err(e) => {
                     return Err(format!(
                         "open failed with an error that is not the device's: {e}"

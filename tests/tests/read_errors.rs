@@ -111,7 +111,6 @@ fn run(phase: Phase) {
 }
 
 #[test]
-#[ignore = "core bug: EIO at open skips the newest root and the next commit overwrites it, see FINDINGS"]
 fn read_error_at_writable_open_never_loses_the_newest_generation() {
     run(Phase::Open);
 }
