@@ -106,6 +106,7 @@ pub fn check(dev: Arc<dyn BlockDevice>, opts: &CheckOptions<'_>) -> Result<Check
         None => fs,
         Some(g) => match open(Some(g)) {
             Ok(fs) => fs,
+            Err(e) if e.is_io() => return Err(e),
             Err(e) => {
                 r.push(Severity::Error, "root", format!("generation {g}: {e}"));
                 return Ok(r);

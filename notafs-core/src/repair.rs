@@ -107,7 +107,13 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
         if s.generation == base {
             continue;
         }
-        if let Ok(set) = reachable(&io, s) {
+        // An I/O error must not drop a generation's blocks from the held
+        // set (they could then be overwritten): it stops the repair.
+        let set = match reachable(&io, s) {
+            Err(e) if e.is_io() => return Err(e),
+            r => r,
+        };
+        if let Ok(set) = set {
             for (st, l) in set.iter() {
                 for (a, n) in subtract(&subtract_set(st, l, &used), &held) {
                     held.insert(a, n)?;

@@ -116,7 +116,6 @@ fn read_error_at_writable_open_never_loses_the_newest_generation() {
 }
 
 #[test]
-#[ignore = "core bug: repair treats EIO as damage and rolls back, see FINDINGS"]
 fn read_error_during_repair_never_loses_the_newest_generation() {
     run(Phase::Repair);
 }
