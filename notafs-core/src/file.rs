@@ -5,10 +5,11 @@
 //! are merged with the old content and kept in a bounded buffer until they
 //! fill up, the buffer limit is reached, or the commit. Either way nothing is
 //! visible to other generations until the root swap.
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::btree::Tree;
+use crate::btree::{Child, Node, NodeIo, Tree};
 use crate::data;
 use crate::extent_tree::Extents;
 use crate::file_table::FileType;
@@ -418,5 +419,337 @@ impl Seek for Cursor {
                 "seek before the start",
             )),
         }
+    }
+}
+
+/// Allocation of on-disk extent subtrees, in blocks, keyed by filesystem
+/// UUID and node pointer. A pointer carries the CRC-32C of its node, which
+/// records its children's pointers and CRCs in turn, so a pointer names one
+/// subtree content: an entry never goes stale, and a file changed in the
+/// transaction is counted from its in-memory nodes plus the cached counts of
+/// the on-disk subtrees they still share. Bounded: cleared when full.
+static ALLOC_CACHE: std::sync::Mutex<Option<HashMap<(u128, u64, u32), u64>>> =
+    std::sync::Mutex::new(None);
+const ALLOC_CACHE_MAX: usize = 1 << 16;
+
+fn alloc_cache_get(key: &(u128, u64, u32)) -> Option<u64> {
+    let c = ALLOC_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    c.as_ref().and_then(|m| m.get(key).copied())
+}
+
+fn alloc_cache_put(key: (u128, u64, u32), v: u64) {
+    let mut c = ALLOC_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let m = c.get_or_insert_with(HashMap::new);
+    if m.len() >= ALLOC_CACHE_MAX {
+        m.clear();
+    }
+    m.insert(key, v);
+}
+
+fn subtree_blocks(
+    io: &NodeIo,
+    c: &Child<Extents>,
+    level: u8,
+    owner: u64,
+    uuid: u128,
+) -> Result<u64> {
+    match c {
+        Child::Mem(n) => node_blocks(io, n, level, owner, uuid),
+        Child::Disk(p) => {
+            let key = (uuid, p.block, p.crc);
+            if let Some(v) = alloc_cache_get(&key) {
+                return Ok(v);
+            }
+            let n = io.load::<Extents>(*p, level, owner)?;
+            let v = node_blocks(io, &n, level, owner, uuid)?;
+            alloc_cache_put(key, v);
+            Ok(v)
+        }
+    }
+}
+
+fn node_blocks(io: &NodeIo, n: &Node<Extents>, level: u8, owner: u64, uuid: u128) -> Result<u64> {
+    match n {
+        Node::Leaf(e) => Ok(e.iter().fold(0u64, |a, (_, v)| a.saturating_add(v.len()))),
+        Node::Branch(e) => {
+            if level == 0 {
+                return Err(Error::corrupt("extent branch node at level 0"));
+            }
+            let mut sum = 0u64;
+            for (_, c) in e {
+                sum = sum.saturating_add(subtree_blocks(io, c, level - 1, owner, uuid)?);
+            }
+            Ok(sum)
+        }
+    }
+}
+
+/// Whether logical block `lb` is mapped by an extent of `ext`.
+fn mapped(io: &NodeIo, ext: &Tree<Extents>, lb: u64) -> Result<Option<u64>> {
+    Ok(match ext.floor(io, &lb)? {
+        Some((k, v)) if k.saturating_add(v.len()) > lb => Some(k.saturating_add(v.len())),
+        _ => None,
+    })
+}
+
+/// Blocks holding data of a file: those its extents map plus its buffered
+/// (not yet written) blocks that no extent maps. Holes count nothing.
+fn allocated_in(
+    io: &NodeIo,
+    uuid: u128,
+    ext: &Tree<Extents>,
+    buffered: Option<&BTreeMap<u64, Vec<u8>>>,
+) -> Result<u64> {
+    let mut n = match &ext.root {
+        None => 0,
+        Some(root) => subtree_blocks(io, root, ext.height - 1, ext.owner, uuid)?,
+    };
+    for lb in buffered.into_iter().flat_map(|b| b.keys()) {
+        if mapped(io, ext, *lb)?.is_none() {
+            n = n.saturating_add(1);
+        }
+    }
+    Ok(n)
+}
+
+/// First offset `>= off` holding data, or None when only a hole (or the end
+/// of the file) follows, as lseek(SEEK_DATA) answers ENXIO.
+fn next_data_in(
+    io: &NodeIo,
+    ext: &Tree<Extents>,
+    buffered: Option<&BTreeMap<u64, Vec<u8>>>,
+    size: u64,
+    off: u64,
+) -> Result<Option<u64>> {
+    if off >= size {
+        return Ok(None);
+    }
+    let bs = io.layout.block_size as u64;
+    let first = off / bs;
+    let start = match ext.floor(io, &first)? {
+        Some((k, _)) => k,
+        None => first,
+    };
+    let mut found: Option<u64> = None;
+    ext.scan(io, Some(&start), &mut |k, v| {
+        if k.saturating_add(v.len()) > first {
+            found = Some((*k).max(first));
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    if let Some(b) = buffered.and_then(|b| b.range(first..).next().map(|(k, _)| *k)) {
+        found = Some(found.map_or(b, |f| f.min(b)));
+    }
+    Ok(found
+        .map(|lb| lb.saturating_mul(bs).max(off))
+        .filter(|p| *p < size))
+}
+
+/// First offset `>= off` in a hole (the end of the file counts as one), or
+/// None at or past the end, as lseek(SEEK_HOLE) answers ENXIO.
+fn next_hole_in(
+    io: &NodeIo,
+    ext: &Tree<Extents>,
+    buffered: Option<&BTreeMap<u64, Vec<u8>>>,
+    size: u64,
+    off: u64,
+) -> Result<Option<u64>> {
+    if off >= size {
+        return Ok(None);
+    }
+    let bs = io.layout.block_size as u64;
+    let mut lb = off / bs;
+    // Each step passes one extent or one buffered block: O(extents).
+    while lb.saturating_mul(bs) < size {
+        if buffered.is_some_and(|b| b.contains_key(&lb)) {
+            lb += 1;
+            continue;
+        }
+        match mapped(io, ext, lb)? {
+            Some(end) => lb = end,
+            None => break,
+        }
+    }
+    Ok(Some(lb.saturating_mul(bs).clamp(off, size)))
+}
+
+fn uuid_of(fs: &Fs) -> u128 {
+    u128::from_le_bytes(fs.superblock().uuid)
+}
+
+impl Fs {
+    /// Metadata of `p` and the blocks its data occupies (holes excluded;
+    /// 0 for directories), as `du` and `ls -s` want them. Cheap: counts of
+    /// unchanged extent subtrees are cached.
+    pub fn stat_allocated(&self, p: &str) -> Result<(crate::Metadata, u64)> {
+        let io = self.io().clone();
+        let t = self.txn();
+        let found = Self::lookup(&t, &io, p)?;
+        let Some((_, inode)) = found else {
+            drop(t);
+            return Ok((self.stat(p)?, 0));
+        };
+        let meta = crate::namespace::meta_of(&inode);
+        if inode.kind != FileType::File {
+            return Ok((meta, 0));
+        }
+        let n = match t.inodes.get(&inode.ino) {
+            Some(st) => allocated_in(&io, uuid_of(self), &st.ext, Some(&st.buf))?,
+            None => {
+                drop(t);
+                let ext = Tree::<Extents>::from_disk(inode.extents, inode.extent_height, inode.ino)?;
+                allocated_in(&io, uuid_of(self), &ext, None)?
+            }
+        };
+        Ok((meta, n))
+    }
+}
+
+impl File {
+    /// Blocks holding the file's data, written or buffered (holes
+    /// excluded).
+    pub fn allocated_blocks(&self) -> Result<u64> {
+        self.query(|io, ext, buf, _| allocated_in(io, uuid_of(&self.fs), ext, buf))
+    }
+
+    /// lseek(SEEK_DATA): the first offset `>= off` holding data, None if
+    /// none (ENXIO). Block granularity: a block is data once written.
+    pub fn next_data(&self, off: u64) -> Result<Option<u64>> {
+        self.query(|io, ext, buf, size| next_data_in(io, ext, buf, size, off))
+    }
+
+    /// lseek(SEEK_HOLE): the first offset `>= off` in a hole or at the end
+    /// of the file, None if `off` is at or past the end (ENXIO).
+    pub fn next_hole(&self, off: u64) -> Result<Option<u64>> {
+        self.query(|io, ext, buf, size| next_hole_in(io, ext, buf, size, off))
+    }
+
+    /// Run a read-only query on the file's extents, buffered blocks and
+    /// size as the transaction sees them.
+    fn query<R>(
+        &self,
+        f: impl FnOnce(&NodeIo, &Tree<Extents>, Option<&BTreeMap<u64, Vec<u8>>>, u64) -> Result<R>,
+    ) -> Result<R> {
+        let io = self.fs.io().clone();
+        let t = self.fs.txn();
+        if let Some(st) = t.inodes.get(&self.ino) {
+            return f(&io, &st.ext, Some(&st.buf), st.inode.size);
+        }
+        let inode = current(&t, &io, self.ino)?;
+        drop(t);
+        // Committed extents do not change under us (see read_at).
+        let ext = Tree::<Extents>::from_disk(inode.extents, inode.extent_height, self.ino)?;
+        f(&io, &ext, None, inode.size)
+    }
+}
+
+/// Queries shared with snapshot files.
+pub(crate) fn snapshot_allocated(fs: &Fs, ext: &Tree<Extents>) -> Result<u64> {
+    allocated_in(fs.io(), uuid_of(fs), ext, None)
+}
+
+pub(crate) fn snapshot_next(
+    fs: &Fs,
+    ext: &Tree<Extents>,
+    size: u64,
+    off: u64,
+    data: bool,
+) -> Result<Option<u64>> {
+    if data {
+        next_data_in(fs.io(), ext, None, size, off)
+    } else {
+        next_hole_in(fs.io(), ext, None, size, off)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use notafs_blockdev::memory::MemoryDevice;
+
+    use crate::{FormatOptions, Fs};
+
+    const BS: u64 = 4096;
+
+    /// Allocation and SEEK_DATA/SEEK_HOLE answers, before the commit
+    /// (in-memory extents and buffered blocks) and after it (on disk, the
+    /// snapshot included): data at [0, 3 blocks), a 10-block hole, data at
+    /// [13, 14) written partially (buffered), a hole to the end.
+    #[test]
+    fn allocated_blocks_and_seek_data_hole() {
+        let dev = Arc::new(MemoryDevice::new(4096, 8192).unwrap());
+        let fs = Fs::format(dev, &FormatOptions::default()).unwrap();
+        let f = fs.create("sparse").unwrap();
+        f.write_at(0, &vec![7u8; 3 * BS as usize]).unwrap();
+        f.write_at(13 * BS + 100, b"tail").unwrap();
+        f.set_len(20 * BS).unwrap();
+        let check = |alloc: u64,
+                     data: &dyn Fn(u64) -> Option<u64>,
+                     hole: &dyn Fn(u64) -> Option<u64>| {
+            assert_eq!(alloc, 4);
+            assert_eq!(data(0), Some(0));
+            assert_eq!(data(5), Some(5));
+            assert_eq!(data(3 * BS), Some(13 * BS));
+            assert_eq!(data(13 * BS + 7), Some(13 * BS + 7));
+            assert_eq!(data(14 * BS), None);
+            assert_eq!(data(20 * BS), None);
+            assert_eq!(hole(0), Some(3 * BS));
+            assert_eq!(hole(3 * BS + 1), Some(3 * BS + 1));
+            assert_eq!(hole(13 * BS), Some(14 * BS));
+            assert_eq!(hole(20 * BS - 1), Some(20 * BS - 1));
+            assert_eq!(hole(20 * BS), None);
+        };
+        check(
+            f.allocated_blocks().unwrap(),
+            &|o| f.next_data(o).unwrap(),
+            &|o| f.next_hole(o).unwrap(),
+        );
+        assert_eq!(fs.stat_allocated("sparse").unwrap().1, 4);
+        fs.commit().unwrap();
+        check(
+            f.allocated_blocks().unwrap(),
+            &|o| f.next_data(o).unwrap(),
+            &|o| f.next_hole(o).unwrap(),
+        );
+        assert_eq!(fs.stat_allocated("sparse").unwrap().1, 4);
+        let s = fs.snapshot();
+        let sf = s.open("sparse").unwrap();
+        check(
+            sf.allocated_blocks().unwrap(),
+            &|o| sf.next_data(o).unwrap(),
+            &|o| sf.next_hole(o).unwrap(),
+        );
+        assert_eq!(s.stat_allocated("sparse").unwrap().1, 4);
+        assert_eq!(s.stat_allocated("").unwrap().1, 0);
+        // A change after the commit: overwriting a mapped block does not
+        // count twice; filling part of the hole counts.
+        f.write_at(1, b"x").unwrap();
+        f.write_at(5 * BS, &vec![1u8; 2 * BS as usize]).unwrap();
+        assert_eq!(f.allocated_blocks().unwrap(), 6);
+        assert_eq!(f.next_hole(0).unwrap(), Some(3 * BS));
+        assert_eq!(f.next_data(3 * BS).unwrap(), Some(5 * BS));
+        assert_eq!(f.next_hole(5 * BS).unwrap(), Some(7 * BS));
+        // Shrinking drops what is past the end; a fully dense file has its
+        // only hole at the end.
+        f.set_len(2 * BS).unwrap();
+        assert_eq!(f.allocated_blocks().unwrap(), 2);
+        assert_eq!(f.next_hole(0).unwrap(), Some(2 * BS));
+        assert_eq!(f.next_data(2 * BS).unwrap(), None);
+        // A large file of many extents (several tree levels) counts right.
+        let big = fs.create("big").unwrap();
+        let chunk = vec![3u8; 64 * BS as usize];
+        for i in 0..80u64 {
+            // every other chunk: 80 chunks of data, 79 holes between
+            big.write_at(i * 2 * 64 * BS, &chunk).unwrap();
+        }
+        assert_eq!(big.allocated_blocks().unwrap(), 80 * 64);
+        fs.commit().unwrap();
+        assert_eq!(big.allocated_blocks().unwrap(), 80 * 64);
+        assert_eq!(fs.stat_allocated("big").unwrap().1, 80 * 64);
+        assert_eq!(big.next_hole(0).unwrap(), Some(64 * BS));
+        assert_eq!(big.next_data(64 * BS).unwrap(), Some(128 * BS));
+        assert_eq!(big.next_data(79 * 128 * BS + 64 * BS).unwrap(), None);
     }
 }

@@ -80,6 +80,19 @@ impl Snapshot {
         })
     }
 
+    /// Metadata of `p` and the blocks its data occupies (holes excluded;
+    /// 0 for directories), as `du` wants them. Cheap: see
+    /// [`Fs::stat_allocated`].
+    pub fn stat_allocated(&self, p: &str) -> Result<(Metadata, u64)> {
+        match self.lookup(p)? {
+            Some(i) if i.kind == FileType::File => {
+                let ext = Tree::<Extents>::from_disk(i.extents, i.extent_height, i.ino)?;
+                Ok((meta_of(&i), crate::file::snapshot_allocated(&self.fs, &ext)?))
+            }
+            _ => Ok((self.stat(p)?, 0)),
+        }
+    }
+
     /// Entries of directory `p`, sorted by name.
     pub fn read_dir(&self, p: &str) -> Result<Vec<DirEntry>> {
         let dir = match self.lookup(p)? {
@@ -163,6 +176,23 @@ impl SnapshotFile<'_> {
     pub fn metadata(&self) -> Metadata {
         meta_of(&self.inode)
     }
+    /// Blocks holding the file's data (holes excluded).
+    pub fn allocated_blocks(&self) -> Result<u64> {
+        crate::file::snapshot_allocated(self.snap.fs(), &self.ext)
+    }
+
+    /// lseek(SEEK_DATA): first offset `>= off` holding data; None (ENXIO)
+    /// when only a hole or the end follows.
+    pub fn next_data(&self, off: u64) -> Result<Option<u64>> {
+        crate::file::snapshot_next(self.snap.fs(), &self.ext, self.inode.size, off, true)
+    }
+
+    /// lseek(SEEK_HOLE): first offset `>= off` in a hole or at the end;
+    /// None (ENXIO) at or past the end.
+    pub fn next_hole(&self, off: u64) -> Result<Option<u64>> {
+        crate::file::snapshot_next(self.snap.fs(), &self.ext, self.inode.size, off, false)
+    }
+
     /// Read at `off`; returns the byte count (0 at end of file).
     pub fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize> {
         let fs = self.snap.fs();

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use notafs_core::{DirEntry, Error, File, Fs, Metadata, Snapshot, SnapshotFile, ROOT_INO};
@@ -349,6 +349,15 @@ impl NotafsFuse {
         .map_err(|e| errno_of(&e))
     }
 
+    /// Metadata and allocated blocks (in filesystem blocks) of `path`.
+    fn stat_blocks(&self, path: &str) -> Result<(Metadata, u64), Errno> {
+        match &self.backend {
+            Backend::Ro { snap, .. } => snap.stat_allocated(path),
+            Backend::Rw { fs } => fs.stat_allocated(path),
+        }
+        .map_err(|e| errno_of(&e))
+    }
+
     fn list(&self, ino: u64, path: &str) -> Result<Vec<DirEntry>, Errno> {
         match &self.backend {
             Backend::Ro { snap, .. } => {
@@ -365,13 +374,16 @@ impl NotafsFuse {
         .map_err(|e| errno_of(&e))
     }
 
-    fn attr(&self, m: &Metadata) -> FileAttr {
+    /// Attributes of `m`, whose data occupies `blocks` filesystem blocks
+    /// (st_blocks counts 512-byte units of what is allocated: holes are
+    /// not counted, as du and ls -s expect).
+    fn attr(&self, m: &Metadata, blocks: u64) -> FileAttr {
         let t = UNIX_EPOCH + Duration::from_nanos(m.mtime_ns);
         let dir = m.is_dir();
         FileAttr {
             ino: INodeNo(m.ino),
             size: m.size,
-            blocks: m.size.div_ceil(512),
+            blocks: blocks.saturating_mul(self.block_size as u64) / 512,
             atime: t,
             mtime: t,
             ctime: t,
@@ -395,6 +407,23 @@ impl NotafsFuse {
             return Err(Errno::ENOENT);
         }
         Ok((path, m))
+    }
+
+    /// Attributes of `ino`, checking its path still names it.
+    fn resolve_attr(&self, nodes: &NodeTable, ino: u64) -> Result<FileAttr, Errno> {
+        let path = nodes.path(ino)?;
+        let (m, blocks) = self.stat_blocks(&path)?;
+        if m.ino != ino {
+            return Err(Errno::ENOENT);
+        }
+        Ok(self.attr(&m, blocks))
+    }
+
+    /// Attributes of an open read-write file.
+    fn file_attr(&self, f: &File) -> Result<FileAttr, Errno> {
+        let m = f.metadata().map_err(|e| errno_of(&e))?;
+        let blocks = f.allocated_blocks().map_err(|e| errno_of(&e))?;
+        Ok(self.attr(&m, blocks))
     }
 
     fn new_fh(&self, h: Handle) -> FileHandle {
@@ -436,17 +465,24 @@ impl NotafsFuse {
         Ok(v)
     }
 
-    fn entry(&self, nodes: &mut NodeTable, parent: u64, name: &str, m: &Metadata) -> FileAttr {
+    fn entry(
+        &self,
+        nodes: &mut NodeTable,
+        parent: u64,
+        name: &str,
+        m: &Metadata,
+        blocks: u64,
+    ) -> FileAttr {
         nodes.looked_up(m.ino, parent, name);
-        self.attr(m)
+        self.attr(m, blocks)
     }
 
     fn do_lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let name = name_str(name)?;
         let mut nodes = lock(&self.nodes);
         let dir = nodes.path(parent)?;
-        let m = self.stat(&join(&dir, name))?;
-        Ok(self.entry(&mut nodes, parent, name, &m))
+        let (m, blocks) = self.stat_blocks(&join(&dir, name))?;
+        Ok(self.entry(&mut nodes, parent, name, &m, blocks))
     }
 
     fn do_create(
@@ -466,7 +502,7 @@ impl NotafsFuse {
             Some(fs.create(&path).map_err(|e| errno_of(&e))?)
         };
         let m = self.stat(&path)?;
-        Ok((self.entry(&mut nodes, parent, name, &m), file))
+        Ok((self.entry(&mut nodes, parent, name, &m, 0), file))
     }
 
     fn do_remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
@@ -576,7 +612,10 @@ impl NotafsFuse {
         let size = match size {
             Some(s) => s,
             None if touch => m.size,
-            None => return Ok(self.attr(&m)),
+            None => {
+                let (m, blocks) = self.stat_blocks(&path)?;
+                return Ok(self.attr(&m, blocks));
+            }
         };
         let fs = self.rw()?;
         if m.is_dir() {
@@ -591,8 +630,7 @@ impl NotafsFuse {
             None => fs.open_file(&path).map_err(|e| errno_of(&e))?,
         };
         f.set_len(size).map_err(|e| errno_of(&e))?;
-        let m = f.metadata().map_err(|e| errno_of(&e))?;
-        Ok(self.attr(&m))
+        self.file_attr(&f)
     }
 
     fn do_open(&self, ino: u64, flags: OpenFlags) -> Result<(FileHandle, FopenFlags), Errno> {
@@ -663,6 +701,32 @@ impl NotafsFuse {
         };
         f.write_at(offset, data).map_err(|e| errno_of(&e))?;
         Ok(data.len() as u32)
+    }
+
+    /// SEEK_DATA / SEEK_HOLE (the kernel answers the other whences
+    /// itself): block granularity, holes are unwritten blocks.
+    fn do_lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, Errno> {
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return Err(Errno::EINVAL),
+        };
+        let off = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
+        let h = match lock(&self.handles).get(&fh) {
+            Some(Handle::Snap(s)) => Ok(s.clone()),
+            Some(Handle::File(f)) => Err(f.clone()),
+            Some(Handle::Dir(_)) => return Err(Errno::EINVAL),
+            None => return Err(Errno::EBADF),
+        };
+        let r = match (&h, data) {
+            (Ok(s), true) => s.next_data(off),
+            (Ok(s), false) => s.next_hole(off),
+            (Err(f), true) => f.next_data(off),
+            (Err(f), false) => f.next_hole(off),
+        }
+        .map_err(|e| errno_of(&e))?;
+        let o = r.ok_or(Errno::ENXIO)?;
+        i64::try_from(o).map_err(|_| Errno::EOVERFLOW)
     }
 
     fn do_opendir(&self, ino: u64) -> Result<FileHandle, Errno> {
@@ -751,15 +815,15 @@ impl Filesystem for NotafsFuse {
                 _ => None,
             };
             if let Some(f) = f {
-                match f.metadata() {
-                    Ok(m) => return reply.attr(&self.opts.ttl, &self.attr(&m)),
-                    Err(e) => return reply.error(errno_of(&e)),
-                }
+                return match self.file_attr(&f) {
+                    Ok(a) => reply.attr(&self.opts.ttl, &a),
+                    Err(e) => reply.error(e),
+                };
             }
         }
         let nodes = lock(&self.nodes);
-        match self.resolve(&nodes, ino.0) {
-            Ok((_, m)) => reply.attr(&self.opts.ttl, &self.attr(&m)),
+        match self.resolve_attr(&nodes, ino.0) {
+            Ok(a) => reply.attr(&self.opts.ttl, &a),
             Err(e) => reply.error(e),
         }
     }
@@ -976,6 +1040,21 @@ impl Filesystem for NotafsFuse {
     ) {
         match self.commit("fsync") {
             Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.do_lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
             Err(e) => reply.error(e),
         }
     }

@@ -1267,3 +1267,100 @@ fn mount_helper_and_mount_t_fuse_notafs() {
         b"mounted"
     );
 }
+
+#[allow(unsafe_code)]
+fn lseek_raw(f: &fs::File, off: i64, whence: i32) -> Result<i64, i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; lseek touches no memory of ours.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    } else {
+        Ok(r)
+    }
+}
+
+/// du / ls -s and SEEK_DATA / SEEK_HOLE (issue 12): a 20 MiB file with a
+/// 10 MiB hole occupies about 10 MiB (st_blocks counts allocated blocks, as
+/// ext4), lseek finds its data and holes, and `cp` out of the mount keeps
+/// it sparse; on the read-write mount (open and committed) and read-only.
+#[test]
+fn du_and_seek_data_hole() {
+    require_fuse!();
+    const MIB: u64 = 1 << 20;
+    let img = Image::new(64, |_| {});
+    let m = img.mount(&["--rw", "--commit-interval", "0"]);
+    let data = pattern(5 * MIB as usize, 12);
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(img.p("sparse"))
+        .unwrap();
+    // [0, 5 MiB) data, [5, 15 MiB) hole, [15, 20 MiB) data.
+    f.write_all_at(&data, 0).unwrap();
+    f.write_all_at(&data, 15 * MIB).unwrap();
+    let seeks = |f: &fs::File| {
+        assert_eq!(lseek_raw(f, 0, libc::SEEK_DATA), Ok(0));
+        assert_eq!(lseek_raw(f, 0, libc::SEEK_HOLE), Ok(5 * MIB as i64));
+        assert_eq!(lseek_raw(f, 5 * MIB as i64, libc::SEEK_DATA), Ok(15 * MIB as i64));
+        assert_eq!(lseek_raw(f, 7 * MIB as i64 + 3, libc::SEEK_HOLE), Ok(7 * MIB as i64 + 3));
+        assert_eq!(lseek_raw(f, 15 * MIB as i64, libc::SEEK_HOLE), Ok(20 * MIB as i64));
+        assert_eq!(lseek_raw(f, 20 * MIB as i64 - 1, libc::SEEK_DATA), Ok(20 * MIB as i64 - 1));
+        assert_eq!(lseek_raw(f, 20 * MIB as i64, libc::SEEK_DATA), Err(libc::ENXIO));
+        assert_eq!(lseek_raw(f, 20 * MIB as i64, libc::SEEK_HOLE), Err(libc::ENXIO));
+    };
+    let du = |p: &Path| {
+        let md = fs::metadata(p).unwrap();
+        assert_eq!(md.len(), 20 * MIB);
+        let bytes = md.blocks() * 512;
+        assert!(
+            (10 * MIB..=10 * MIB + 64 * 1024).contains(&bytes),
+            "{}: st_blocks {} ({bytes} bytes) for 10 MiB of data",
+            p.display(),
+            md.blocks()
+        );
+        // du reads st_blocks: about 10 MiB, not 20.
+        let out = run(Command::new("du").arg("-k").arg(p));
+        let kib: u64 = out.split_whitespace().next().unwrap().parse().unwrap();
+        assert!((10240..=10304).contains(&kib), "du -k: {out}");
+    };
+    // Still open, not committed (the lseek is answered from the open file).
+    seeks(&f);
+    drop(f);
+    du(&img.p("sparse"));
+    let f = fs::File::open(img.p("sparse")).unwrap();
+    seeks(&f);
+    drop(f);
+    // cp (default --sparse=auto) finds the holes with SEEK_HOLE.
+    let out = tempfile::tempdir().unwrap();
+    let copy = out.path().join("copy");
+    run(Command::new("cp").arg(img.p("sparse")).arg(&copy));
+    let cmd = fs::metadata(&copy).unwrap();
+    assert!(
+        cmd.blocks() * 512 <= 11 * MIB,
+        "cp out of the mount lost the hole: {} blocks",
+        cmd.blocks()
+    );
+    let back = fs::read(&copy).unwrap();
+    assert_eq!(&back[..5 * MIB as usize], &data[..]);
+    assert!(back[5 * MIB as usize..15 * MIB as usize].iter().all(|b| *b == 0));
+    assert_eq!(&back[15 * MIB as usize..], &data[..]);
+    if which("xfs_io") {
+        let o = run(Command::new("xfs_io")
+            .args(["-r", "-c", "seek -d 0", "-c", "seek -h 0", "-c", "seek -d 6m"])
+            .arg(img.p("sparse")));
+        for want in ["DATA\t0", "HOLE\t5242880", "DATA\t15728640"] {
+            assert!(o.contains(want), "xfs_io seek output lacks {want:?}: {o}");
+        }
+    }
+    assert!(m.unmount().success());
+    // The same on a read-only mount (served from a snapshot).
+    let m = img.mount(&[]);
+    du(&img.p("sparse"));
+    let f = fs::File::open(img.p("sparse")).unwrap();
+    seeks(&f);
+    drop(f);
+    assert!(m.unmount().success());
+    img.assert_clean();
+}
