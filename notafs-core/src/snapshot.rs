@@ -19,6 +19,44 @@ impl Fs {
         let slot = self.committed_slot();
         Snapshot::new(self.clone(), slot)
     }
+
+    /// A read-only view of retained generation `g` (one of
+    /// [`Fs::generations`]), readable while the writer goes on; its blocks
+    /// are not reused while it lives (it holds back space: drop it when done).
+    pub fn snapshot_at(&self, g: u64) -> Result<Snapshot> {
+        let cur = self.committed_slot();
+        if g == cur.generation {
+            return Ok(Snapshot::new(self.clone(), cur));
+        }
+        let slot = {
+            let recent = self
+                .inner
+                .committed
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .recent
+                .iter()
+                .find(|r| r.generation == g)
+                .copied();
+            recent.or_else(|| {
+                self.inner
+                    .slots
+                    .iter()
+                    .find_map(|s| match (&s.state, &s.roots_ok) {
+                        (Ok(r), Some(Ok(()))) if r.generation == g => Some(*r),
+                        _ => None,
+                    })
+            })
+        }
+        .ok_or(Error::NoSuchGeneration(g))?;
+        // Pinned from here on; still retained now means its blocks were
+        // not released before the pin.
+        let snap = Snapshot::new(self.clone(), slot);
+        if !self.generations().iter().any(|i| i.generation == g) {
+            return Err(Error::NoSuchGeneration(g));
+        }
+        Ok(snap)
+    }
 }
 
 /// A committed generation, readable while the writer goes on.

@@ -12,8 +12,12 @@
 //!
 //! Read-only mounts serve a [`Snapshot`] of one generation (the newest, or
 //! the one asked for). Read-write mounts go through the core transaction and
-//! commit on `fsync`/`fsyncdir`, every `commit_interval`, and at unmount; a
-//! `close` does not commit.
+//! commit on `fsync`/`fsyncdir`, on the close of a written file, on every
+//! namespace change, every `commit_interval`, and at unmount.
+//!
+//! Both serve `.generations/<G>/` (see [`GENERATIONS_DIR`]): every retained
+//! generation, read-only, through a [`Snapshot`] made per request (it reads
+//! nothing) or held by an open file.
 #![deny(unsafe_code)]
 
 use std::collections::HashMap;
@@ -40,13 +44,51 @@ pub const XATTR_GENERATION: &str = "user.notafs.generation";
 /// every commit of a read-write mount).
 pub const XATTR_COMMITTED: &str = "user.notafs.committed";
 
+/// Name, at the mount's root, of the read-only view of every retained
+/// generation: `.generations/<G>/path` is `path` as of generation `G`.
+/// Hidden from the root's listing (so `ls -a`, `find`, `du`, `cp -a` and
+/// `rsync` do not walk N copies of the tree) but reachable by name. An entry
+/// of this name really present in the root (made by other tools) wins.
+pub const GENERATIONS_DIR: &str = ".generations";
+
+/// Inode numbers of the generation view: bit 63 set (notafs inode numbers
+/// are allocated upwards from 1 and never get there), the low 22 bits of
+/// the generation in bits 40..62 (at most 64 generations are retained at
+/// once, so they cannot collide) and the notafs inode number in bits 0..39.
+const GEN_BIT: u64 = 1 << 63;
+const GEN_INO_BITS: u32 = 40;
+const GEN_MASK: u64 = (1 << 22) - 1;
+/// Inode of the `.generations` directory itself.
+const GENS_INO: u64 = GEN_BIT;
+
+fn gen_ino(g: u64, ino: u64) -> Result<u64, Errno> {
+    if ino >= 1 << GEN_INO_BITS {
+        return Err(Errno::EOVERFLOW);
+    }
+    Ok(GEN_BIT | ((g & GEN_MASK) << GEN_INO_BITS) | ino)
+}
+
+/// What a path of the mount names.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    /// A path of the tree being served.
+    Live(&'a str),
+    /// The `.generations` directory.
+    Gens,
+    /// `sub` (possibly "", the root) in generation `G`.
+    Gen(u64, &'a str),
+    /// Under `.generations`, a name that is not a generation number.
+    Missing,
+}
+
 /// Map a core error to the errno FUSE should return.
 pub fn errno_of(e: &Error) -> Errno {
     Errno::from_i32(e.errno())
 }
 
 /// Deepest directory chain accepted when building a path (core allows 64).
-const MAX_DEPTH: usize = notafs_core::path::MAX_DEPTH + 1;
+/// (Two more for `.generations/<G>/`.)
+const MAX_DEPTH: usize = notafs_core::path::MAX_DEPTH + 3;
 
 /// One inode the kernel knows about.
 #[derive(Debug)]
@@ -216,6 +258,9 @@ enum Backend {
 /// An open file or directory.
 enum Handle {
     Snap(Arc<SnapshotFile<'static>>),
+    /// A file of `.generations/<G>/`: its snapshot (pinned while open) and
+    /// its path in it.
+    Gen(Arc<Snapshot>, String),
     File(File),
     Dir(Arc<Vec<DirItem>>),
 }
@@ -358,6 +403,88 @@ impl NotafsFuse {
         .map_err(|e| errno_of(&e))
     }
 
+    /// Where `path` leads: the served tree or the generation view.
+    fn route<'a>(&self, path: &'a str) -> Route<'a> {
+        let Some(rest) = path.strip_prefix(GENERATIONS_DIR) else {
+            return Route::Live(path);
+        };
+        let sub = match rest.strip_prefix('/') {
+            None if rest.is_empty() => None,
+            None => return Route::Live(path),
+            Some(sub) => Some(sub),
+        };
+        // A real entry of that name in the root wins.
+        if self.stat(GENERATIONS_DIR).is_ok() {
+            return Route::Live(path);
+        }
+        let Some(sub) = sub else {
+            return Route::Gens;
+        };
+        let (g, inner) = sub.split_once('/').unwrap_or((sub, ""));
+        match g.parse::<u64>() {
+            // Only the canonical spelling ("7", not "07" or "+7").
+            Ok(n) if n.to_string() == g => Route::Gen(n, inner),
+            _ => Route::Missing,
+        }
+    }
+
+    /// A snapshot of retained generation `g` (ENOENT if not retained).
+    /// Not cached: making one reads nothing, and holding it would hold
+    /// back the space of that generation.
+    fn gen_snap(&self, g: u64) -> Result<Arc<Snapshot>, Errno> {
+        match self.fs().snapshot_at(g) {
+            Ok(s) => Ok(Arc::new(s)),
+            Err(Error::NoSuchGeneration(_)) => Err(Errno::ENOENT),
+            Err(e) => Err(errno_of(&e)),
+        }
+    }
+
+    /// Attributes of what `path` names, with the inode number the kernel
+    /// knows it by.
+    fn stat_route(&self, path: &str) -> Result<FileAttr, Errno> {
+        match self.route(path) {
+            Route::Live(p) => {
+                let (m, blocks) = self.stat_blocks(p)?;
+                Ok(self.attr(&m, blocks))
+            }
+            Route::Gens => {
+                let m = Metadata {
+                    ino: GENS_INO,
+                    kind: notafs_core::FileType::Dir,
+                    size: 0,
+                    mtime_ns: self.fs().snapshot().time_ns(),
+                    mode: Some(0o555),
+                    owner: None,
+                };
+                Ok(self.attr(&m, 0))
+            }
+            Route::Missing => Err(Errno::ENOENT),
+            Route::Gen(g, sub) => {
+                let snap = self.gen_snap(g)?;
+                let (mut m, blocks) = snap.stat_allocated(sub).map_err(|e| errno_of(&e))?;
+                m.ino = gen_ino(g, m.ino)?;
+                Ok(self.attr(&m, blocks))
+            }
+        }
+    }
+
+    /// EROFS for a change at `ino` or in the generation view.
+    fn writable_at(&self, ino: u64) -> Result<(), Errno> {
+        if ino & GEN_BIT != 0 {
+            return Err(Errno::EROFS);
+        }
+        Ok(())
+    }
+
+    /// EROFS when `path` (to be created, removed or renamed) is in the
+    /// generation view.
+    fn writable_path(&self, path: &str) -> Result<(), Errno> {
+        match self.route(path) {
+            Route::Live(_) => Ok(()),
+            _ => Err(Errno::EROFS),
+        }
+    }
+
     fn list(&self, ino: u64, path: &str) -> Result<Vec<DirEntry>, Errno> {
         match &self.backend {
             Backend::Ro { snap, .. } => {
@@ -412,11 +539,11 @@ impl NotafsFuse {
     /// Attributes of `ino`, checking its path still names it.
     fn resolve_attr(&self, nodes: &NodeTable, ino: u64) -> Result<FileAttr, Errno> {
         let path = nodes.path(ino)?;
-        let (m, blocks) = self.stat_blocks(&path)?;
-        if m.ino != ino {
+        let a = self.stat_route(&path)?;
+        if a.ino.0 != ino {
             return Err(Errno::ENOENT);
         }
-        Ok(self.attr(&m, blocks))
+        Ok(a)
     }
 
     /// Attributes of an open read-write file.
@@ -465,24 +592,18 @@ impl NotafsFuse {
         Ok(v)
     }
 
-    fn entry(
-        &self,
-        nodes: &mut NodeTable,
-        parent: u64,
-        name: &str,
-        m: &Metadata,
-        blocks: u64,
-    ) -> FileAttr {
+    fn entry(&self, nodes: &mut NodeTable, parent: u64, name: &str, m: &Metadata) -> FileAttr {
         nodes.looked_up(m.ino, parent, name);
-        self.attr(m, blocks)
+        self.attr(m, 0)
     }
 
     fn do_lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let name = name_str(name)?;
         let mut nodes = lock(&self.nodes);
         let dir = nodes.path(parent)?;
-        let (m, blocks) = self.stat_blocks(&join(&dir, name))?;
-        Ok(self.entry(&mut nodes, parent, name, &m, blocks))
+        let a = self.stat_route(&join(&dir, name))?;
+        nodes.looked_up(a.ino.0, parent, name);
+        Ok(a)
     }
 
     fn do_create(
@@ -492,9 +613,11 @@ impl NotafsFuse {
         dir: bool,
     ) -> Result<(FileAttr, Option<File>), Errno> {
         let fs = self.rw()?;
+        self.writable_at(parent)?;
         let name = name_str(name)?;
         let mut nodes = lock(&self.nodes);
         let path = join(&nodes.path(parent)?, name);
+        self.writable_path(&path)?;
         let file = if dir {
             fs.create_dir(&path).map_err(|e| errno_of(&e))?;
             None
@@ -502,14 +625,16 @@ impl NotafsFuse {
             Some(fs.create(&path).map_err(|e| errno_of(&e))?)
         };
         let m = self.stat(&path)?;
-        Ok((self.entry(&mut nodes, parent, name, &m, 0), file))
+        Ok((self.entry(&mut nodes, parent, name, &m), file))
     }
 
     fn do_remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
         let fs = self.rw()?;
+        self.writable_at(parent)?;
         let name = name_str(name)?;
         let mut nodes = lock(&self.nodes);
         let path = join(&nodes.path(parent)?, name);
+        self.writable_path(&path)?;
         let m = self.stat(&path)?;
         match (dir, m.is_dir()) {
             (true, false) => return Err(Errno::ENOTDIR),
@@ -533,10 +658,14 @@ impl NotafsFuse {
         if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
             return Err(Errno::EINVAL);
         }
+        self.writable_at(parent)?;
+        self.writable_at(newparent)?;
         let (name, newname) = (name_str(name)?, name_str(newname)?);
         let mut nodes = lock(&self.nodes);
         let from = join(&nodes.path(parent)?, name);
         let to = join(&nodes.path(newparent)?, newname);
+        self.writable_path(&from)?;
+        self.writable_path(&to)?;
         let src = self.stat(&from)?;
         let dst = match self.stat(&to) {
             Ok(m) => Some(m),
@@ -570,6 +699,7 @@ impl NotafsFuse {
         gid: Option<u32>,
         mtime: Option<TimeOrNow>,
     ) -> Result<FileAttr, Errno> {
+        self.writable_at(ino)?;
         let nodes = lock(&self.nodes);
         let (path, mut m) = self.resolve(&nodes, ino)?;
         // Permission bits, owner and a given modification time are stored
@@ -634,12 +764,35 @@ impl NotafsFuse {
     }
 
     fn do_open(&self, ino: u64, flags: OpenFlags) -> Result<(FileHandle, FopenFlags), Errno> {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let nodes = lock(&self.nodes);
+        if ino & GEN_BIT != 0 {
+            let path = nodes.path(ino)?;
+            drop(nodes);
+            let a = self.stat_route(&path)?;
+            if a.ino.0 != ino {
+                return Err(Errno::ENOENT);
+            }
+            if a.kind == FileType::Directory {
+                return Err(Errno::EISDIR);
+            }
+            if write || flags.0 & libc::O_TRUNC != 0 {
+                return Err(Errno::EROFS);
+            }
+            let Route::Gen(g, sub) = self.route(&path) else {
+                return Err(Errno::ENOENT);
+            };
+            let snap = self.gen_snap(g)?;
+            // A generation never changes: let the kernel keep its cache.
+            return Ok((
+                self.new_fh(Handle::Gen(snap, sub.to_string())),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ));
+        }
         let (path, m) = self.resolve(&nodes, ino)?;
         if m.is_dir() {
             return Err(Errno::EISDIR);
         }
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match &self.backend {
             Backend::Ro { snap, .. } => {
                 if write {
@@ -666,20 +819,28 @@ impl NotafsFuse {
         enum R {
             S(Arc<SnapshotFile<'static>>),
             F(File),
+            G(Arc<Snapshot>, String),
         }
         let r = match lock(&self.handles).get(&fh) {
             Some(Handle::Snap(s)) => R::S(s.clone()),
             Some(Handle::File(f)) => R::F(f.clone()),
+            Some(Handle::Gen(s, p)) => R::G(s.clone(), p.clone()),
             Some(Handle::Dir(_)) => return Err(Errno::EISDIR),
             None => return Err(Errno::EBADF),
+        };
+        let gen_file = match &r {
+            R::G(s, p) => Some(s.open(p).map_err(|e| errno_of(&e))?),
+            _ => None,
         };
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
             let off = offset + done as u64;
-            let n = match &r {
-                R::S(s) => s.read_at(off, &mut buf[done..]),
-                R::F(f) => f.read_at(off, &mut buf[done..]),
+            let n = match (&r, &gen_file) {
+                (_, Some(g)) => g.read_at(off, &mut buf[done..]),
+                (R::S(s), _) => s.read_at(off, &mut buf[done..]),
+                (R::F(f), _) => f.read_at(off, &mut buf[done..]),
+                (R::G(..), None) => return Err(Errno::EBADF),
             }
             .map_err(|e| errno_of(&e))?;
             if n == 0 {
@@ -696,7 +857,7 @@ impl NotafsFuse {
         let f = match lock(&self.handles).get(&fh) {
             Some(Handle::File(f)) => f.clone(),
             Some(Handle::Dir(_)) => return Err(Errno::EISDIR),
-            Some(Handle::Snap(_)) => return Err(Errno::EBADF),
+            Some(Handle::Snap(_) | Handle::Gen(..)) => return Err(Errno::EBADF),
             None => return Err(Errno::EBADF),
         };
         f.write_at(offset, data).map_err(|e| errno_of(&e))?;
@@ -712,17 +873,30 @@ impl NotafsFuse {
             _ => return Err(Errno::EINVAL),
         };
         let off = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
+        enum H {
+            S(Arc<SnapshotFile<'static>>),
+            F(File),
+            G(Arc<Snapshot>, String),
+        }
         let h = match lock(&self.handles).get(&fh) {
-            Some(Handle::Snap(s)) => Ok(s.clone()),
-            Some(Handle::File(f)) => Err(f.clone()),
+            Some(Handle::Snap(s)) => H::S(s.clone()),
+            Some(Handle::File(f)) => H::F(f.clone()),
+            Some(Handle::Gen(s, p)) => H::G(s.clone(), p.clone()),
             Some(Handle::Dir(_)) => return Err(Errno::EINVAL),
             None => return Err(Errno::EBADF),
         };
         let r = match (&h, data) {
-            (Ok(s), true) => s.next_data(off),
-            (Ok(s), false) => s.next_hole(off),
-            (Err(f), true) => f.next_data(off),
-            (Err(f), false) => f.next_hole(off),
+            (H::S(s), true) => s.next_data(off),
+            (H::S(s), false) => s.next_hole(off),
+            (H::F(f), true) => f.next_data(off),
+            (H::F(f), false) => f.next_hole(off),
+            (H::G(s, p), _) => s.open(p).and_then(|f| {
+                if data {
+                    f.next_data(off)
+                } else {
+                    f.next_hole(off)
+                }
+            }),
         }
         .map_err(|e| errno_of(&e))?;
         let o = r.ok_or(Errno::ENXIO)?;
@@ -734,7 +908,48 @@ impl NotafsFuse {
         let path = nodes.path(ino)?;
         let parent = nodes.parent(ino);
         drop(nodes);
-        let entries = self.list(ino, &path)?;
+        let entries: Vec<DirItem> = match self.route(&path) {
+            Route::Live(p) => self
+                .list(ino, p)?
+                .into_iter()
+                .map(|e| DirItem {
+                    ino: e.meta.ino,
+                    kind: kind_of(&e.meta),
+                    name: e.name,
+                })
+                .collect(),
+            Route::Gens => {
+                let mut gens = self.fs().generations();
+                gens.sort_by_key(|i| i.generation);
+                gens.into_iter()
+                    .map(|i| {
+                        Ok(DirItem {
+                            ino: gen_ino(i.generation, ROOT_INO)?,
+                            kind: FileType::Directory,
+                            name: i.generation.to_string(),
+                        })
+                    })
+                    .collect::<Result<_, Errno>>()?
+            }
+            Route::Missing => return Err(Errno::ENOENT),
+            Route::Gen(g, sub) => {
+                let snap = self.gen_snap(g)?;
+                if !snap.stat(sub).map_err(|e| errno_of(&e))?.is_dir() {
+                    return Err(Errno::ENOTDIR);
+                }
+                snap.read_dir(sub)
+                    .map_err(|e| errno_of(&e))?
+                    .into_iter()
+                    .map(|e| {
+                        Ok(DirItem {
+                            ino: gen_ino(g, e.meta.ino)?,
+                            kind: kind_of(&e.meta),
+                            name: e.name,
+                        })
+                    })
+                    .collect::<Result<_, Errno>>()?
+            }
+        };
         let mut items = Vec::with_capacity(entries.len() + 2);
         items.push(DirItem {
             ino,
@@ -746,11 +961,7 @@ impl NotafsFuse {
             kind: FileType::Directory,
             name: "..".into(),
         });
-        items.extend(entries.into_iter().map(|e| DirItem {
-            ino: e.meta.ino,
-            kind: kind_of(&e.meta),
-            name: e.name,
-        }));
+        items.extend(entries);
         Ok(self.new_fh(Handle::Dir(Arc::new(items))))
     }
 

@@ -13,13 +13,14 @@ use notafs_fuse::{run, MountConfig};
 /// newest or the one given with --generation, and never changes.
 ///
 /// With --rw, changes go into a transaction that is committed (one atomic
-/// root swap) on fsync(2)/fsyncdir, every --commit-interval seconds, and at
-/// unmount. close(2) does not commit: after a crash, the last
-/// --commit-interval seconds of changes not covered by an fsync are lost, and
-/// the filesystem is as of the last commit. Only regular files and
-/// directories exist; permissions are fixed (0644/0755, owned by the mounting
-/// user); the modification time follows writes and `touch`, and setting a
-/// given time is accepted and ignored.
+/// root swap) on fsync(2)/fsyncdir, close(2) of a written file, every
+/// namespace change, every --commit-interval seconds, and at unmount. After a
+/// crash the filesystem is as of the last commit. Only regular files and
+/// directories exist; permission bits, owner and modification time are
+/// stored.
+///
+/// MOUNTPOINT/.generations/G/ shows retained generation G read-only (hidden
+/// from the root's listing; `ls MOUNTPOINT/.generations` lists them).
 ///
 /// Runs in the foreground until unmounted: `fusermount3 -u MOUNTPOINT`,
 /// `umount MOUNTPOINT`, or SIGINT/SIGTERM/SIGHUP. A clean unmount commits

@@ -1364,3 +1364,116 @@ fn du_and_seek_data_hole() {
     assert!(m.unmount().success());
     img.assert_clean();
 }
+
+/// `.generations/<G>/` (issue 12): every retained generation, read-only,
+/// inside one mount; hidden from the root's listing; its inode numbers do
+/// not collide with the live tree's; changes there fail with EROFS.
+#[test]
+fn generations_view() {
+    require_fuse!();
+    let img = Image::new(64, |_| {});
+    let m = img.mount(&["--rw", "--commit-interval", "0"]);
+    let committed = || -> u64 {
+        getxattr(&img.mnt, "user.notafs.committed")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // v1 (the close commits), then v2 of the same file, and a directory
+    // that exists only in the first generation.
+    let v1 = pattern(3 << 20, 21);
+    fs::create_dir(img.p("d")).unwrap();
+    fs::write(img.p("d/inner"), b"only in g1").unwrap();
+    fs::write(img.p("file"), &v1).unwrap();
+    let g1 = committed();
+    fs::remove_file(img.p("d/inner")).unwrap();
+    fs::remove_dir(img.p("d")).unwrap();
+    fs::write(img.p("file"), b"v2").unwrap();
+    let g2 = committed();
+    assert!(g2 > g1);
+
+    let gens = img.p(".generations");
+    let listed: Vec<u64> = fs::read_dir(&gens)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(listed.contains(&g1) && listed.contains(&g2), "{listed:?}");
+    assert!(listed.windows(2).all(|w| w[0] < w[1]), "{listed:?}");
+    let ls = run(Command::new("ls").arg(&gens));
+    assert!(ls.lines().any(|l| l == g1.to_string()), "ls: {ls}");
+    // Hidden from the root's listing, reachable by name.
+    let root = run(Command::new("ls").arg("-a").arg(&img.mnt));
+    assert!(!root.contains(".generations"), "ls -a shows it: {root}");
+    assert!(fs::metadata(&gens).unwrap().is_dir());
+
+    let old = gens.join(g1.to_string());
+    assert_eq!(fs::read(old.join("file")).unwrap(), v1);
+    assert_eq!(fs::read(old.join("d/inner")).unwrap(), b"only in g1");
+    assert_eq!(fs::read(gens.join(g2.to_string()).join("file")).unwrap(), b"v2");
+    assert_eq!(fs::read(img.p("file")).unwrap(), b"v2");
+    assert!(!img.p("d").exists());
+    let cat = run(Command::new("cat").arg(old.join("d/inner")));
+    assert_eq!(cat, "only in g1");
+    let names: Vec<String> = fs::read_dir(&old)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.contains(&"file".into()) && names.contains(&"d".into()));
+
+    // Inode numbers: distinct from the live tree's and between generations.
+    let live = fs::metadata(img.p("file")).unwrap();
+    let a = fs::metadata(old.join("file")).unwrap();
+    let b = fs::metadata(gens.join(g2.to_string()).join("file")).unwrap();
+    assert_eq!(a.len(), v1.len() as u64);
+    assert!(a.ino() != live.ino() && b.ino() != live.ino() && a.ino() != b.ino());
+    assert_ne!(fs::metadata(&old).unwrap().ino(), fs::metadata(&img.mnt).unwrap().ino());
+
+    // Read-only: every change fails with EROFS.
+    let e = fs::OpenOptions::new()
+        .write(true)
+        .open(old.join("file"))
+        .unwrap_err();
+    assert_eq!(errno_of(&e), libc::EROFS, "{e}");
+    let e = fs::write(old.join("new"), b"x").unwrap_err();
+    assert_eq!(errno_of(&e), libc::EROFS, "{e}");
+    let e = fs::remove_file(old.join("file")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EROFS, "{e}");
+    let e = fs::create_dir(gens.join("new")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EROFS, "{e}");
+    let e = fs::remove_dir(&gens).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EROFS, "{e}");
+    let e = fs::rename(img.p("file"), old.join("moved")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EROFS, "{e}");
+    let e = fs::rename(old.join("file"), img.p("stolen")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EROFS, "{e}");
+    let e = fs::set_permissions(old.join("file"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap_err();
+    assert_eq!(errno_of(&e), libc::EROFS, "{e}");
+    let e = fs::create_dir(img.p(".generations")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EEXIST, "{e}");
+    // Names that are not retained generations.
+    for bad in ["999999999", "abc", "01", ""] {
+        if bad.is_empty() {
+            continue;
+        }
+        let e = fs::metadata(gens.join(bad)).unwrap_err();
+        assert_eq!(errno_of(&e), libc::ENOENT, "{bad}: {e}");
+    }
+    // du of the mount does not walk the generations.
+    let du = run(Command::new("du").arg("-sk").arg(&img.mnt));
+    let kib: u64 = du.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(kib < 100, "du -s walked .generations: {du}");
+    // The live tree still works and the live file is unaffected.
+    fs::write(img.p("after"), b"ok").unwrap();
+    assert_eq!(fs::read(img.p("after")).unwrap(), b"ok");
+    assert!(m.unmount().success());
+
+    // A read-only mount has the view too.
+    let m = img.mount(&[]);
+    assert_eq!(
+        fs::read(img.p(&format!(".generations/{g1}/file"))).unwrap(),
+        v1
+    );
+    assert!(m.unmount().success());
+    img.assert_clean();
+}
