@@ -24,7 +24,8 @@ use notafs_fuse::{run, MountConfig};
 ///
 /// Runs in the foreground until unmounted: `fusermount3 -u MOUNTPOINT`,
 /// `umount MOUNTPOINT`, or SIGINT/SIGTERM/SIGHUP. A clean unmount commits
-/// (with --rw) and exits 0.
+/// (with --rw) and exits 0. A signal while files are still open commits
+/// what was written to them, detaches the mount and exits at once.
 ///
 /// The generation shown is readable as the extended attribute
 /// user.notafs.generation of the mount's root (user.notafs.committed is the

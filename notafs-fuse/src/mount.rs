@@ -134,16 +134,58 @@ pub fn run(cfg: &MountConfig) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut unmounter = session.unmount_callable();
     let mountpoint = cfg.mountpoint.clone();
+    let sig_fs = fs.clone();
+    let rw = cfg.rw;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = wait_signal(&sigs) {
-                info!(signal = sig, "unmounting on signal");
-                if let Err(e) = unmounter.unmount() {
-                    warn!("unmount failed ({e}); detaching lazily");
-                    lazy_unmount(&mountpoint);
+            let Some(sig) = wait_signal(&sigs) else {
+                return;
+            };
+            info!(signal = sig, "unmounting on signal");
+            // Commit first: with a file still open the unmount cannot
+            // complete, and what was written must not wait for a close
+            // that may never come.
+            if rw && sig_fs.has_changes() {
+                match sig_fs.commit() {
+                    Ok(g) => info!(generation = g, "committed on signal"),
+                    Err(e) => warn!("commit on signal failed: {e}"),
                 }
             }
+            if unmounter.unmount().is_ok() && !is_mounted(&mountpoint) {
+                // The session ends; run() commits what is left and returns.
+                return;
+            }
+            // Busy: a program holds a file open. Detach the mount (it
+            // leaves the namespace at once), commit again in case a write
+            // slipped in, and exit: waiting for the last close could take
+            // forever.
+            lazy_unmount(&mountpoint);
+            let code = if rw {
+                match sig_fs.commit_if_changed() {
+                    Ok(g) => {
+                        warn!(
+                            generation = g,
+                            "{}: files were still open; everything written to them was \
+                             committed, the mount is detached and the daemon exits \
+                             (their holders get ENOTCONN from now on)",
+                            mountpoint.display()
+                        );
+                        0
+                    }
+                    Err(e) => {
+                        warn!("final commit failed: {e}; the image is as of the last commit");
+                        notafs_tools_common::EXIT_OPERATIONAL
+                    }
+                }
+            } else {
+                warn!(
+                    "{}: files were still open; the mount is detached and the daemon exits",
+                    mountpoint.display()
+                );
+                0
+            };
+            std::process::exit(code);
         })?;
 
     if let Some(kb) = cfg.readahead_kb {
@@ -201,6 +243,37 @@ pub fn run(cfg: &MountConfig) -> Result<(), Box<dyn std::error::Error>> {
     }
     info!(generation = fs.generation(), "unmounted");
     Ok(())
+}
+
+/// Whether `mp` is a mount point of this namespace (from /proc/self/mounts;
+/// no FUSE request).
+fn is_mounted(mp: &std::path::Path) -> bool {
+    let Ok(abs) = std::fs::canonicalize(mp.parent().unwrap_or(mp)) else {
+        return false;
+    };
+    let want = match mp.file_name() {
+        Some(n) => abs.join(n),
+        None => abs,
+    };
+    let want = want.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+trait CommitIfChanged {
+    fn commit_if_changed(&self) -> notafs_core::Result<u64>;
+}
+
+impl CommitIfChanged for Fs {
+    fn commit_if_changed(&self) -> notafs_core::Result<u64> {
+        if self.has_changes() {
+            self.commit()
+        } else {
+            Ok(self.generation())
+        }
+    }
 }
 
 #[allow(unsafe_code)]

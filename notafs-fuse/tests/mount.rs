@@ -1477,3 +1477,38 @@ fn generations_view() {
     assert!(m.unmount().success());
     img.assert_clean();
 }
+
+/// SIGTERM while a program still holds a written file open (issue 12): the
+/// daemon commits what was written, detaches the mount and exits at once
+/// (it used to detach lazily and keep the changes uncommitted until the
+/// last close); the data is in the image.
+#[test]
+fn sigterm_with_a_file_open_commits_and_exits() {
+    require_fuse!();
+    let img = Image::new(32, |_| {});
+    let mut m = img.mount(&["--rw", "--commit-interval", "0"]);
+    let data = pattern(1 << 20, 31);
+    let mut f = fs::File::create(img.p("open-file")).unwrap();
+    f.write_all(&data).unwrap();
+    f.write_all(b"tail").unwrap();
+    // Still open, no fsync, no close.
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on our own child.
+    let r = unsafe { libc::kill(m.pid(), libc::SIGTERM) };
+    assert_eq!(r, 0);
+    let t = Instant::now();
+    let st = m.wait_exit(Duration::from_secs(10));
+    assert!(st.success(), "exit status {st}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(!is_mounted(&img.mnt), "still mounted after exit");
+    // The holder's next write fails instead of going nowhere silently.
+    assert!(f.write_all(b"more").and_then(|_| f.sync_all()).is_err());
+    drop(f);
+    let fs = img.open();
+    let got = fs.snapshot().read_to_vec("open-file").unwrap();
+    assert_eq!(got.len(), data.len() + 4);
+    assert_eq!(&got[..data.len()], &data[..]);
+    assert_eq!(&got[data.len()..], b"tail");
+    drop(fs);
+    img.assert_clean();
+}
