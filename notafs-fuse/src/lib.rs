@@ -86,6 +86,10 @@ pub fn errno_of(e: &Error) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Largest read served in one request (the kernel asks for at most
+/// max_read / max_pages; this only bounds the per-thread buffer).
+const MAX_READ_REQUEST: usize = 16 << 20;
+
 /// Deepest directory chain accepted when building a path (core allows 64).
 /// (Two more for `.generations/<G>/`.)
 const MAX_DEPTH: usize = notafs_core::path::MAX_DEPTH + 3;
@@ -815,7 +819,9 @@ impl NotafsFuse {
         }
     }
 
-    fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    /// Read into `buf` (its whole length); returns the count (short only at
+    /// the end of the file).
+    fn do_read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
         enum R {
             S(Arc<SnapshotFile<'static>>),
             F(File),
@@ -832,7 +838,6 @@ impl NotafsFuse {
             R::G(s, p) => Some(s.open(p).map_err(|e| errno_of(&e))?),
             _ => None,
         };
-        let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
             let off = offset + done as u64;
@@ -848,8 +853,7 @@ impl NotafsFuse {
             }
             done += n;
         }
-        buf.truncate(done);
-        Ok(buf)
+        Ok(done)
     }
 
     fn do_write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
@@ -1187,10 +1191,23 @@ impl Filesystem for NotafsFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.do_read(fh.0, offset, size) {
-            Ok(v) => reply.data(&v),
-            Err(e) => reply.error(e),
+        // One buffer per worker thread, reused: no allocation, zeroing or
+        // page faults per request (the core fills every byte it returns,
+        // holes included).
+        thread_local! {
+            static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        let size = (size as usize).min(MAX_READ_REQUEST);
+        READ_BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < size {
+                b.resize(size, 0);
+            }
+            match self.do_read(fh.0, offset, &mut b[..size]) {
+                Ok(n) => reply.data(&b[..n]),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn write(

@@ -67,7 +67,9 @@ struct Args {
     direct: bool,
 
     /// FUSE worker threads.
-    #[arg(long, default_value_t = 2)]
+    /// (4 even on 2 cores: while one thread waits for the device or the
+    /// kernel, another serves the next readahead request).
+    #[arg(long, default_value_t = 4)]
     threads: usize,
 
     /// Let other users use the mount (the kernel checks the fixed

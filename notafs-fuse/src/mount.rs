@@ -10,6 +10,10 @@ use tracing::{info, warn};
 
 use crate::{FuseOptions, NotafsFuse};
 
+/// Write-behind of read-write mounts: a background device flush after
+/// every this many bytes of file data.
+const WRITE_BEHIND_BYTES: u64 = 8 << 20;
+
 /// Everything `notafs-fuse` needs to mount.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
@@ -51,6 +55,11 @@ pub fn run(cfg: &MountConfig) -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(e) => return Err(format!("{}: {e}", cfg.mountpoint.display()).into()),
     }
+    // Signals are taken by one thread with sigwait: block them before any
+    // other thread exists (the core's write-behind thread starts at open)
+    // so that every thread inherits the mask.
+    let sigs = block_signals()?;
+
     // The block size comes from the superblock (512-byte and 16 KiB
     // filesystems mount without options), for every device form.
     let dev = notafs_tools_common::open_fs_device_with(
@@ -68,6 +77,9 @@ pub fn run(cfg: &MountConfig) -> Result<(), Box<dyn std::error::Error>> {
             read_only: !cfg.rw,
             generation: cfg.generation,
             cache_bytes: cfg.cache_bytes,
+            // Flush written data in the background (as `notafs put`), so
+            // that the commit at close or fsync finds little left to flush.
+            write_behind: cfg.rw.then_some(WRITE_BEHIND_BYTES),
             ..Default::default()
         },
     )
@@ -117,10 +129,6 @@ pub fn run(cfg: &MountConfig) -> Result<(), Box<dyn std::error::Error>> {
     if cfg.allow_other {
         config.acl = SessionACL::All;
     }
-
-    // Signals are taken by one thread with sigwait: block them before any
-    // other thread exists so that every thread inherits the mask.
-    let sigs = block_signals()?;
 
     let mut session = fuser::Session::new(fuse, &cfg.mountpoint, &config)
         .map_err(|e| format!("mount on {}: {e}", cfg.mountpoint.display()))?;
