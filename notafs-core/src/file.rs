@@ -428,8 +428,8 @@ impl Seek for Cursor {
 /// subtree content: an entry never goes stale, and a file changed in the
 /// transaction is counted from its in-memory nodes plus the cached counts of
 /// the on-disk subtrees they still share. Bounded: cleared when full.
-static ALLOC_CACHE: std::sync::Mutex<Option<HashMap<(u128, u64, u32), u64>>> =
-    std::sync::Mutex::new(None);
+static ALLOC_CACHE: std::sync::Mutex<Option<AllocCache>> = std::sync::Mutex::new(None);
+type AllocCache = HashMap<(u128, u64, u32), u64>;
 const ALLOC_CACHE_MAX: usize = 1 << 16;
 
 fn alloc_cache_get(key: &(u128, u64, u32)) -> Option<u64> {
@@ -598,7 +598,8 @@ impl Fs {
             Some(st) => allocated_in(&io, uuid_of(self), &st.ext, Some(&st.buf))?,
             None => {
                 drop(t);
-                let ext = Tree::<Extents>::from_disk(inode.extents, inode.extent_height, inode.ino)?;
+                let ext =
+                    Tree::<Extents>::from_disk(inode.extents, inode.extent_height, inode.ino)?;
                 allocated_in(&io, uuid_of(self), &ext, None)?
             }
         };
@@ -685,22 +686,21 @@ mod tests {
         f.write_at(0, &vec![7u8; 3 * BS as usize]).unwrap();
         f.write_at(13 * BS + 100, b"tail").unwrap();
         f.set_len(20 * BS).unwrap();
-        let check = |alloc: u64,
-                     data: &dyn Fn(u64) -> Option<u64>,
-                     hole: &dyn Fn(u64) -> Option<u64>| {
-            assert_eq!(alloc, 4);
-            assert_eq!(data(0), Some(0));
-            assert_eq!(data(5), Some(5));
-            assert_eq!(data(3 * BS), Some(13 * BS));
-            assert_eq!(data(13 * BS + 7), Some(13 * BS + 7));
-            assert_eq!(data(14 * BS), None);
-            assert_eq!(data(20 * BS), None);
-            assert_eq!(hole(0), Some(3 * BS));
-            assert_eq!(hole(3 * BS + 1), Some(3 * BS + 1));
-            assert_eq!(hole(13 * BS), Some(14 * BS));
-            assert_eq!(hole(20 * BS - 1), Some(20 * BS - 1));
-            assert_eq!(hole(20 * BS), None);
-        };
+        let check =
+            |alloc: u64, data: &dyn Fn(u64) -> Option<u64>, hole: &dyn Fn(u64) -> Option<u64>| {
+                assert_eq!(alloc, 4);
+                assert_eq!(data(0), Some(0));
+                assert_eq!(data(5), Some(5));
+                assert_eq!(data(3 * BS), Some(13 * BS));
+                assert_eq!(data(13 * BS + 7), Some(13 * BS + 7));
+                assert_eq!(data(14 * BS), None);
+                assert_eq!(data(20 * BS), None);
+                assert_eq!(hole(0), Some(3 * BS));
+                assert_eq!(hole(3 * BS + 1), Some(3 * BS + 1));
+                assert_eq!(hole(13 * BS), Some(14 * BS));
+                assert_eq!(hole(20 * BS - 1), Some(20 * BS - 1));
+                assert_eq!(hole(20 * BS), None);
+            };
         check(
             f.allocated_blocks().unwrap(),
             &|o| f.next_data(o).unwrap(),

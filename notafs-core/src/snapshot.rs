@@ -125,7 +125,10 @@ impl Snapshot {
         match self.lookup(p)? {
             Some(i) if i.kind == FileType::File => {
                 let ext = Tree::<Extents>::from_disk(i.extents, i.extent_height, i.ino)?;
-                Ok((meta_of(&i), crate::file::snapshot_allocated(&self.fs, &ext)?))
+                Ok((
+                    meta_of(&i),
+                    crate::file::snapshot_allocated(&self.fs, &ext)?,
+                ))
             }
             _ => Ok((self.stat(p)?, 0)),
         }

@@ -1293,6 +1293,7 @@ fn du_and_seek_data_hole() {
     let data = pattern(5 * MIB as usize, 12);
     let f = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(img.p("sparse"))
@@ -1303,12 +1304,30 @@ fn du_and_seek_data_hole() {
     let seeks = |f: &fs::File| {
         assert_eq!(lseek_raw(f, 0, libc::SEEK_DATA), Ok(0));
         assert_eq!(lseek_raw(f, 0, libc::SEEK_HOLE), Ok(5 * MIB as i64));
-        assert_eq!(lseek_raw(f, 5 * MIB as i64, libc::SEEK_DATA), Ok(15 * MIB as i64));
-        assert_eq!(lseek_raw(f, 7 * MIB as i64 + 3, libc::SEEK_HOLE), Ok(7 * MIB as i64 + 3));
-        assert_eq!(lseek_raw(f, 15 * MIB as i64, libc::SEEK_HOLE), Ok(20 * MIB as i64));
-        assert_eq!(lseek_raw(f, 20 * MIB as i64 - 1, libc::SEEK_DATA), Ok(20 * MIB as i64 - 1));
-        assert_eq!(lseek_raw(f, 20 * MIB as i64, libc::SEEK_DATA), Err(libc::ENXIO));
-        assert_eq!(lseek_raw(f, 20 * MIB as i64, libc::SEEK_HOLE), Err(libc::ENXIO));
+        assert_eq!(
+            lseek_raw(f, 5 * MIB as i64, libc::SEEK_DATA),
+            Ok(15 * MIB as i64)
+        );
+        assert_eq!(
+            lseek_raw(f, 7 * MIB as i64 + 3, libc::SEEK_HOLE),
+            Ok(7 * MIB as i64 + 3)
+        );
+        assert_eq!(
+            lseek_raw(f, 15 * MIB as i64, libc::SEEK_HOLE),
+            Ok(20 * MIB as i64)
+        );
+        assert_eq!(
+            lseek_raw(f, 20 * MIB as i64 - 1, libc::SEEK_DATA),
+            Ok(20 * MIB as i64 - 1)
+        );
+        assert_eq!(
+            lseek_raw(f, 20 * MIB as i64, libc::SEEK_DATA),
+            Err(libc::ENXIO)
+        );
+        assert_eq!(
+            lseek_raw(f, 20 * MIB as i64, libc::SEEK_HOLE),
+            Err(libc::ENXIO)
+        );
     };
     let du = |p: &Path| {
         let md = fs::metadata(p).unwrap();
@@ -1344,11 +1363,21 @@ fn du_and_seek_data_hole() {
     );
     let back = fs::read(&copy).unwrap();
     assert_eq!(&back[..5 * MIB as usize], &data[..]);
-    assert!(back[5 * MIB as usize..15 * MIB as usize].iter().all(|b| *b == 0));
+    assert!(back[5 * MIB as usize..15 * MIB as usize]
+        .iter()
+        .all(|b| *b == 0));
     assert_eq!(&back[15 * MIB as usize..], &data[..]);
     if which("xfs_io") {
         let o = run(Command::new("xfs_io")
-            .args(["-r", "-c", "seek -d 0", "-c", "seek -h 0", "-c", "seek -d 6m"])
+            .args([
+                "-r",
+                "-c",
+                "seek -d 0",
+                "-c",
+                "seek -h 0",
+                "-c",
+                "seek -d 6m",
+            ])
             .arg(img.p("sparse")));
         for want in ["DATA\t0", "HOLE\t5242880", "DATA\t15728640"] {
             assert!(o.contains(want), "xfs_io seek output lacks {want:?}: {o}");
@@ -1409,7 +1438,10 @@ fn generations_view() {
     let old = gens.join(g1.to_string());
     assert_eq!(fs::read(old.join("file")).unwrap(), v1);
     assert_eq!(fs::read(old.join("d/inner")).unwrap(), b"only in g1");
-    assert_eq!(fs::read(gens.join(g2.to_string()).join("file")).unwrap(), b"v2");
+    assert_eq!(
+        fs::read(gens.join(g2.to_string()).join("file")).unwrap(),
+        b"v2"
+    );
     assert_eq!(fs::read(img.p("file")).unwrap(), b"v2");
     assert!(!img.p("d").exists());
     let cat = run(Command::new("cat").arg(old.join("d/inner")));
@@ -1426,7 +1458,10 @@ fn generations_view() {
     let b = fs::metadata(gens.join(g2.to_string()).join("file")).unwrap();
     assert_eq!(a.len(), v1.len() as u64);
     assert!(a.ino() != live.ino() && b.ino() != live.ino() && a.ino() != b.ino());
-    assert_ne!(fs::metadata(&old).unwrap().ino(), fs::metadata(&img.mnt).unwrap().ino());
+    assert_ne!(
+        fs::metadata(&old).unwrap().ino(),
+        fs::metadata(&img.mnt).unwrap().ino()
+    );
 
     // Read-only: every change fails with EROFS.
     let e = fs::OpenOptions::new()
@@ -1446,8 +1481,11 @@ fn generations_view() {
     assert_eq!(errno_of(&e), libc::EROFS, "{e}");
     let e = fs::rename(old.join("file"), img.p("stolen")).unwrap_err();
     assert_eq!(errno_of(&e), libc::EROFS, "{e}");
-    let e = fs::set_permissions(old.join("file"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap_err();
+    let e = fs::set_permissions(
+        old.join("file"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap_err();
     assert_eq!(errno_of(&e), libc::EROFS, "{e}");
     let e = fs::create_dir(img.p(".generations")).unwrap_err();
     assert_eq!(errno_of(&e), libc::EEXIST, "{e}");
@@ -1550,7 +1588,10 @@ fn xorshift(x: &mut u64) -> u64 {
 fn fuse_vs_library() {
     require_fuse!();
     let env = |k: &str, d: usize| -> usize {
-        std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
     };
     let mb = env("NOTAFS_FUSE_BENCH_MB", 512);
     let rounds = env("NOTAFS_FUSE_BENCH_ROUNDS", 3);
