@@ -29,6 +29,11 @@ pub struct WriteReq<'a> {
 ///   **not** mean durable, and it is **not ordered** against other writes.
 /// * [`flush`](Self::flush): when it returns Ok, every write, write-zeroes and
 ///   discard completed before it was issued is durable.
+/// * [`write_fua`](Self::write_fua): a write that is durable when it
+///   returns Ok (Force Unit Access). It makes **only its own blocks**
+///   durable: other completed writes stay as un-flushed as they were, and
+///   it is not ordered against them. The default (write, then flush) is
+///   stronger; callers must not rely on that.
 /// * [`barrier`](Self::barrier): if any write issued after the barrier survives
 ///   a crash, every write completed before the barrier survives too. Backends
 ///   without a native ordering primitive implement it as `flush`.
@@ -67,6 +72,23 @@ pub trait BlockDevice: Send + Sync {
 
     /// Make every write completed before this call durable.
     fn flush(&self) -> Result<()>;
+
+    /// Write `data.len() / B` blocks at `block` and make **this write**
+    /// durable before returning (Force Unit Access). Nothing is promised
+    /// about other writes: they are neither made durable nor ordered by it.
+    /// The default, `write` then `flush`, is stronger and always correct;
+    /// backends with a native FUA (NBD's `NBD_CMD_FLAG_FUA`) override it and
+    /// [`has_fua`](Self::has_fua).
+    fn write_fua(&self, block: u64, data: &[u8]) -> Result<()> {
+        self.write(block, data)?;
+        self.flush()
+    }
+
+    /// Whether [`write_fua`](Self::write_fua) is native, i.e. cheaper than a
+    /// write plus a flush and durable for its own blocks only.
+    fn has_fua(&self) -> bool {
+        false
+    }
 
     /// Order: writes completed before the barrier persist before any write
     /// issued after it. The default is a full flush.
@@ -163,6 +185,12 @@ macro_rules! forward_block_device {
             }
             fn barrier(&self) -> Result<()> {
                 (**self).barrier()
+            }
+            fn write_fua(&self, block: u64, data: &[u8]) -> Result<()> {
+                (**self).write_fua(block, data)
+            }
+            fn has_fua(&self) -> bool {
+                (**self).has_fua()
             }
             fn write_batch(&self, writes: &[WriteReq<'_>]) -> Result<()> {
                 (**self).write_batch(writes)

@@ -9,8 +9,9 @@
 //! * a bit flip in the data returned by a read, with a probability;
 //! * lost writes: the write reports success but is silently dropped.
 //!
-//! What counts as what: `write_zeroes` and each write of a `write_batch`
-//! count as writes; `barrier` counts as a flush; discards are counted and can
+//! What counts as what: `write_zeroes`, each write of a `write_batch` and a
+//! native `write_fua` count as writes (an emulated `write_fua` as a write
+//! and a flush); `barrier` counts as a flush; discards are counted and can
 //! only fail through `fail_op_at` (a hint seldom fails on real devices).
 //! An injected EIO happens *before* the inner device is touched, which is one
 //! of the outcomes the contract allows for a failed write ("range undefined").
@@ -319,6 +320,25 @@ impl<D: BlockDevice> BlockDevice for FaultDevice<D> {
             Verdict::Fail => Err(eio("barrier")),
             _ => self.inner.barrier(),
         }
+    }
+
+    fn write_fua(&self, block: u64, data: &[u8]) -> Result<()> {
+        if !self.inner.has_fua() {
+            // Through this wrapper, so the write and the flush are each a
+            // fault opportunity, as they would be if the caller did both.
+            self.write(block, data)?;
+            return self.flush();
+        }
+        crate::check_io(&self.inner.geometry(), block, data.len())?;
+        match self.decide(OpKind::Write, block, 0) {
+            Verdict::Fail => Err(eio("write")),
+            Verdict::Drop => Ok(()),
+            _ => self.inner.write_fua(block, data),
+        }
+    }
+
+    fn has_fua(&self) -> bool {
+        self.inner.has_fua()
     }
 
     fn write_batch(&self, writes: &[WriteReq<'_>]) -> Result<()> {

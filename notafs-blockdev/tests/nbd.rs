@@ -863,6 +863,7 @@ fn serve_handshake(s: &mut UnixStream, size: u64, tflags: u16) -> String {
 
 struct Req {
     cmd: u16,
+    flags: u16,
     cookie: u64,
     off: u64,
     len: u32,
@@ -876,6 +877,7 @@ fn read_req(s: &mut UnixStream) -> Option<Req> {
         return None;
     }
     assert_eq!(u32::from_be_bytes(h[0..4].try_into().unwrap()), 0x2560_9513);
+    let flags = u16::from_be_bytes(h[4..6].try_into().unwrap());
     let cmd = u16::from_be_bytes(h[6..8].try_into().unwrap());
     let cookie = u64::from_be_bytes(h[8..16].try_into().unwrap());
     let off = u64::from_be_bytes(h[16..24].try_into().unwrap());
@@ -890,6 +892,7 @@ fn read_req(s: &mut UnixStream) -> Option<Req> {
     }
     Some(Req {
         cmd,
+        flags,
         cookie,
         off,
         len,
@@ -1350,4 +1353,181 @@ fn read_errors_are_reported_at_once_and_the_connection_survives() {
         }
     }
     assert!(ok > 0 && failed > 0, "{ok} ok, {failed} failed");
+}
+
+// ---------------------------------------------------------------------------
+// FUA
+
+const CMD_WRITE: u16 = 1;
+const CMD_FLUSH: u16 = 3;
+const FLAG_FUA: u16 = 1;
+
+/// A memory-backed fake server that also keeps the image a power cut
+/// leaves at worst: only what a FLUSH covered (every write replied to
+/// before it) or a FUA write made durable; every other write is lost.
+#[derive(Default)]
+struct Durable {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    /// Writes not yet flushed, in order: (offset, data).
+    pending: Vec<(usize, Vec<u8>)>,
+    /// Every request: (command, flags, offset).
+    log: Vec<(u16, u16, u64)>,
+}
+
+fn durable_fake(size: u64, tflags: u16) -> (Fake, Arc<std::sync::Mutex<Durable>>) {
+    let st = Arc::new(std::sync::Mutex::new(Durable {
+        live: vec![0; size as usize],
+        durable: vec![0; size as usize],
+        ..Default::default()
+    }));
+    let st2 = st.clone();
+    let fake = Fake::start(move |mut s| {
+        serve_handshake(&mut s, size, tflags);
+        while let Some(r) = read_req(&mut s) {
+            let (o, l) = (r.off as usize, r.len as usize);
+            let mut g = st2.lock().unwrap();
+            g.log.push((r.cmd, r.flags, r.off));
+            match r.cmd {
+                0 => {
+                    let d = g.live[o..o + l].to_vec();
+                    drop(g);
+                    simple_reply(&mut s, 0, r.cookie, &d);
+                    continue;
+                }
+                1 | 4 | 6 => {
+                    let d = if r.cmd == 1 { r.data } else { vec![0; l] };
+                    g.live[o..o + l].copy_from_slice(&d);
+                    if r.flags & FLAG_FUA != 0 {
+                        g.durable[o..o + l].copy_from_slice(&d);
+                    }
+                    g.pending.push((o, d));
+                }
+                2 => return,
+                3 => {
+                    let pend = std::mem::take(&mut g.pending);
+                    for (o, d) in pend {
+                        g.durable[o..o + d.len()].copy_from_slice(&d);
+                    }
+                }
+                _ => {}
+            }
+            drop(g);
+            simple_reply(&mut s, 0, r.cookie, &[]);
+        }
+    });
+    (fake, st)
+}
+
+/// The worst-case power-cut image, opened as a filesystem: the newest
+/// generation it holds and the content of `name` in it.
+fn open_durable(st: &std::sync::Mutex<Durable>, name: &str) -> (u64, Vec<u8>) {
+    use notafs_core::Fs;
+    let img = st.lock().unwrap().durable.clone();
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemoryDevice::from_vec(4096, img));
+    let fs = Fs::open(
+        dev,
+        &notafs_core::OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .expect("the power-cut image opens");
+    let f = fs.open_file(name).expect("file of the acknowledged commit");
+    let mut back = vec![0u8; f.len().unwrap() as usize];
+    f.read_at(0, &mut back).unwrap();
+    (fs.generation(), back)
+}
+
+/// The worst-case power-cut image holds generation `g` with `f` = `want`.
+fn assert_durable(st: &std::sync::Mutex<Durable>, g: u64, want: &[u8]) {
+    let (got, back) = open_durable(st, "f");
+    assert_eq!(got, g, "acknowledged generation lost by a power cut");
+    assert!(back == want, "content of generation {g} differs after a power cut");
+}
+
+/// `write_fua` is one `NBD_CMD_WRITE` with `NBD_CMD_FLAG_FUA` where the
+/// server advertises `SEND_FUA`, write + flush where it does not.
+#[test]
+fn write_fua_uses_the_fua_flag_only_where_advertised() {
+    for (tflags, native) in [(1 | 4 | 8, true), (1 | 4, false)] {
+        let (fake, st) = durable_fake(1 << 20, tflags);
+        let dev = NbdDevice::open_uri(&fake.uri(), &opts_fast()).unwrap();
+        assert_eq!(dev.has_fua(), native);
+        let data = pattern(3, 5, 8192);
+        dev.write_fua(5, &data).unwrap();
+        {
+            let g = st.lock().unwrap();
+            let cmds: Vec<(u16, u16)> = g.log.iter().map(|&(c, f, _)| (c, f)).collect();
+            if native {
+                assert_eq!(cmds, vec![(CMD_WRITE, FLAG_FUA)]);
+            } else {
+                assert_eq!(cmds, vec![(CMD_WRITE, 0), (CMD_FLUSH, 0)]);
+            }
+            assert!(g.durable[5 * 4096..7 * 4096] == data[..], "FUA write not durable");
+        }
+        drop(dev);
+        fake.join();
+    }
+}
+
+/// Over a FUA-capable server, the barrier protocol's slot and the seal go
+/// out as FUA writes with no trailing flush; the commit-log protocol keeps
+/// its flush (the slot's FUA would not make the data durable). After each
+/// acknowledged commit the worst-case power-cut image holds that commit.
+#[test]
+fn commits_use_fua_for_the_slot_and_stay_durable() {
+    use notafs_core::{FormatOptions, Fs};
+    let (fake, st) = durable_fake(64 << 20, 1 | 4 | 8 | 32 | 64);
+    let mark = || st.lock().unwrap().log.len();
+    let since = |m: usize| -> Vec<(u16, u16, u64)> { st.lock().unwrap().log[m..].to_vec() };
+    let flushes = |ops: &[(u16, u16, u64)]| ops.iter().filter(|o| o.0 == CMD_FLUSH).count();
+    let fua_writes = |ops: &[(u16, u16, u64)]| {
+        ops.iter()
+            .filter(|o| o.0 == CMD_WRITE && o.1 & FLAG_FUA != 0)
+            .count()
+    };
+    let dev: Arc<dyn BlockDevice> =
+        Arc::new(NbdDevice::open_uri(&fake.uri(), &opts_fast()).unwrap());
+    assert!(dev.has_fua());
+    let fs = Fs::format(dev, &FormatOptions::default()).unwrap();
+
+    // A large commit: the barrier protocol (barrier = flush on NBD, then
+    // the slot with FUA, nothing after it).
+    let big: Vec<u8> = (0..768).flat_map(|b| pattern(11, b, 4096)).collect();
+    fs.create("f").unwrap().write_at(0, &big).unwrap();
+    let m = mark();
+    let g1 = fs.commit().unwrap();
+    let ops = since(m);
+    let last = *ops.last().unwrap();
+    assert_eq!((last.0, last.1), (CMD_WRITE, FLAG_FUA), "slot not FUA: {ops:?}");
+    assert_eq!(fua_writes(&ops), 1, "{ops:?}");
+    assert_eq!(flushes(&ops), 1, "barrier protocol: one flush (the barrier)");
+    assert_durable(&st, g1, &big);
+
+    // A small commit: the commit-log protocol, one flush, no FUA.
+    let f = fs.open_file("f").unwrap();
+    f.write_at(4096 * 3, b"small change").unwrap();
+    let m = mark();
+    let g2 = fs.commit().unwrap();
+    let ops = since(m);
+    let mut want = big.clone();
+    want[4096 * 3..4096 * 3 + 12].copy_from_slice(b"small change");
+    // Durability first: a FUA slot in place of the flush fails here.
+    assert_durable(&st, g2, &want);
+    assert_eq!(ops.last().unwrap().0, CMD_FLUSH, "{ops:?}");
+    assert_eq!(fua_writes(&ops), 0, "{ops:?}");
+    assert_eq!(flushes(&ops), 1);
+
+    // Close: the seal is one FUA write.
+    let m = mark();
+    fs.close().unwrap();
+    let ops = since(m);
+    assert_eq!(fua_writes(&ops), 1, "{ops:?}");
+    assert_eq!(flushes(&ops), 0, "{ops:?}");
+    let (g3, back) = open_durable(&st, "f");
+    assert!(g3 > g2 && back == want, "seal not durable");
+    drop(f);
+    drop(fs);
+    fake.join();
 }

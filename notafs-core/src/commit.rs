@@ -18,7 +18,10 @@
 //! 3. nodes and list are written;
 //! 4. **barrier**: nothing after it may reach the media before all of it;
 //! 5. the root slot `g mod N` is written (one block, BLAKE2b-checked);
-//! 6. **flush**: only now is the generation acknowledged.
+//! 6. **flush**: only now is the generation acknowledged. Steps 5 and 6 are
+//!    one `write_fua` of the slot: on a device with a native FUA (NBD) a
+//!    single FUA write, which suffices because of step 4; elsewhere
+//!    exactly write + flush.
 //!
 //! Why it survives a power cut: until step 5 reaches the media, every
 //! retained root is intact (nothing it references was overwritten: freed
@@ -131,6 +134,11 @@ pub(crate) fn write_generation(
         slot.log_len = log.len() as u32;
         out.push((slot_block, slot.encode_with_log(sb.block_size, &log)));
         write_coalesced(dev, out)?;
+        // Never a FUA slot here: the slot goes out with the nodes and data
+        // blocks, unordered, and this one flush is what makes *them*
+        // durable. A FUA slot alone would acknowledge a commit whose blocks
+        // a power cut could still lose (docs/BLOCK-SEMANTICS.md, "Commit
+        // sequence on NBD").
         dev.flush()?;
         return Ok(Written {
             slot,
@@ -145,10 +153,16 @@ pub(crate) fn write_generation(
     if !faults.skip_barrier {
         dev.barrier()?;
     }
-    if !faults.root_before_data {
-        dev.write(slot_block, &slot_buf)?;
+    if faults.root_before_data {
+        dev.flush()?;
+    } else {
+        // Slot, then flush: with a native FUA (NBD `SEND_FUA`) one FUA write
+        // instead. Enough here, unlike in the commit-log protocol: the
+        // barrier above already orders (or, on NBD, flushes) everything the
+        // slot references, so once the slot itself is durable, all of it
+        // is. Devices without FUA do exactly write + flush (the default).
+        dev.write_fua(slot_block, &slot_buf)?;
     }
-    dev.flush()?;
     Ok(Written {
         slot,
         free_list: list_blocks,
@@ -164,11 +178,13 @@ pub(crate) fn write_seal(
     slot: &RootSlot,
 ) -> notafs_blockdev::Result<()> {
     debug_assert_eq!(slot.log_len, 0);
-    dev.write(
+    // A FUA write where the device has one (else write + flush): the seal
+    // names only trees and a free list that the sealed generation's flush
+    // already made durable, so nothing but the slot itself needs it.
+    dev.write_fua(
         slot_address(sb, slot.generation),
         &slot.encode(sb.block_size),
-    )?;
-    dev.flush()
+    )
 }
 
 /// The commit log of a commit: every block the new root references that

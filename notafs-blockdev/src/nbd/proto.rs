@@ -58,6 +58,9 @@ pub(crate) const CMD_FLUSH: u16 = 3;
 pub(crate) const CMD_TRIM: u16 = 4;
 pub(crate) const CMD_WRITE_ZEROES: u16 = 6;
 
+/// Command flag: Force Unit Access (the write is durable when replied to).
+pub(crate) const CMD_FLAG_FUA: u16 = 1 << 0;
+
 /// Transmission flags (the export's flags, as sent by the server).
 pub mod flags {
     /// Always set by a conforming server.
