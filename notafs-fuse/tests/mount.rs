@@ -1361,6 +1361,13 @@ fn du_and_seek_data_hole() {
         "cp out of the mount lost the hole: {} blocks",
         cmd.blocks()
     );
+    // --sparse=always too (holes found by lseek, zeros by content).
+    let copy2 = out.path().join("copy2");
+    run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(img.p("sparse"))
+        .arg(&copy2));
+    assert!(fs::metadata(&copy2).unwrap().blocks() * 512 <= 11 * MIB);
     let back = fs::read(&copy).unwrap();
     assert_eq!(&back[..5 * MIB as usize], &data[..]);
     assert!(back[5 * MIB as usize..15 * MIB as usize]
@@ -1506,12 +1513,16 @@ fn generations_view() {
     assert_eq!(fs::read(img.p("after")).unwrap(), b"ok");
     assert!(m.unmount().success());
 
-    // A read-only mount has the view too.
+    // A read-only mount has the view too; du and SEEK_HOLE work there.
     let m = img.mount(&[]);
-    assert_eq!(
-        fs::read(img.p(&format!(".generations/{g1}/file"))).unwrap(),
-        v1
-    );
+    let old = img.p(&format!(".generations/{g1}/file"));
+    assert_eq!(fs::read(&old).unwrap(), v1);
+    let md = fs::metadata(&old).unwrap();
+    assert_eq!(md.blocks() * 512, v1.len().next_multiple_of(4096) as u64);
+    let f = fs::File::open(&old).unwrap();
+    assert_eq!(lseek_raw(&f, 0, libc::SEEK_HOLE), Ok(v1.len() as i64));
+    assert_eq!(lseek_raw(&f, 0, libc::SEEK_DATA), Ok(0));
+    drop(f);
     assert!(m.unmount().success());
     img.assert_clean();
 }
