@@ -838,13 +838,38 @@ fn opt_reply(s: &mut UnixStream, opt: u32, typ: u32, data: &[u8]) {
 }
 
 /// Server side of the handshake: fixed newstyle, answer NBD_OPT_GO with
-/// `size` and `tflags`. Returns the export name asked for.
+/// `size` and `tflags`; structured replies refused. Returns the export
+/// name asked for.
 fn serve_handshake(s: &mut UnixStream, size: u64, tflags: u16) -> String {
+    serve_handshake_sr(s, size, tflags, false)
+}
+
+/// Read the client's NBD_OPT_STRUCTURED_REPLY and refuse it.
+fn refuse_structured(s: &mut UnixStream) {
+    let h = rd::<16>(s);
+    assert_eq!(u32::from_be_bytes(h[8..12].try_into().unwrap()), 8);
+    assert_eq!(u32::from_be_bytes(h[12..16].try_into().unwrap()), 0);
+    opt_reply(s, 8, (1 << 31) + 1, &[]);
+}
+
+/// As `serve_handshake`, accepting structured replies if `structured`.
+fn serve_handshake_sr(s: &mut UnixStream, size: u64, tflags: u16, structured: bool) -> String {
     s.write_all(&NBDMAGIC.to_be_bytes()).unwrap();
     s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
     s.write_all(&3u16.to_be_bytes()).unwrap();
     let cflags = u32::from_be_bytes(rd::<4>(s));
     assert_eq!(cflags, 3);
+    let h = rd::<16>(s);
+    assert_eq!(
+        u32::from_be_bytes(h[8..12].try_into().unwrap()),
+        8,
+        "expected NBD_OPT_STRUCTURED_REPLY"
+    );
+    if structured {
+        opt_reply(s, 8, 1, &[]);
+    } else {
+        opt_reply(s, 8, (1 << 31) + 1, &[]);
+    }
     assert_eq!(u64::from_be_bytes(rd::<8>(s)), IHAVEOPT);
     let opt = u32::from_be_bytes(rd::<4>(s));
     assert_eq!(opt, 7, "expected NBD_OPT_GO");
@@ -1092,6 +1117,7 @@ fn hostile_servers_are_refused() {
         s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
         s.write_all(&1u16.to_be_bytes()).unwrap();
         let _ = rd::<4>(&mut s);
+        refuse_structured(&mut s);
         let mut m = Vec::new();
         m.extend_from_slice(&OPT_REPLY.to_be_bytes());
         m.extend_from_slice(&7u32.to_be_bytes());
@@ -1107,6 +1133,7 @@ fn hostile_servers_are_refused() {
         s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
         s.write_all(&1u16.to_be_bytes()).unwrap();
         let _ = rd::<4>(&mut s);
+        refuse_structured(&mut s);
         let _ = rd::<16>(&mut s);
         let mut d = vec![0u8; 8];
         s.read_exact(&mut d).unwrap();
@@ -1120,6 +1147,7 @@ fn hostile_servers_are_refused() {
         s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
         s.write_all(&1u16.to_be_bytes()).unwrap();
         let _ = rd::<4>(&mut s);
+        refuse_structured(&mut s);
         let _ = rd::<16>(&mut s);
         let mut d = vec![0u8; 8];
         s.read_exact(&mut d).unwrap();
@@ -1184,6 +1212,7 @@ fn export_name_fallback() {
         s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
         s.write_all(&1u16.to_be_bytes()).unwrap(); // fixed, zeroes sent
         assert_eq!(u32::from_be_bytes(rd::<4>(&mut s)), 1);
+        refuse_structured(&mut s);
         let h = rd::<16>(&mut s);
         let len = u32::from_be_bytes(h[12..16].try_into().unwrap()) as usize;
         let mut d = vec![0u8; len];
@@ -1373,6 +1402,8 @@ struct Durable {
     pending: Vec<(usize, Vec<u8>)>,
     /// Every request: (command, flags, offset).
     log: Vec<(u16, u16, u64)>,
+    /// Requests received on each connection, in accept order.
+    per_conn: Vec<usize>,
 }
 
 fn durable_fake(size: u64, tflags: u16) -> (Fake, Arc<std::sync::Mutex<Durable>>) {
@@ -1382,11 +1413,24 @@ fn durable_fake(size: u64, tflags: u16) -> (Fake, Arc<std::sync::Mutex<Durable>>
         ..Default::default()
     }));
     let st2 = st.clone();
-    let fake = Fake::start(move |mut s| {
-        serve_handshake(&mut s, size, tflags);
+    let fake = Fake::start(move |s| serve_durable(s, size, tflags, &st2));
+    (fake, st)
+}
+
+/// Serve one connection of a [`Durable`] fake. With several connections a
+/// flush on any one makes every write so far durable (`CAN_MULTI_CONN`).
+fn serve_durable(mut s: UnixStream, size: u64, tflags: u16, st2: &std::sync::Mutex<Durable>) {
+    serve_handshake(&mut s, size, tflags);
+    let me = {
+        let mut g = st2.lock().unwrap();
+        g.per_conn.push(0);
+        g.per_conn.len() - 1
+    };
+    {
         while let Some(r) = read_req(&mut s) {
             let (o, l) = (r.off as usize, r.len as usize);
             let mut g = st2.lock().unwrap();
+            g.per_conn[me] += 1;
             g.log.push((r.cmd, r.flags, r.off));
             match r.cmd {
                 0 => {
@@ -1415,8 +1459,7 @@ fn durable_fake(size: u64, tflags: u16) -> (Fake, Arc<std::sync::Mutex<Durable>>
             drop(g);
             simple_reply(&mut s, 0, r.cookie, &[]);
         }
-    });
-    (fake, st)
+    }
 }
 
 /// The worst-case power-cut image, opened as a filesystem: the newest
@@ -1443,7 +1486,10 @@ fn open_durable(st: &std::sync::Mutex<Durable>, name: &str) -> (u64, Vec<u8>) {
 fn assert_durable(st: &std::sync::Mutex<Durable>, g: u64, want: &[u8]) {
     let (got, back) = open_durable(st, "f");
     assert_eq!(got, g, "acknowledged generation lost by a power cut");
-    assert!(back == want, "content of generation {g} differs after a power cut");
+    assert!(
+        back == want,
+        "content of generation {g} differs after a power cut"
+    );
 }
 
 /// `write_fua` is one `NBD_CMD_WRITE` with `NBD_CMD_FLAG_FUA` where the
@@ -1464,7 +1510,10 @@ fn write_fua_uses_the_fua_flag_only_where_advertised() {
             } else {
                 assert_eq!(cmds, vec![(CMD_WRITE, 0), (CMD_FLUSH, 0)]);
             }
-            assert!(g.durable[5 * 4096..7 * 4096] == data[..], "FUA write not durable");
+            assert!(
+                g.durable[5 * 4096..7 * 4096] == data[..],
+                "FUA write not durable"
+            );
         }
         drop(dev);
         fake.join();
@@ -1500,9 +1549,17 @@ fn commits_use_fua_for_the_slot_and_stay_durable() {
     let g1 = fs.commit().unwrap();
     let ops = since(m);
     let last = *ops.last().unwrap();
-    assert_eq!((last.0, last.1), (CMD_WRITE, FLAG_FUA), "slot not FUA: {ops:?}");
+    assert_eq!(
+        (last.0, last.1),
+        (CMD_WRITE, FLAG_FUA),
+        "slot not FUA: {ops:?}"
+    );
     assert_eq!(fua_writes(&ops), 1, "{ops:?}");
-    assert_eq!(flushes(&ops), 1, "barrier protocol: one flush (the barrier)");
+    assert_eq!(
+        flushes(&ops),
+        1,
+        "barrier protocol: one flush (the barrier)"
+    );
     assert_durable(&st, g1, &big);
 
     // A small commit: the commit-log protocol, one flush, no FUA.
@@ -1530,4 +1587,458 @@ fn commits_use_fua_for_the_slot_and_stay_durable() {
     drop(f);
     drop(fs);
     fake.join();
+}
+
+// ---------------------------------------------------------------------------
+// Multiple connections
+
+const CAN_MULTI_CONN: u16 = 1 << 8;
+
+/// A [`Durable`] fake accepting up to `max` connections, one thread each.
+struct MultiFake {
+    sock: PathBuf,
+    _dir: tempfile::TempDir,
+    st: Arc<std::sync::Mutex<Durable>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl MultiFake {
+    fn start(size: u64, tflags: u16, max: usize) -> MultiFake {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("multi.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        let st = Arc::new(std::sync::Mutex::new(Durable {
+            live: vec![0; size as usize],
+            durable: vec![0; size as usize],
+            ..Default::default()
+        }));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (st2, acc2) = (st.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for _ in 0..max {
+                let Ok((s, _)) = l.accept() else { return };
+                acc2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let st3 = st2.clone();
+                std::thread::spawn(move || serve_durable(s, size, tflags, &st3));
+            }
+        });
+        MultiFake {
+            sock,
+            _dir: dir,
+            st,
+            accepted,
+        }
+    }
+    fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.sock.display())
+    }
+}
+
+/// With `CAN_MULTI_CONN` the device opens 4 connections (or what the
+/// options / `?connections=` say), spreads requests over them, and one
+/// flush makes the writes of all of them durable.
+#[test]
+fn multi_conn_spreads_requests_and_one_flush_covers_all() {
+    let fake = MultiFake::start(4 << 20, 1 | 4 | 8 | 64 | CAN_MULTI_CONN, 16);
+    let dev = NbdDevice::open_uri(&fake.uri(), &opts_fast()).unwrap();
+    assert_eq!(dev.connections(), 4);
+    let bufs: Vec<(u64, Vec<u8>)> = (0..64u64)
+        .map(|i| (i * 3, pattern(21, i * 3, 4096)))
+        .collect();
+    let reqs: Vec<WriteReq<'_>> = bufs
+        .iter()
+        .map(|(b, d)| WriteReq { block: *b, data: d })
+        .collect();
+    dev.write_batch(&reqs).unwrap();
+    {
+        let g = fake.st.lock().unwrap();
+        assert_eq!(g.per_conn.len(), 4);
+        assert!(
+            g.per_conn.iter().all(|&n| n >= 8),
+            "requests not spread over the connections: {:?}",
+            g.per_conn
+        );
+    }
+    dev.flush().unwrap();
+    {
+        let g = fake.st.lock().unwrap();
+        assert_eq!(g.log.iter().filter(|o| o.0 == CMD_FLUSH).count(), 1);
+        for (b, d) in &bufs {
+            let o = *b as usize * 4096;
+            assert!(
+                g.durable[o..o + 4096] == d[..],
+                "block {b} not durable after flush"
+            );
+        }
+    }
+    for (b, d) in &bufs {
+        let mut back = vec![0u8; 4096];
+        dev.read(*b, &mut back).unwrap();
+        assert!(back == *d, "block {b} reads back wrong");
+    }
+    drop(dev);
+    // Options and URI can ask for fewer (or more).
+    let dev = NbdDevice::open_uri(
+        &fake.uri(),
+        &NbdOptions {
+            connections: Some(2),
+            ..opts_fast()
+        },
+    )
+    .unwrap();
+    assert_eq!(dev.connections(), 2);
+    drop(dev);
+    let dev = NbdDevice::open_uri(&format!("{}&connections=1", fake.uri()), &opts_fast()).unwrap();
+    assert_eq!(dev.connections(), 1);
+    drop(dev);
+    assert_eq!(fake.accepted.load(std::sync::atomic::Ordering::SeqCst), 7);
+}
+
+/// Without `CAN_MULTI_CONN` one connection only, whatever is asked: a
+/// flush on one connection would not cover writes on another.
+#[test]
+fn no_multi_conn_without_the_flag() {
+    let fake = MultiFake::start(1 << 20, 1 | 4 | 8, 16);
+    let dev = NbdDevice::open_uri(
+        &format!("{}&connections=8", fake.uri()),
+        &NbdOptions {
+            connections: Some(8),
+            ..opts_fast()
+        },
+    )
+    .unwrap();
+    assert_eq!(dev.connections(), 1);
+    let data = pattern(5, 1, 4096 * 4);
+    dev.write(1, &data).unwrap();
+    dev.flush().unwrap();
+    drop(dev);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(fake.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// nbdkit's memory plugin and qemu-nbd with `--shared` > 1 advertise
+/// `CAN_MULTI_CONN`: the device uses 4 connections and behaves like memory.
+#[test]
+fn multi_conn_on_real_servers() {
+    if let Some(srv) = Server::nbdkit(&["memory", "64M"]) {
+        let dev = srv.connect();
+        assert!(dev.export_info().flags & flags::CAN_MULTI_CONN != 0);
+        assert_eq!(dev.connections(), 4);
+        quickcheck_device(Arc::new(dev), 30);
+    }
+    let dir = disk_tempdir();
+    let img = make_image(dir.path(), "img", 16 << 20);
+    if let Some(srv) = Server::qemu(&img) {
+        let dev = srv.connect();
+        assert_eq!(dev.connections(), 4);
+        let data: Vec<u8> = (0..256).flat_map(|b| pattern(9, b, 4096)).collect();
+        dev.write(10, &data).unwrap();
+        dev.flush().unwrap();
+        drop(dev);
+        let dev = srv.connect();
+        let mut back = vec![0u8; data.len()];
+        dev.read(10, &mut back).unwrap();
+        assert!(
+            back == data,
+            "data differs through a second 4-connection device"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Structured replies
+
+const STRUCTURED: u32 = 0x668e_33ef;
+const DONE: u16 = 1;
+const T_NONE: u16 = 0;
+const T_DATA: u16 = 1;
+const T_HOLE: u16 = 2;
+const T_ERROR: u16 = (1 << 15) + 1;
+const T_ERROR_OFFSET: u16 = (1 << 15) + 2;
+
+fn chunk(s: &mut UnixStream, flags: u16, typ: u16, cookie: u64, payload: &[u8]) {
+    let mut m = STRUCTURED.to_be_bytes().to_vec();
+    m.extend_from_slice(&flags.to_be_bytes());
+    m.extend_from_slice(&typ.to_be_bytes());
+    m.extend_from_slice(&cookie.to_be_bytes());
+    m.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    m.extend_from_slice(payload);
+    let _ = s.write_all(&m);
+}
+
+fn data_chunk(s: &mut UnixStream, flags: u16, cookie: u64, off: u64, data: &[u8]) {
+    let mut p = off.to_be_bytes().to_vec();
+    p.extend_from_slice(data);
+    chunk(s, flags, T_DATA, cookie, &p);
+}
+
+fn hole_chunk(s: &mut UnixStream, flags: u16, cookie: u64, off: u64, len: u32) {
+    let mut p = off.to_be_bytes().to_vec();
+    p.extend_from_slice(&len.to_be_bytes());
+    chunk(s, flags, T_HOLE, cookie, &p);
+}
+
+fn error_chunk(s: &mut UnixStream, flags: u16, cookie: u64, err: u32, msg: &str, off: Option<u64>) {
+    let mut p = err.to_be_bytes().to_vec();
+    p.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    p.extend_from_slice(msg.as_bytes());
+    let typ = match off {
+        Some(o) => {
+            p.extend_from_slice(&o.to_be_bytes());
+            T_ERROR_OFFSET
+        }
+        None => T_ERROR,
+    };
+    chunk(s, flags, typ, cookie, &p);
+}
+
+/// A memory server speaking structured replies: each read is answered in
+/// 4 KiB chunks, in reverse order, all-zero ones as holes, then NONE+DONE;
+/// a read touching block 200 gets an ERROR_OFFSET chunk; writes get a
+/// NONE+DONE chunk, flushes a simple reply.
+#[test]
+fn structured_replies_sparse_reads_and_precise_errors() {
+    const SIZE: u64 = 1 << 20;
+    let holes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let holes2 = holes.clone();
+    let fake = Fake::start(move |mut s| {
+        serve_handshake_sr(&mut s, SIZE, 1 | 4 | 8, true);
+        let mut mem = vec![0u8; SIZE as usize];
+        while let Some(r) = read_req(&mut s) {
+            let (o, l) = (r.off as usize, r.len as usize);
+            match r.cmd {
+                0 if o <= 200 * 4096 && o + l > 200 * 4096 => {
+                    error_chunk(&mut s, 0, r.cookie, 5, "bad sector", Some(200 * 4096 + 512));
+                    chunk(&mut s, DONE, T_NONE, r.cookie, &[]);
+                }
+                0 => {
+                    let mut at = o + l;
+                    while at > o {
+                        let start = at.saturating_sub(4096).max(o);
+                        let d = &mem[start..at];
+                        if d.iter().all(|&b| b == 0) {
+                            holes2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            hole_chunk(&mut s, 0, r.cookie, start as u64, (at - start) as u32);
+                        } else {
+                            data_chunk(&mut s, 0, r.cookie, start as u64, d);
+                        }
+                        at = start;
+                    }
+                    chunk(&mut s, DONE, T_NONE, r.cookie, &[]);
+                }
+                1 => {
+                    mem[o..o + l].copy_from_slice(&r.data);
+                    chunk(&mut s, DONE, T_NONE, r.cookie, &[]);
+                }
+                2 => return,
+                _ => simple_reply(&mut s, 0, r.cookie, &[]),
+            }
+        }
+    });
+    let dev = NbdDevice::open_uri(&fake.uri(), &opts_fast()).unwrap();
+    assert!(dev.export_info().structured_replies);
+    // Blocks 8..16 written, 16..24 left as holes, read back as one request.
+    let data = pattern(31, 8, 8 * 4096);
+    dev.write(8, &data).unwrap();
+    let mut back = vec![0xffu8; 16 * 4096];
+    dev.read(8, &mut back).unwrap();
+    assert!(back[..8 * 4096] == data[..], "data chunks misplaced");
+    assert!(
+        back[8 * 4096..].iter().all(|&b| b == 0),
+        "holes not zero-filled"
+    );
+    assert!(holes.load(std::sync::atomic::Ordering::SeqCst) >= 8);
+    // A precise error: errno kind, offset and message; the connection stays.
+    let mut b = vec![0u8; 4 * 4096];
+    let e = dev.read(198, &mut b).unwrap_err();
+    let m = e.to_string();
+    assert!(e.is_io(), "{m}");
+    assert!(
+        m.contains("Input/output error")
+            && m.contains("at byte 819712")
+            && m.contains("bad sector"),
+        "{m}"
+    );
+    assert!(!dev.is_dead());
+    dev.read(8, &mut back).unwrap();
+    assert!(back[..8 * 4096] == data[..]);
+    dev.flush().unwrap();
+    drop(dev);
+    fake.join();
+}
+
+/// Structured replies that break the protocol end the connection with a
+/// clear error, at once, without allocating what the server claims.
+#[test]
+fn structured_reply_violations_end_the_connection() {
+    type Bad = fn(&mut UnixStream, &Req);
+    // Every case answers an 8 KiB read at offset 4096.
+    let cases: Vec<(Bad, &str)> = vec![
+        (
+            |s, r| data_chunk(s, DONE, r.cookie, 0, &[1u8; 8192]),
+            "outside the request",
+        ),
+        (
+            |s, r| data_chunk(s, DONE, r.cookie, 8192, &[1u8; 8192]),
+            "outside the request",
+        ),
+        (
+            |s, r| {
+                data_chunk(s, 0, r.cookie, 4096, &[1u8; 8192]);
+                hole_chunk(s, DONE, r.cookie, 8192, 512);
+            },
+            "overlaps",
+        ),
+        (
+            |s, r| data_chunk(s, DONE, r.cookie, 4096, &[1u8; 4096]),
+            "cover 4096 of the 8192",
+        ),
+        (
+            |s, r| chunk(s, 0, T_NONE, r.cookie, &[]),
+            "without the DONE flag",
+        ),
+        (
+            |s, r| chunk(s, DONE, T_NONE, r.cookie, &[0; 4]),
+            "NONE chunk of 4 bytes",
+        ),
+        (
+            |s, r| chunk(s, DONE, T_HOLE, r.cookie, &[0; 13]),
+            "hole chunk of 13 bytes",
+        ),
+        (
+            |s, r| hole_chunk(s, DONE, r.cookie, 4096, 0),
+            "outside the request",
+        ),
+        (
+            |s, r| {
+                let mut m = STRUCTURED.to_be_bytes().to_vec();
+                m.extend_from_slice(&DONE.to_be_bytes());
+                m.extend_from_slice(&T_DATA.to_be_bytes());
+                m.extend_from_slice(&r.cookie.to_be_bytes());
+                m.extend_from_slice(&u32::MAX.to_be_bytes());
+                let _ = s.write_all(&m);
+            },
+            "data chunk of 4294967295 bytes",
+        ),
+        (
+            |s, r| error_chunk(s, DONE, r.cookie, 0, "", None),
+            "error 0",
+        ),
+        (
+            |s, r| {
+                let mut p = 5u32.to_be_bytes().to_vec();
+                p.extend_from_slice(&9u16.to_be_bytes());
+                p.extend_from_slice(b"short");
+                chunk(s, DONE, T_ERROR, r.cookie, &p)
+            },
+            "with a 9-byte message",
+        ),
+        (
+            |s, r| {
+                let mut m = STRUCTURED.to_be_bytes().to_vec();
+                m.extend_from_slice(&DONE.to_be_bytes());
+                m.extend_from_slice(&T_ERROR.to_be_bytes());
+                m.extend_from_slice(&r.cookie.to_be_bytes());
+                m.extend_from_slice(&(1u32 << 30).to_be_bytes());
+                let _ = s.write_all(&m);
+            },
+            "error chunk of 1073741824 bytes",
+        ),
+        (
+            |s, r| error_chunk(s, DONE, r.cookie, 5, "x", Some(0)),
+            "error offset 0 outside",
+        ),
+        (
+            |s, r| chunk(s, DONE, 5, r.cookie, &[0; 12]),
+            "unexpected chunk type 5",
+        ),
+        (
+            |s, r| chunk(s, DONE, T_NONE, r.cookie ^ 1, &[]),
+            "unknown handle",
+        ),
+        (
+            |s, r| {
+                for i in 0..40u64 {
+                    hole_chunk(s, 0, r.cookie, 4096 + i, 1);
+                }
+            },
+            "more than 32 chunks",
+        ),
+        (
+            |s, r| {
+                hole_chunk(s, 0, r.cookie, 4096, 4096);
+                simple_reply(s, 0, r.cookie, &[0u8; 8192]);
+            },
+            "simple reply for handle",
+        ),
+    ];
+    for (bad, msg) in cases {
+        let fake = Fake::start(move |mut s| {
+            serve_handshake_sr(&mut s, 1 << 20, 1 | 4, true);
+            if let Some(r) = read_req(&mut s) {
+                bad(&mut s, &r);
+            }
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let _ = read_req(&mut s);
+        });
+        let dev = NbdDevice::open_uri(&fake.uri(), &opts_fast()).unwrap();
+        let t0 = Instant::now();
+        let mut b = vec![0u8; 8192];
+        let e = dev.read(1, &mut b).unwrap_err();
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "{msg}: took {:?}",
+            t0.elapsed()
+        );
+        assert!(
+            e.is_io() && e.to_string().contains("protocol error") && e.to_string().contains(msg),
+            "{msg}: {e}"
+        );
+        assert!(dev.is_dead(), "{msg}");
+        drop(dev);
+        fake.join();
+    }
+}
+
+/// Real servers offer structured replies: nbdkit's sparse-random plugin
+/// (mostly holes) read through the device equals nbdcopy's copy of it, and
+/// qemu-nbd negotiates them too.
+#[test]
+fn structured_replies_on_real_servers() {
+    if !have("nbdcopy") {
+        println!("SKIPPED: nbdcopy is not installed");
+    } else if let Some(srv) = Server::nbdkit(&["sparse-random", "64M", "seed=7"]) {
+        let dev = srv.connect();
+        assert!(dev.export_info().structured_replies);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("copy.img");
+        let st = Command::new("nbdcopy")
+            .arg(srv.uri())
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let want = std::fs::read(&out).unwrap();
+        assert_eq!(want.len(), 64 << 20);
+        let mut got = vec![0xa5u8; 64 << 20];
+        for (i, c) in got.chunks_mut(8 << 20).enumerate() {
+            dev.read(i as u64 * 2048, c).unwrap();
+        }
+        assert!(got == want, "sparse-random content differs from nbdcopy's");
+        assert!(
+            want.iter().any(|&b| b != 0) && want.chunks(4096).any(|c| c.iter().all(|&b| b == 0))
+        );
+    }
+    let dir = disk_tempdir();
+    let img = make_image(dir.path(), "img", 4 << 20);
+    if let Some(srv) = Server::qemu(&img) {
+        let dev = srv.connect();
+        assert!(dev.export_info().structured_replies);
+        let d = pattern(4, 3, 4096);
+        dev.write(3, &d).unwrap();
+        let mut b = vec![0xffu8; 8 * 4096];
+        dev.read(0, &mut b).unwrap();
+        assert!(b[3 * 4096..4 * 4096] == d[..]);
+        assert!(b[..3 * 4096].iter().chain(&b[4 * 4096..]).all(|&x| x == 0));
+    }
 }

@@ -6,7 +6,7 @@
 //! each caller on its own std channel. Any transport or protocol error ends
 //! the connection: every pending and every later request fails, and the
 //! reason is kept in [`Shared`] for the error messages.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
@@ -15,7 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc as tmpsc, Notify};
 
 use super::proto::{
-    errno, negotiate, put_request, ExportInfo, NegError, CMD_DISC, REQUEST_LEN, SIMPLE_REPLY_MAGIC,
+    errno, negotiate, put_request, ExportInfo, NegError, CMD_DISC, MAX_ERROR_MESSAGE,
+    REPLY_FLAG_DONE, REPLY_TYPE_ERROR, REPLY_TYPE_ERROR_OFFSET, REPLY_TYPE_NONE,
+    REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_OFFSET_HOLE, REQUEST_LEN, SIMPLE_REPLY_MAGIC,
     STRUCTURED_REPLY_MAGIC,
 };
 use super::uri::NbdAddr;
@@ -63,12 +65,21 @@ impl Shared {
     }
 }
 
+/// An error reply: the NBD error value and, from a structured reply, the
+/// server's message and the offset it names.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServerError {
+    pub(crate) err: u32,
+    pub(crate) offset: Option<u64>,
+    pub(crate) msg: String,
+}
+
 /// What a caller gets back for one request.
 pub(crate) enum Outcome {
     /// Success; the data of a read.
     Ok(Option<Vec<u8>>),
-    /// The server answered with this NBD error value.
-    Server(u32),
+    /// The server answered with an error.
+    Server(ServerError),
     /// The connection is gone (reason).
     Conn(String),
 }
@@ -83,6 +94,9 @@ pub(crate) struct Request {
     /// Header and payload, ready for the wire.
     pub(crate) msg: Vec<u8>,
     pub(crate) cookie: u64,
+    /// Request offset and length.
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
     /// Bytes of data the reply carries (reads), 0 otherwise.
     pub(crate) read_len: u32,
     /// Wait until no request is in flight before sending (flush, disconnect).
@@ -94,19 +108,75 @@ pub(crate) struct Request {
 }
 
 struct Pending {
+    /// Request offset and length (structured chunks name absolute offsets).
+    offset: u64,
+    len: u32,
     read_len: u32,
     tag: usize,
     reply: mpsc::Sender<Reply>,
+    /// Structured reply in progress (after its first chunk).
+    chunks: Option<Chunks>,
+}
+
+/// The chunks of one structured reply received so far.
+#[derive(Default)]
+struct Chunks {
+    count: usize,
+    /// The read's data (zero-filled: holes need nothing more).
+    data: Vec<u8>,
+    /// Byte ranges covered by data and hole chunks, relative to the
+    /// request, start → end; never overlapping.
+    covered: BTreeMap<u64, u64>,
+    covered_bytes: u64,
+    /// The first error chunk.
+    error: Option<ServerError>,
+}
+
+impl Chunks {
+    /// Record `start..end` as covered; false if it overlaps a range already
+    /// covered.
+    fn cover(&mut self, start: u64, end: u64) -> bool {
+        if let Some((_, &e)) = self.covered.range(..=start).next_back() {
+            if e > start {
+                return false;
+            }
+        }
+        if let Some((&s, _)) = self.covered.range(start..).next() {
+            if s < end {
+                return false;
+            }
+        }
+        self.covered.insert(start, end);
+        self.covered_bytes += end - start;
+        true
+    }
+}
+
+/// Most chunks accepted in one structured reply: enough for a read split
+/// at every 512-byte sector, bounded so a hostile server cannot make the
+/// coverage map grow without limit.
+fn max_chunks(read_len: u32) -> usize {
+    16 + read_len as usize / 512
 }
 
 type PendingMap = Mutex<HashMap<u64, Pending>>;
 
-/// Connect to `addr`, negotiate `export`, and on success keep serving
-/// requests from `rx`. `ready` receives the handshake result exactly once.
+/// What one connection needs to connect and negotiate.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnConfig {
+    pub(crate) addr: NbdAddr,
+    pub(crate) export: String,
+    /// Bound on connect + handshake.
+    pub(crate) timeout: Duration,
+    /// Ask for structured replies.
+    pub(crate) structured: bool,
+}
+
+/// Connect to `cfg.addr`, negotiate `cfg.export`, and on success keep
+/// serving requests from `rx`. `ready` receives the handshake result
+/// exactly once.
 pub(crate) fn io_thread(
-    addr: NbdAddr,
-    export: String,
-    timeout: Duration,
+    cfg: ConnConfig,
     rx: tmpsc::UnboundedReceiver<Request>,
     shared: std::sync::Arc<Shared>,
     ready: mpsc::Sender<Result<ExportInfo, NegError>>,
@@ -122,29 +192,35 @@ pub(crate) fn io_thread(
             return;
         }
     };
+    let ConnConfig {
+        addr,
+        export,
+        timeout,
+        structured,
+    } = cfg;
     rt.block_on(async move {
         match addr {
             NbdAddr::Unix(path) => {
                 let conn = tokio::time::timeout(timeout, async {
                     let mut s = tokio::net::UnixStream::connect(&path).await?;
-                    let info = negotiate(&mut s, &export).await?;
+                    let info = negotiate(&mut s, &export, structured).await?;
                     Ok::<_, NegError>((s, info))
                 })
                 .await;
-                if let Some(s) = handshake_done(conn, &ready) {
-                    serve(s, rx, &shared).await;
+                if let Some((s, st)) = handshake_done(conn, &ready) {
+                    serve(s, st, rx, &shared).await;
                 }
             }
             NbdAddr::Tcp { host, port } => {
                 let conn = tokio::time::timeout(timeout, async {
                     let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
                     s.set_nodelay(true)?;
-                    let info = negotiate(&mut s, &export).await?;
+                    let info = negotiate(&mut s, &export, structured).await?;
                     Ok::<_, NegError>((s, info))
                 })
                 .await;
-                if let Some(s) = handshake_done(conn, &ready) {
-                    serve(s, rx, &shared).await;
+                if let Some((s, st)) = handshake_done(conn, &ready) {
+                    serve(s, st, rx, &shared).await;
                 }
             }
         }
@@ -154,11 +230,12 @@ pub(crate) fn io_thread(
 fn handshake_done<S>(
     conn: Result<Result<(S, ExportInfo), NegError>, tokio::time::error::Elapsed>,
     ready: &mpsc::Sender<Result<ExportInfo, NegError>>,
-) -> Option<S> {
+) -> Option<(S, bool)> {
     match conn {
         Ok(Ok((s, info))) => {
+            let st = info.structured_replies;
             // If the opener gave up waiting, there is nobody to serve.
-            ready.send(Ok(info)).ok().map(|()| s)
+            ready.send(Ok(info)).ok().map(|()| (s, st))
         }
         Ok(Err(e)) => {
             let _ = ready.send(Err(e));
@@ -176,6 +253,7 @@ fn handshake_done<S>(
 
 async fn serve<S: AsyncRead + AsyncWrite>(
     stream: S,
+    structured: bool,
     mut rx: tmpsc::UnboundedReceiver<Request>,
     shared: &Shared,
 ) {
@@ -184,7 +262,7 @@ async fn serve<S: AsyncRead + AsyncWrite>(
     let drained = Notify::new();
     let end = tokio::select! {
         r = writer(&mut wr, &mut rx, &pending, &drained) => r,
-        r = reader(&mut rd, &pending, &drained) => r,
+        r = reader(&mut rd, structured, &pending, &drained) => r,
         _ = shared.abort.notified() => Err("connection aborted by the client (request timed out)".to_string()),
     };
     let (reason, closed) = match end {
@@ -243,9 +321,12 @@ async fn writer<W: AsyncWrite + Unpin>(
         pending.lock().unwrap_or_else(|e| e.into_inner()).insert(
             req.cookie,
             Pending {
+                offset: req.offset,
+                len: req.len,
                 read_len: req.read_len,
                 tag: req.tag,
                 reply: req.reply,
+                chunks: None,
             },
         );
         wr.write_all(&req.msg)
@@ -255,34 +336,61 @@ async fn writer<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+fn read_failed(e: std::io::Error, what: &str) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        "the server closed the connection".to_string()
+    } else {
+        format!("reading {what} failed: {e}")
+    }
+}
+
+fn lock(pending: &PendingMap) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+    pending.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Hand a finished request's outcome to its caller.
+fn complete(pending: &PendingMap, drained: &Notify, p: Pending, outcome: Outcome) {
+    if lock(pending).is_empty() {
+        drained.notify_one();
+    }
+    let _ = p.reply.send(Reply {
+        tag: p.tag,
+        outcome,
+    });
+}
+
 async fn reader<R: AsyncRead + Unpin>(
     rd: &mut R,
+    structured: bool,
     pending: &PendingMap,
     drained: &Notify,
 ) -> Result<(), String> {
     let mut hdr = [0u8; 16];
     loop {
-        rd.read_exact(&mut hdr).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                "the server closed the connection".to_string()
-            } else {
-                format!("reading a reply failed: {e}")
-            }
-        })?;
+        rd.read_exact(&mut hdr)
+            .await
+            .map_err(|e| read_failed(e, "a reply"))?;
         let magic = u32::from_be_bytes(hdr[0..4].try_into().unwrap());
         if magic == STRUCTURED_REPLY_MAGIC {
-            return Err("protocol error: structured reply, which was not negotiated".into());
+            if !structured {
+                return Err("protocol error: structured reply, which was not negotiated".into());
+            }
+            structured_chunk(rd, &hdr, pending, drained).await?;
+            continue;
         }
         if magic != SIMPLE_REPLY_MAGIC {
             return Err(format!("protocol error: bad reply magic {magic:#x}"));
         }
         let err = u32::from_be_bytes(hdr[4..8].try_into().unwrap());
         let cookie = u64::from_be_bytes(hdr[8..16].try_into().unwrap());
-        let p = pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let p = lock(pending)
             .remove(&cookie)
             .ok_or_else(|| format!("protocol error: reply for unknown handle {cookie:#x}"))?;
+        if p.chunks.is_some() {
+            return Err(format!(
+                "protocol error: simple reply for handle {cookie:#x} after structured chunks"
+            ));
+        }
         // A simple reply to a successful read carries exactly the requested
         // length; a reply with an error carries no payload (the protocol:
         // the data is sent only when the error field is zero), so the next
@@ -293,24 +401,202 @@ async fn reader<R: AsyncRead + Unpin>(
             let mut v = vec![0u8; p.read_len as usize];
             rd.read_exact(&mut v)
                 .await
-                .map_err(|e| format!("reading read data failed: {e}"))?;
+                .map_err(|e| read_failed(e, "read data"))?;
             Some(v)
         } else {
             None
         };
-        if pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-            drained.notify_one();
-        }
         let outcome = if err == 0 {
             Outcome::Ok(data)
         } else {
-            Outcome::Server(err)
+            Outcome::Server(ServerError {
+                err,
+                ..Default::default()
+            })
         };
-        let _ = p.reply.send(Reply {
-            tag: p.tag,
-            outcome,
-        });
+        complete(pending, drained, p, outcome);
     }
+}
+
+/// One chunk of a structured reply (`hdr`: its first 16 bytes). Every
+/// length is checked against the request before anything is allocated:
+/// data and holes must lie inside the request and never overlap, and at
+/// the final chunk (`DONE`) of a successful read they must cover it
+/// exactly. Any violation ends the connection.
+async fn structured_chunk<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    hdr: &[u8; 16],
+    pending: &PendingMap,
+    drained: &Notify,
+) -> Result<(), String> {
+    let flags = u16::from_be_bytes([hdr[4], hdr[5]]);
+    let typ = u16::from_be_bytes([hdr[6], hdr[7]]);
+    let cookie = u64::from_be_bytes(hdr[8..16].try_into().unwrap());
+    let mut lb = [0u8; 4];
+    rd.read_exact(&mut lb)
+        .await
+        .map_err(|e| read_failed(e, "a structured reply"))?;
+    let len = u32::from_be_bytes(lb);
+    let bad = |why: String| {
+        Err(format!(
+            "protocol error: structured reply for handle {cookie:#x}: {why}"
+        ))
+    };
+    let (offset, req_len, read_len, count) = {
+        let mut g = lock(pending);
+        let Some(p) = g.get_mut(&cookie) else {
+            return Err(format!(
+                "protocol error: reply for unknown handle {cookie:#x}"
+            ));
+        };
+        let c = p.chunks.get_or_insert_with(Chunks::default);
+        c.count += 1;
+        (p.offset, p.len, p.read_len, c.count)
+    };
+    if count > max_chunks(read_len) {
+        return bad(format!("more than {} chunks", max_chunks(read_len)));
+    }
+    let done = flags & REPLY_FLAG_DONE != 0;
+    let end = offset + read_len as u64;
+    match typ {
+        REPLY_TYPE_NONE => {
+            if len != 0 {
+                return bad(format!("NONE chunk of {len} bytes"));
+            }
+            if !done {
+                return bad("NONE chunk without the DONE flag".into());
+            }
+        }
+        REPLY_TYPE_OFFSET_DATA | REPLY_TYPE_OFFSET_HOLE => {
+            if read_len == 0 {
+                return bad(
+                    "data or hole chunk in the reply to a request that is not a read".into(),
+                );
+            }
+            let (o, n, data) = if typ == REPLY_TYPE_OFFSET_DATA {
+                if len <= 8 || len - 8 > read_len {
+                    return bad(format!(
+                        "data chunk of {len} bytes for a read of {read_len}"
+                    ));
+                }
+                let mut ob = [0u8; 8];
+                rd.read_exact(&mut ob)
+                    .await
+                    .map_err(|e| read_failed(e, "a data chunk"))?;
+                let o = u64::from_be_bytes(ob);
+                let n = (len - 8) as u64;
+                // Check the range before reading (allocating) the data.
+                if o < offset || o.checked_add(n).is_none_or(|e| e > end) {
+                    return bad(format!(
+                        "data at {o}+{n} outside the request {offset}+{read_len}"
+                    ));
+                }
+                let mut d = vec![0u8; n as usize];
+                rd.read_exact(&mut d)
+                    .await
+                    .map_err(|e| read_failed(e, "a data chunk"))?;
+                (o, n, Some(d))
+            } else {
+                if len != 12 {
+                    return bad(format!("hole chunk of {len} bytes (expected 12)"));
+                }
+                let mut b = [0u8; 12];
+                rd.read_exact(&mut b)
+                    .await
+                    .map_err(|e| read_failed(e, "a hole chunk"))?;
+                let o = u64::from_be_bytes(b[0..8].try_into().unwrap());
+                let n = u32::from_be_bytes(b[8..12].try_into().unwrap()) as u64;
+                (o, n, None)
+            };
+            if n == 0 || o < offset || o.checked_add(n).is_none_or(|e| e > end) {
+                return bad(format!(
+                    "chunk at {o}+{n} outside the request {offset}+{read_len}"
+                ));
+            }
+            let mut g = lock(pending);
+            let Some(c) = g.get_mut(&cookie).and_then(|p| p.chunks.as_mut()) else {
+                return bad("request vanished".into());
+            };
+            let (rs, re) = (o - offset, o - offset + n);
+            if !c.cover(rs, re) {
+                return bad(format!("chunk at {o}+{n} overlaps an earlier one"));
+            }
+            if c.data.is_empty() {
+                // Zero-filled: holes need nothing more. Our length, bounded
+                // by the maximum request size.
+                c.data = vec![0u8; read_len as usize];
+            }
+            if let Some(d) = data {
+                c.data[rs as usize..re as usize].copy_from_slice(&d);
+            }
+        }
+        t if t & (1 << 15) != 0 => {
+            // ERROR, ERROR_OFFSET, or an error type we do not know.
+            let extra = if t == REPLY_TYPE_ERROR_OFFSET { 8 } else { 0 };
+            if len < 6 + extra || len > 6 + MAX_ERROR_MESSAGE + 8 {
+                return bad(format!("error chunk of {len} bytes"));
+            }
+            let mut b = vec![0u8; len as usize];
+            rd.read_exact(&mut b)
+                .await
+                .map_err(|e| read_failed(e, "an error chunk"))?;
+            let err = u32::from_be_bytes(b[0..4].try_into().unwrap());
+            if err == 0 {
+                return bad("error chunk with error 0".into());
+            }
+            let mlen = u16::from_be_bytes([b[4], b[5]]) as u32;
+            let mut e = ServerError {
+                err,
+                ..Default::default()
+            };
+            if t == REPLY_TYPE_ERROR || t == REPLY_TYPE_ERROR_OFFSET {
+                if 6 + mlen + extra != len {
+                    return bad(format!(
+                        "error chunk of {len} bytes with a {mlen}-byte message"
+                    ));
+                }
+                e.msg = String::from_utf8_lossy(&b[6..6 + mlen as usize]).into_owned();
+                if t == REPLY_TYPE_ERROR_OFFSET {
+                    let at = 6 + mlen as usize;
+                    let o = u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+                    if req_len > 0 && (o < offset || o >= offset + req_len as u64) {
+                        return bad(format!(
+                            "error offset {o} outside the request {offset}+{req_len}"
+                        ));
+                    }
+                    e.offset = Some(o);
+                }
+            }
+            let mut g = lock(pending);
+            let Some(c) = g.get_mut(&cookie).and_then(|p| p.chunks.as_mut()) else {
+                return bad("request vanished".into());
+            };
+            c.error.get_or_insert(e);
+        }
+        t => return bad(format!("unexpected chunk type {t}")),
+    }
+    if !done {
+        return Ok(());
+    }
+    let Some(mut p) = lock(pending).remove(&cookie) else {
+        return bad("request vanished".into());
+    };
+    let c = p.chunks.take().unwrap_or_default();
+    let outcome = if let Some(e) = c.error {
+        Outcome::Server(e)
+    } else if p.read_len > 0 {
+        if c.covered_bytes != p.read_len as u64 {
+            return bad(format!(
+                "chunks cover {} of the {} bytes read",
+                c.covered_bytes, p.read_len
+            ));
+        }
+        Outcome::Ok(Some(c.data))
+    } else {
+        Outcome::Ok(None)
+    };
+    complete(pending, drained, p, outcome);
+    Ok(())
 }
 
 /// Linux errno for an NBD error value.

@@ -9,14 +9,23 @@
 //! requests / [`MAX_INFLIGHT_BYTES`] bytes) and the server may answer in any
 //! order. Several threads may use one device concurrently.
 //!
+//! Multiple connections: when (and only when) the server advertises
+//! `CAN_MULTI_CONN`, the device opens [`NbdOptions::connections`] (or the
+//! URI's `?connections=N`; default [`DEFAULT_CONNECTIONS`]) connections to
+//! the export, each with its own I/O thread, and hands requests to them
+//! round robin. A flush goes on one of them: `CAN_MULTI_CONN` promises it
+//! covers the writes replied to on every connection, and a write call
+//! returns only once all its replies are in. Losing any connection ends the
+//! whole device, as losing the only one does.
+//!
 //! Mapping of the [`BlockDevice`] contract:
 //!
 //! * read / write → `NBD_CMD_READ` / `NBD_CMD_WRITE`, split at the maximum
 //!   request size (the server's `NBD_INFO_BLOCK_SIZE` maximum, else 32 MiB,
 //!   and never more than 32 MiB).
-//! * flush → `NBD_CMD_FLUSH`, sent only once **every** outstanding request
-//!   has been replied to (the server's flush covers only what it replied to
-//!   before processing it). A server without `SEND_FLUSH` has nothing to
+//! * flush → `NBD_CMD_FLUSH`, sent only once every outstanding request of
+//!   its connection has been replied to (the server's flush covers only
+//!   what it replied to before processing it). A server without `SEND_FLUSH` has nothing to
 //!   flush (write-through): flush is Ok.
 //! * barrier → the same flush: NBD has no ordering-only primitive.
 //! * write_fua → `NBD_CMD_WRITE` with `NBD_CMD_FLAG_FUA` when the server
@@ -39,16 +48,22 @@
 //! Connect and handshake are bounded by [`NbdOptions::connect_timeout`];
 //! each wait for a reply by [`NbdOptions::io_timeout`].
 //!
+//! Structured replies (`NBD_OPT_STRUCTURED_REPLY`) are asked for and used
+//! where the server offers them: reads may arrive as data and hole chunks
+//! (holes are zero-filled without crossing the network), errors as chunks
+//! with a message and the failing offset.
+//!
 //! Hostile servers: every length read from the server is checked before
-//! anything is allocated (option replies are capped at 16 KiB, read replies
-//! carry the length *we* asked for, structured replies — never negotiated —
-//! and unknown cookies end the connection).
+//! anything is allocated (option replies are capped at 16 KiB, simple read
+//! replies carry the length *we* asked for, structured chunks must lie
+//! inside their request, never overlap and cover it exactly; unknown
+//! cookies and any violation end the connection).
 mod conn;
 mod proto;
 mod uri;
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -57,9 +72,10 @@ use tokio::sync::mpsc as tmpsc;
 
 use crate::device::{check_io, check_range};
 use crate::{BlockDevice, BlockError, Capabilities, Geometry, Result, WriteReq};
-use conn::{io_thread, os_errno, Outcome, Request, Shared};
+use conn::{io_thread, os_errno, ConnConfig, Outcome, Request, ServerError, Shared};
 use proto::{
-    put_request, NegError, CMD_FLAG_FUA, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, REQUEST_LEN,
+    put_request, NegError, CMD_FLAG_FUA, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE,
+    CMD_WRITE_ZEROES, REQUEST_LEN,
 };
 
 pub use proto::{flags, ExportInfo};
@@ -77,6 +93,11 @@ pub const MAX_INFLIGHT_BYTES: usize = 64 << 20;
 /// Large reads and writes are sent as requests of this size, in flight
 /// together (see `NbdDevice::piece`).
 pub const PIPELINE_PIECE: usize = 256 << 10;
+/// Connections opened by default when the server advertises
+/// `CAN_MULTI_CONN`.
+pub const DEFAULT_CONNECTIONS: usize = 4;
+/// Most connections one device opens.
+pub const MAX_CONNECTIONS: usize = 16;
 /// Zero buffer size when write-zeroes is emulated.
 const ZERO_CHUNK: usize = 1 << 20;
 /// Largest TRIM sent at once.
@@ -95,12 +116,23 @@ pub struct NbdOptions {
     /// the connection is dropped and the device becomes unusable. `None`
     /// waits forever.
     pub io_timeout: Option<Duration>,
+    /// Connections to open when the server advertises `CAN_MULTI_CONN`
+    /// (flush on one covers writes completed on all); `None`:
+    /// [`DEFAULT_CONNECTIONS`]. Without `CAN_MULTI_CONN` one is opened,
+    /// whatever this says. Capped at [`MAX_CONNECTIONS`].
+    pub connections: Option<usize>,
+    /// Ask for structured replies (`NBD_OPT_STRUCTURED_REPLY`): sparse
+    /// reads (holes are not sent) and error messages with offsets. Used
+    /// only where the server offers them.
+    pub structured_replies: bool,
 }
 
 impl Default for NbdOptions {
     fn default() -> Self {
         NbdOptions {
             read_only: false,
+            connections: None,
+            structured_replies: true,
             block_size: None,
             connect_timeout: Duration::from_secs(10),
             io_timeout: Some(Duration::from_secs(120)),
@@ -116,9 +148,42 @@ pub struct NbdDevice {
     read_only: bool,
     max_payload: u32,
     io_timeout: Option<Duration>,
+    /// One or more connections (more only with `CAN_MULTI_CONN`).
+    conns: Vec<Conn>,
+    /// Round-robin position for the next request.
+    next_conn: AtomicUsize,
+}
+
+/// One connection: its I/O thread and the channel to it.
+struct Conn {
     tx: tmpsc::UnboundedSender<Request>,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Conn {
+    fn thread_finished(&self) -> bool {
+        self.thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(|t| t.is_finished())
+    }
+
+    fn send_disconnect(&self) {
+        let (reply, _rx) = mpsc::channel();
+        let _ = self.tx.send(Request {
+            msg: Vec::new(),
+            cookie: self.shared.next_cookie.fetch_add(1, Ordering::Relaxed),
+            offset: 0,
+            len: 0,
+            read_len: 0,
+            drain_first: true,
+            disconnect: true,
+            tag: 0,
+            reply,
+        });
+    }
 }
 
 /// Payload of one job.
@@ -148,6 +213,31 @@ fn lost(op: &'static str, why: &str) -> BlockError {
         io::ErrorKind::NotConnected,
         format!("NBD connection lost ({why}); reopen the device"),
     )
+}
+
+/// The error of an error reply. A plain one keeps the errno (so
+/// `raw_os_error()` names it); one with a message or an offset (structured
+/// replies) says where and why, with the errno's kind.
+fn server_error(op: &'static str, errno: i32, se: &ServerError) -> BlockError {
+    let os = io::Error::from_raw_os_error(errno);
+    if se.msg.is_empty() && se.offset.is_none() {
+        return BlockError::io(op, os);
+    }
+    let mut m = format!("{os}");
+    if let Some(o) = se.offset {
+        m.push_str(&format!(" at byte {o}"));
+    }
+    if !se.msg.is_empty() {
+        let msg: String = se
+            .msg
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(512)
+            .collect();
+        m.push_str(&format!(" (server: {msg})"));
+    }
+    tracing::debug!(op, errno, offset = ?se.offset, msg = %se.msg, "NBD error reply");
+    io_err(op, os.kind(), m)
 }
 
 /// Choose the logical block size; see the module documentation.
@@ -192,18 +282,57 @@ impl NbdDevice {
         Self::connect(parse_uri(uri)?, opts)
     }
 
-    /// Connect to `target` and negotiate its export.
+    /// Connect to `target` and negotiate its export; with `CAN_MULTI_CONN`,
+    /// open the further connections [`NbdOptions::connections`] asks for.
     pub fn connect(target: NbdTarget, opts: &NbdOptions) -> Result<NbdDevice> {
+        let want = opts
+            .connections
+            .or(target.connections)
+            .unwrap_or(DEFAULT_CONNECTIONS)
+            .clamp(1, MAX_CONNECTIONS);
+        let (first, info) = Self::open_conn(&target, opts)?;
+        let mut conns = vec![first];
+        if want > 1 && info.flags & flags::CAN_MULTI_CONN != 0 {
+            for _ in 1..want {
+                match Self::open_conn(&target, opts) {
+                    Ok((c, i)) if i.size == info.size && i.flags == info.flags => conns.push(c),
+                    Ok((c, i)) => {
+                        // Not the same export any more: do not mix them.
+                        c.send_disconnect();
+                        tracing::warn!(target = %target, first = ?info, now = ?i,
+                            "NBD export changed between connections; using {}", conns.len());
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(target = %target, error = %e,
+                            "could not open another NBD connection; using {}", conns.len());
+                        break;
+                    }
+                }
+            }
+        }
+        let dev = Self::from_info(target, info, opts, conns)?;
+        tracing::debug!(target = %dev.target, info = ?dev.info, geo = ?dev.geo,
+            connections = dev.conns.len(), "NBD export opened");
+        Ok(dev)
+    }
+
+    /// Open one connection (its I/O thread) and run the handshake.
+    fn open_conn(target: &NbdTarget, opts: &NbdOptions) -> Result<(Conn, ExportInfo)> {
         let (tx, rx) = tmpsc::unbounded_channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let shared = Arc::new(Shared::new());
         let thread = {
-            let (addr, export, shared) =
-                (target.addr.clone(), target.export.clone(), shared.clone());
-            let t = opts.connect_timeout;
+            let cfg = ConnConfig {
+                addr: target.addr.clone(),
+                export: target.export.clone(),
+                timeout: opts.connect_timeout,
+                structured: opts.structured_replies,
+            };
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("nbd-io".into())
-                .spawn(move || io_thread(addr, export, t, rx, shared, ready_tx))
+                .spawn(move || io_thread(cfg, rx, shared, ready_tx))
                 .map_err(|e| BlockError::io("nbd connect", e))?
         };
         let res = ready_rx
@@ -214,29 +343,31 @@ impl NbdDevice {
                     "NBD connect/handshake timed out",
                 )))
             });
-        let info = match res {
-            Ok(i) => i,
+        match res {
+            Ok(info) => Ok((
+                Conn {
+                    tx,
+                    shared,
+                    thread: Mutex::new(Some(thread)),
+                },
+                info,
+            )),
             Err(e) => {
                 shared.abort.notify_one();
                 drop(tx);
-                return Err(match e {
+                Err(match e {
                     NegError::Io(e) => io_err("nbd connect", e.kind(), format!("{target}: {e}")),
                     NegError::Proto(m) => BlockError::Invalid(format!("{target}: {m}")),
-                });
+                })
             }
-        };
-        let dev = Self::from_info(target, info, opts, tx, shared, thread)?;
-        tracing::debug!(target = %dev.target, info = ?dev.info, geo = ?dev.geo, "NBD export opened");
-        Ok(dev)
+        }
     }
 
     fn from_info(
         target: NbdTarget,
         info: ExportInfo,
         opts: &NbdOptions,
-        tx: tmpsc::UnboundedSender<Request>,
-        shared: Arc<Shared>,
-        thread: JoinHandle<()>,
+        conns: Vec<Conn>,
     ) -> Result<NbdDevice> {
         // Build the device first so that an error below still disconnects
         // cleanly (Drop).
@@ -253,9 +384,8 @@ impl NbdDevice {
             read_only: opts.read_only || info.flags & flags::READ_ONLY != 0,
             max_payload: MAX_PAYLOAD,
             io_timeout: opts.io_timeout,
-            tx,
-            shared,
-            thread: Mutex::new(Some(thread)),
+            conns,
+            next_conn: AtomicUsize::new(0),
         };
         let (min, pref, max) = info.block_size.unwrap_or((1, 4096, u32::MAX));
         let bs = choose_block_size(info.size, min, pref, opts.block_size)?;
@@ -303,9 +433,30 @@ impl NbdDevice {
         &self.target
     }
 
-    /// Whether the connection is gone (every call will fail).
+    /// Whether the connection is gone (every call will fail). With several
+    /// connections, losing any one of them ends the device.
     pub fn is_dead(&self) -> bool {
-        self.shared.dead().is_some()
+        self.dead().is_some()
+    }
+
+    /// Number of connections in use (more than one only when the server
+    /// advertises `CAN_MULTI_CONN`).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Why the device is unusable: the first dead connection's reason.
+    fn dead(&self) -> Option<String> {
+        self.conns.iter().find_map(|c| c.shared.dead())
+    }
+
+    /// End every connection (a timeout or a server shutdown): the state of
+    /// the server is unknown, so nothing more is sent.
+    fn kill_all(&self, why: &str) {
+        for c in &self.conns {
+            c.shared.set_dead(why.to_string());
+            c.shared.abort.notify_one();
+        }
     }
 
     fn has(&self, flag: u16) -> bool {
@@ -313,7 +464,7 @@ impl NbdDevice {
     }
 
     fn check_alive(&self, op: &'static str) -> Result<()> {
-        match self.shared.dead() {
+        match self.dead() {
             Some(why) => Err(lost(op, &why)),
             None => Ok(()),
         }
@@ -393,9 +544,13 @@ impl NbdDevice {
         }
     }
 
-    /// Send one request to the I/O thread.
+    /// Send one request to the I/O thread of the next connection, round
+    /// robin. A flush may go on any one: with `CAN_MULTI_CONN` it covers
+    /// writes replied to on every connection (and there is one otherwise).
     fn submit(&self, job: &Job<'_>, tag: usize, reply: &mpsc::Sender<conn::Reply>) -> bool {
-        let cookie = self.shared.next_cookie.fetch_add(1, Ordering::Relaxed);
+        let n = self.conns.len();
+        let c = &self.conns[self.next_conn.fetch_add(1, Ordering::Relaxed) % n];
+        let cookie = c.shared.next_cookie.fetch_add(1, Ordering::Relaxed);
         let payload = match &job.data {
             Data::Out(d) => *d,
             _ => &[][..],
@@ -406,13 +561,15 @@ impl NbdDevice {
         let req = Request {
             msg,
             cookie,
+            offset: job.offset,
+            len: job.len,
             read_len: if job.cmd == CMD_READ { job.len } else { 0 },
             drain_first: job.cmd == CMD_FLUSH,
             disconnect: false,
             tag,
             reply: reply.clone(),
         };
-        self.tx.send(req).is_ok()
+        c.tx.send(req).is_ok()
     }
 
     /// Run `jobs` with up to [`MAX_INFLIGHT`] in flight; wait for every one
@@ -436,10 +593,7 @@ impl NbdDevice {
                 && (inflight == 0 || inflight_bytes + payload_of(&jobs[next]) <= MAX_INFLIGHT_BYTES)
             {
                 if !self.submit(&jobs[next], next, &reply_tx) {
-                    let why = self
-                        .shared
-                        .dead()
-                        .unwrap_or_else(|| "I/O thread gone".into());
+                    let why = self.dead().unwrap_or_else(|| "I/O thread gone".into());
                     first_err = Some(lost(op, &why));
                     break;
                 }
@@ -460,19 +614,20 @@ impl NbdDevice {
                         buf.copy_from_slice(&d);
                     }
                 }
-                Outcome::Server(e) => {
-                    let errno = os_errno(e);
+                Outcome::Server(se) => {
+                    let errno = os_errno(se.err);
                     if errno == libc::ESHUTDOWN {
                         // The spec: the client must disconnect.
-                        self.shared
-                            .set_dead("the server is shutting down (ESHUTDOWN)".into());
-                        self.send_disconnect();
+                        for c in &self.conns {
+                            c.shared
+                                .set_dead("the server is shutting down (ESHUTDOWN)".into());
+                            c.send_disconnect();
+                        }
                     }
                     if job.cmd == CMD_TRIM && errno == libc::EOPNOTSUPP {
                         continue; // discard is a hint
                     }
-                    first_err
-                        .get_or_insert(BlockError::io(op, io::Error::from_raw_os_error(errno)));
+                    first_err.get_or_insert_with(|| server_error(op, errno, &se));
                 }
                 Outcome::Conn(why) => {
                     first_err.get_or_insert(lost(op, &why));
@@ -508,27 +663,20 @@ impl NbdDevice {
             }
             // The I/O thread answers every request, even when the connection
             // dies; if it exited without doing so (a bug), do not wait forever.
-            let finished = self
-                .thread
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .is_none_or(|t| t.is_finished());
+            // (With several connections, one that ended makes the device
+            // dead: replies still due on the others are not waited for.)
+            let finished = self.conns.iter().any(Conn::thread_finished);
             if finished {
                 if let Ok(r) = rx.try_recv() {
                     return Ok(r);
                 }
-                let why = self
-                    .shared
-                    .dead()
-                    .unwrap_or_else(|| "I/O thread gone".into());
+                let why = self.dead().unwrap_or_else(|| "I/O thread gone".into());
                 return Err(lost(op, &why));
             }
             if let Some(t) = self.io_timeout {
                 if start.elapsed() >= t {
                     let why = format!("no reply within {t:?}");
-                    self.shared.set_dead(why.clone());
-                    self.shared.abort.notify_one();
+                    self.kill_all(&why);
                     return Err(io_err(
                         op,
                         io::ErrorKind::TimedOut,
@@ -537,19 +685,6 @@ impl NbdDevice {
                 }
             }
         }
-    }
-
-    fn send_disconnect(&self) {
-        let (reply, _rx) = mpsc::channel();
-        let _ = self.tx.send(Request {
-            msg: Vec::new(),
-            cookie: self.shared.next_cookie.fetch_add(1, Ordering::Relaxed),
-            read_len: 0,
-            drain_first: true,
-            disconnect: true,
-            tag: 0,
-            reply,
-        });
     }
 }
 
@@ -702,25 +837,25 @@ impl BlockDevice for NbdDevice {
 
 impl Drop for NbdDevice {
     fn drop(&mut self) {
-        if self.shared.dead().is_none() {
-            self.send_disconnect();
-        } else {
-            self.shared.abort.notify_one();
-        }
-        let t = self
-            .thread
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(t) = t {
-            // The I/O thread ends within ~2 s of the disconnect; do not block
-            // a drop longer than that on a stuck server.
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
+        for c in &self.conns {
+            if c.shared.dead().is_none() {
+                c.send_disconnect();
+            } else {
+                c.shared.abort.notify_one();
             }
-            if t.is_finished() {
-                let _ = t.join();
+        }
+        // The I/O threads end within ~2 s of the disconnect; do not block a
+        // drop longer than that on a stuck server.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for c in &mut self.conns {
+            let t = c.thread.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(t) = t {
+                while !t.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if t.is_finished() {
+                    let _ = t.join();
+                }
             }
         }
     }

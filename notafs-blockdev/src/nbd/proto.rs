@@ -31,6 +31,7 @@ const FLAG_C_NO_ZEROES: u32 = 1 << 1;
 const OPT_EXPORT_NAME: u32 = 1;
 const OPT_ABORT: u32 = 2;
 const OPT_GO: u32 = 7;
+const OPT_STRUCTURED_REPLY: u32 = 8;
 
 // Option reply types.
 const REP_ACK: u32 = 1;
@@ -57,6 +58,16 @@ pub(crate) const CMD_DISC: u16 = 2;
 pub(crate) const CMD_FLUSH: u16 = 3;
 pub(crate) const CMD_TRIM: u16 = 4;
 pub(crate) const CMD_WRITE_ZEROES: u16 = 6;
+
+// Structured reply chunk types and flags.
+pub(crate) const REPLY_FLAG_DONE: u16 = 1 << 0;
+pub(crate) const REPLY_TYPE_NONE: u16 = 0;
+pub(crate) const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+pub(crate) const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+pub(crate) const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+pub(crate) const REPLY_TYPE_ERROR_OFFSET: u16 = (1 << 15) + 2;
+/// Longest error message in an error chunk (the spec's limit).
+pub(crate) const MAX_ERROR_MESSAGE: u32 = 4096;
 
 /// Command flag: Force Unit Access (the write is durable when replied to).
 pub(crate) const CMD_FLAG_FUA: u16 = 1 << 0;
@@ -102,6 +113,10 @@ pub struct ExportInfo {
     pub block_size: Option<(u32, u32, u32)>,
     /// Whether `NBD_OPT_GO` was used (false: the `NBD_OPT_EXPORT_NAME` fallback).
     pub used_go: bool,
+    /// Whether structured replies (`NBD_OPT_STRUCTURED_REPLY`) were
+    /// negotiated: reads may then come back in chunks, holes as
+    /// `OFFSET_HOLE` (no data sent), errors with a message and offset.
+    pub structured_replies: bool,
 }
 
 /// Why the handshake failed.
@@ -189,6 +204,7 @@ fn be64(b: &[u8]) -> u64 {
 pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     name: &str,
+    want_structured: bool,
 ) -> Result<ExportInfo, NegError> {
     if name.len() > MAX_EXPORT_NAME {
         return proto(format!("export name longer than {MAX_EXPORT_NAME} bytes"));
@@ -215,6 +231,22 @@ pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
         cflags |= FLAG_C_NO_ZEROES;
     }
     s.write_all(&cflags.to_be_bytes()).await?;
+
+    let mut structured = false;
+    if fixed && want_structured {
+        send_option(s, OPT_STRUCTURED_REPLY, &[]).await?;
+        let (typ, _) = read_option_reply(s, OPT_STRUCTURED_REPLY).await?;
+        match typ {
+            REP_ACK => structured = true,
+            // Not offered (or refused): simple replies only.
+            t if t & REP_ERR != 0 => {}
+            t => {
+                return proto(format!(
+                    "unexpected reply type {t:#x} to NBD_OPT_STRUCTURED_REPLY"
+                ))
+            }
+        }
+    }
 
     if fixed {
         // NBD_OPT_GO: name length, name, 1 info request (BLOCK_SIZE).
@@ -271,6 +303,7 @@ pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
                         flags: clean_flags(fl),
                         block_size: bsize,
                         used_go: true,
+                        structured_replies: structured,
                     });
                 }
                 REP_ERR_UNSUP => break, // old server: fall back to EXPORT_NAME
@@ -303,6 +336,7 @@ pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
         flags: clean_flags(fl),
         block_size: None,
         used_go: false,
+        structured_replies: structured,
     })
 }
 

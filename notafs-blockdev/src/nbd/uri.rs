@@ -23,6 +23,9 @@ pub enum NbdAddr {
 pub struct NbdTarget {
     pub addr: NbdAddr,
     pub export: String,
+    /// `?connections=N` (1..=16): connections to open when the server
+    /// advertises `CAN_MULTI_CONN` (`NbdOptions::connections` overrides).
+    pub connections: Option<usize>,
 }
 
 impl fmt::Display for NbdTarget {
@@ -88,6 +91,7 @@ pub fn parse_uri(uri: &str) -> Result<NbdTarget> {
         return Err(bad(uri, "export name longer than 4096 bytes"));
     }
     let mut socket = None;
+    let mut connections = None;
     for kv in query.into_iter().flat_map(|q| q.split('&')) {
         if kv.is_empty() {
             continue;
@@ -95,6 +99,14 @@ pub fn parse_uri(uri: &str) -> Result<NbdTarget> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         match k {
             "socket" => socket = Some(percent_decode(uri, v)?),
+            "connections" => {
+                connections = Some(
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=super::MAX_CONNECTIONS).contains(n))
+                        .ok_or_else(|| bad(uri, "connections= takes a number from 1 to 16"))?,
+                )
+            }
             _ => return Err(bad(uri, &format!("unknown query parameter {k:?}"))),
         }
     }
@@ -147,7 +159,11 @@ pub fn parse_uri(uri: &str) -> Result<NbdTarget> {
             port,
         }
     };
-    Ok(NbdTarget { addr, export })
+    Ok(NbdTarget {
+        addr,
+        export,
+        connections,
+    })
 }
 
 #[cfg(test)]
@@ -189,6 +205,13 @@ mod tests {
         assert_eq!(t.export, "");
         let t = parse_uri("nbd+unix:///exp?socket=/s").unwrap();
         assert_eq!(t.export, "exp");
+        assert_eq!(t.connections, None);
+        let t = parse_uri("nbd+unix:///exp?socket=/s&connections=2").unwrap();
+        assert_eq!(t.connections, Some(2));
+        assert_eq!(
+            parse_uri("nbd://h/x?connections=1").unwrap().connections,
+            Some(1)
+        );
         for b in [
             "nbd://",
             "nbd://:10809/x",
@@ -202,6 +225,9 @@ mod tests {
             "nbd+unix:///x?socket=",
             "nbd+unix:///x?sockt=/s",
             "nbd://h/%zz",
+            "nbd://h/x?connections=0",
+            "nbd://h/x?connections=17",
+            "nbd://h/x?connections=x",
             "nbd://h/%ff",
             "http://h/x",
         ] {
