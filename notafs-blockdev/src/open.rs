@@ -4,8 +4,9 @@
 //! * `memory:SIZE` — a zero-filled [`MemoryDevice`] (`memory:64M`);
 //! * `file:PATH` or a plain `PATH` — a regular file opens as a
 //!   [`FileDevice`], a block special file as a [`RawDevice`];
-//! * `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH` — an
-//!   [`NbdDevice`] (see [`crate::nbd`]).
+//! * `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`, and over
+//!   TLS `nbds://...`, `nbds+unix://...` — an [`NbdDevice`] (see
+//!   [`crate::nbd`]).
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
@@ -28,19 +29,27 @@ pub struct OpenOptions {
     pub block_size: Option<u32>,
 }
 
+/// Whether `spec` is an NBD URI (`nbd://`, `nbd+unix://`, `nbds://`,
+/// `nbds+unix://`).
+pub fn is_nbd_uri(spec: &str) -> bool {
+    ["nbd://", "nbd+unix://", "nbds://", "nbds+unix://"]
+        .iter()
+        .any(|p| spec.starts_with(p))
+}
+
 /// Open the device named by `spec` (see the module documentation).
 pub fn open(spec: &str, opts: &OpenOptions) -> Result<Box<dyn BlockDevice>> {
     if let Some(size) = spec.strip_prefix("memory:") {
         return open_memory(size, opts);
     }
-    if spec.starts_with("nbd://") || spec.starts_with("nbd+unix://") {
+    if is_nbd_uri(spec) {
         return open_nbd(spec, opts);
     }
     let path = match spec.strip_prefix("file:") {
         Some(p) => p,
         None if spec.contains("://") => {
             return Err(BlockError::Invalid(format!(
-                "unknown device URI {spec:?} (expected a path, file:PATH, memory:SIZE or nbd://)"
+                "unknown device URI {spec:?} (expected a path, file:PATH, memory:SIZE, nbd:// or nbds://)"
             )))
         }
         None => spec,

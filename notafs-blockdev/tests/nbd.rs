@@ -2042,3 +2042,448 @@ fn structured_replies_on_real_servers() {
         assert!(b[..3 * 4096].iter().chain(&b[4 * 4096..]).all(|&x| x == 0));
     }
 }
+
+// ---------------------------------------------------------------------------
+// TLS
+
+/// Run `openssl` with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`ca-cert.pem`, `ca-key.pem`) in `dir`.
+fn make_ca(dir: &Path, cn: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca-cert.pem",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+/// `NAME-cert.pem` / `NAME-key.pem` in `dir`, signed by the CA in `ca_dir`.
+fn make_cert(dir: &Path, ca_dir: &Path, name: &str, usage: &str) {
+    let ext = dir.join(format!("{name}.ext"));
+    std::fs::write(
+        &ext,
+        format!(
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n"
+        ),
+    )
+    .unwrap();
+    let key = format!("{name}-key.pem");
+    let csr = format!("{name}.csr");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    let ca_cert = ca_dir.join("ca-cert.pem").display().to_string();
+    let ca_key = ca_dir.join("ca-key.pem").display().to_string();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_cert,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}-cert.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &ext.display().to_string(),
+        ],
+    );
+}
+
+/// Certificate directories: `server` (CA, server cert and key, as nbdkit
+/// and qemu-nbd want), `client` (the CA and a client certificate), `ca_only`
+/// (the CA alone), `wrong` (another CA).
+struct Pki {
+    _dir: tempfile::TempDir,
+    server: PathBuf,
+    client: PathBuf,
+    ca_only: PathBuf,
+    wrong: PathBuf,
+}
+
+fn make_pki() -> Option<Pki> {
+    if !have("openssl") && Command::new("openssl").arg("version").output().is_err() {
+        println!("SKIPPED: openssl is not installed");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sub = |n: &str| {
+        let p = dir.path().join(n);
+        std::fs::create_dir(&p).unwrap();
+        p
+    };
+    let (server, client, ca_only, wrong) = (sub("server"), sub("client"), sub("ca"), sub("wrong"));
+    make_ca(&server, "notafs test CA");
+    make_cert(&server, &server, "server", "serverAuth");
+    make_cert(&client, &server, "client", "clientAuth");
+    for d in [&client, &ca_only] {
+        std::fs::copy(server.join("ca-cert.pem"), d.join("ca-cert.pem")).unwrap();
+    }
+    make_ca(&wrong, "some other CA");
+    Some(Pki {
+        _dir: dir,
+        server,
+        client,
+        ca_only,
+        wrong,
+    })
+}
+
+fn tls_uri(srv: &Server, certs: &Path, extra: &str) -> String {
+    format!(
+        "nbds+unix:///?socket={}&tls-certificates={}{extra}",
+        srv.sock.display(),
+        certs.display()
+    )
+}
+
+/// notafs formatted, written, committed and read back over `nbds+unix://`
+/// (nbdkit --tls=require); a wrong CA, a wrong host name and a plain
+/// `nbd+unix://` are refused with clear errors.
+#[test]
+fn tls_with_nbdkit() {
+    use notafs_core::{FormatOptions, Fs};
+    let Some(pki) = make_pki() else { return };
+    let certs = format!("--tls-certificates={}", pki.server.display());
+    let Some(srv) = Server::nbdkit(&["--tls=require", &certs, "memory", "64M"]) else {
+        return;
+    };
+    let data: Vec<u8> = (0..256).flat_map(|b| pattern(17, b, 4096)).collect();
+    {
+        let dev = NbdDevice::open_uri(&tls_uri(&srv, &pki.ca_only, ""), &opts_fast()).unwrap();
+        assert!(dev.connections() >= 1);
+        let fs = Fs::format(Arc::new(dev), &FormatOptions::default()).unwrap();
+        fs.create("secret.bin").unwrap().write_at(0, &data).unwrap();
+        fs.commit().unwrap();
+    }
+    {
+        let dev: Arc<dyn BlockDevice> =
+            Arc::new(NbdDevice::open_uri(&tls_uri(&srv, &pki.ca_only, ""), &opts_fast()).unwrap());
+        let fs = Fs::open(dev, &notafs_core::OpenOptions::default()).unwrap();
+        let f = fs.open_file("secret.bin").unwrap();
+        let mut back = vec![0u8; data.len()];
+        assert_eq!(f.read_at(0, &mut back).unwrap(), data.len());
+        assert!(back == data, "content differs over TLS");
+    }
+    // The CA of another authority: the server's certificate is refused.
+    let e = NbdDevice::open_uri(&tls_uri(&srv, &pki.wrong, ""), &opts_fast()).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("TLS handshake failed") && m.contains("UnknownIssuer"),
+        "{m}"
+    );
+    assert!(m.contains("tls-certificates"), "{m}");
+    // The certificate is for localhost / 127.0.0.1, not for this name.
+    let e = NbdDevice::open_uri(
+        &tls_uri(&srv, &pki.ca_only, "&tls-hostname=db.example.com"),
+        &opts_fast(),
+    )
+    .unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("TLS handshake failed") && m.contains("not valid for name"),
+        "{m}"
+    );
+    // Plain NBD to a server that requires TLS.
+    let e = NbdDevice::open_uri(&srv.uri(), &opts_fast()).unwrap_err();
+    let m = e.to_string();
+    assert!(m.contains("the server requires TLS: use nbds://"), "{m}");
+    // A directory that does not exist, or with a key but no certificate.
+    let e = NbdDevice::open_uri(
+        &tls_uri(&srv, Path::new("/nonexistent/x"), ""),
+        &opts_fast(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("is not a directory"), "{e}");
+    std::fs::copy(
+        pki.client.join("client-key.pem"),
+        pki.ca_only.join("client-key.pem"),
+    )
+    .unwrap();
+    let e = NbdDevice::open_uri(&tls_uri(&srv, &pki.ca_only, ""), &opts_fast()).unwrap_err();
+    assert!(e.to_string().contains("without"), "{e}");
+    std::fs::remove_file(pki.ca_only.join("client-key.pem")).unwrap();
+}
+
+/// A server that verifies client certificates (nbdkit --tls-verify-peer):
+/// accepted with `client-cert.pem` / `client-key.pem` in the directory,
+/// refused without.
+#[test]
+fn tls_client_certificates() {
+    let Some(pki) = make_pki() else { return };
+    let certs = format!("--tls-certificates={}", pki.server.display());
+    let Some(srv) = Server::nbdkit(&[
+        "--tls=require",
+        "--tls-verify-peer",
+        &certs,
+        "memory",
+        "16M",
+    ]) else {
+        return;
+    };
+    let dev = NbdDevice::open_uri(&tls_uri(&srv, &pki.client, ""), &opts_fast()).unwrap();
+    let d = pattern(2, 7, 4096);
+    dev.write(7, &d).unwrap();
+    let mut b = vec![0u8; 4096];
+    dev.read(7, &mut b).unwrap();
+    assert!(b == d);
+    drop(dev);
+    let r = NbdDevice::open_uri(&tls_uri(&srv, &pki.ca_only, ""), &opts_fast());
+    assert!(r.is_err(), "a client without a certificate was accepted");
+}
+
+/// qemu-nbd with x509 credentials over TCP: `nbds://127.0.0.1:PORT/` with
+/// the host name checked against the certificate's IP address.
+#[test]
+fn tls_with_qemu_nbd_over_tcp() {
+    let Some(pki) = make_pki() else { return };
+    if !have("qemu-nbd") {
+        println!("SKIPPED: qemu-nbd is not installed");
+        return;
+    }
+    let dir = disk_tempdir();
+    let img = make_image(dir.path(), "img", 16 << 20);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new("qemu-nbd")
+        .args([
+            "--object",
+            &format!(
+                "tls-creds-x509,id=tls0,endpoint=server,dir={}",
+                pki.server.display()
+            ),
+            "--tls-creds",
+            "tls0",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-f",
+            "raw",
+            "--persistent",
+            "--shared=8",
+        ])
+        .arg(&img)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // qemu-nbd's x509 server credentials verify the client's certificate
+    // by default: the client directory has one.
+    let uri = format!(
+        "nbds://127.0.0.1:{port}/?tls-certificates={}",
+        pki.client.display()
+    );
+    let t0 = Instant::now();
+    let dev = loop {
+        match NbdDevice::open_uri(&uri, &opts_fast()) {
+            Ok(d) => break d,
+            Err(e) if t0.elapsed() > Duration::from_secs(10) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("qemu-nbd over TLS: {e}");
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let d: Vec<u8> = (0..64).flat_map(|b| pattern(23, b, 4096)).collect();
+    dev.write(0, &d).unwrap();
+    dev.flush().unwrap();
+    let mut b = vec![0u8; d.len()];
+    dev.read(0, &mut b).unwrap();
+    drop(dev);
+    let plain = NbdDevice::open_uri(&format!("nbd://127.0.0.1:{port}/"), &opts_fast());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(b == d, "content differs over TLS");
+    let m = plain.err().expect("plain NBD to a TLS server").to_string();
+    assert!(m.contains("the server requires TLS"), "{m}");
+    let on_disk = std::fs::read(&img).unwrap();
+    assert!(on_disk[..d.len()] == d[..], "not written to the image");
+}
+
+// ---------------------------------------------------------------------------
+// Measurements (run with --ignored --nocapture, in release)
+
+/// A device that hides the NBD FUA capability: `write_fua` becomes write +
+/// flush, as on a server without `SEND_FUA`.
+struct NoFua(NbdDevice);
+
+impl BlockDevice for NoFua {
+    fn geometry(&self) -> notafs_blockdev::Geometry {
+        self.0.geometry()
+    }
+    fn read(&self, b: u64, buf: &mut [u8]) -> notafs_blockdev::Result<()> {
+        self.0.read(b, buf)
+    }
+    fn write(&self, b: u64, d: &[u8]) -> notafs_blockdev::Result<()> {
+        self.0.write(b, d)
+    }
+    fn write_zeroes(&self, b: u64, n: u64) -> notafs_blockdev::Result<()> {
+        self.0.write_zeroes(b, n)
+    }
+    fn discard(&self, b: u64, n: u64) -> notafs_blockdev::Result<()> {
+        self.0.discard(b, n)
+    }
+    fn flush(&self) -> notafs_blockdev::Result<()> {
+        self.0.flush()
+    }
+    fn write_batch(&self, w: &[WriteReq<'_>]) -> notafs_blockdev::Result<()> {
+        self.0.write_batch(w)
+    }
+    fn read_batch(&self, r: &mut [(u64, &mut [u8])]) -> notafs_blockdev::Result<()> {
+        self.0.read_batch(r)
+    }
+}
+
+/// Commits per second over qemu-nbd (a file on disk, --cache=none, so a
+/// flush is an fdatasync), barrier protocol (as the tools use), with and
+/// without FUA for the root slot; and sequential throughput with 1 and 4
+/// connections (qemu-nbd on a file, nbdkit memory).
+#[test]
+#[ignore]
+fn measure_fua_and_connections() {
+    use notafs_core::{FormatOptions, Fs};
+    let dir = disk_tempdir();
+    let img = make_image(dir.path(), "img", 256 << 20);
+    let Some(srv) = Server::qemu(&img) else {
+        return;
+    };
+    let run = |fua: bool, commit_log: bool| -> f64 {
+        let nbd = srv.connect();
+        let dev: Arc<dyn BlockDevice> = if fua {
+            Arc::new(nbd)
+        } else {
+            Arc::new(NoFua(nbd))
+        };
+        let fs = Fs::format(dev, &FormatOptions::default()).unwrap();
+        fs.set_commit_log(commit_log);
+        let f = fs.create("f").unwrap();
+        let t = Instant::now();
+        let mut n = 0u64;
+        while t.elapsed() < Duration::from_secs(4) {
+            f.write_at(n * 4096 % (1 << 20), &pattern(n, 0, 4096))
+                .unwrap();
+            fs.commit().unwrap();
+            n += 1;
+        }
+        n as f64 / t.elapsed().as_secs_f64()
+    };
+    // Interleaved, best of 3 each (the machine is shared and noisy).
+    let (mut with, mut without) = (0f64, 0f64);
+    for _ in 0..3 {
+        without = without.max(run(false, false));
+        with = with.max(run(true, false));
+    }
+    println!(
+        "commits/s, 4 KiB each, qemu-nbd file --cache=none, barrier protocol: FUA slot {with:.0}, write+flush {without:.0} ({:.2}x)",
+        with / without
+    );
+    let cl = run(true, true);
+    println!("commits/s, commit-log protocol (no FUA in it), same server: {cl:.0}");
+    drop(srv);
+    let total = 256u64 << 20;
+    let img2 = make_image(dir.path(), "img2", total);
+    let servers: Vec<(&str, Option<Server>)> = vec![
+        ("qemu-nbd file", Server::qemu(&img2)),
+        ("nbdkit memory", Server::nbdkit(&["memory", "1G"])),
+    ];
+    for (name, srv) in servers {
+        let Some(srv) = srv else { continue };
+        for n in [1usize, 4] {
+            let dev = NbdDevice::open_uri(
+                &srv.uri(),
+                &NbdOptions {
+                    connections: Some(n),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(dev.connections(), n);
+            let (w, r) = seq(&dev, total);
+            // 16 MiB batches: 64 requests of 256 KiB in flight.
+            let data: Vec<u8> = vec![0x5A; 1 << 20];
+            let t = Instant::now();
+            for g in 0..total / (16 << 20) {
+                let reqs: Vec<WriteReq<'_>> = (0..16u64)
+                    .map(|k| WriteReq {
+                        block: (g * 16 + k) * 256,
+                        data: &data,
+                    })
+                    .collect();
+                dev.write_batch(&reqs).unwrap();
+            }
+            dev.flush().unwrap();
+            let bw = mbps(total, t.elapsed());
+            let mut bufs = vec![vec![0u8; 1 << 20]; 16];
+            let t = Instant::now();
+            for g in 0..total / (16 << 20) {
+                let mut reqs: Vec<(u64, &mut [u8])> = bufs
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(k, b)| ((g * 16 + k as u64) * 256, &mut b[..]))
+                    .collect();
+                dev.read_batch(&mut reqs).unwrap();
+            }
+            let br = mbps(total, t.elapsed());
+            println!(
+                "{name}, {n} connection(s), {} MiB: 1 MiB calls write {w:5.0} read {r:5.0} MB/s; 16 MiB batches write {bw:5.0} read {br:5.0} MB/s",
+                total >> 20
+            );
+        }
+    }
+}

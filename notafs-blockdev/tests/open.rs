@@ -115,12 +115,24 @@ fn nbd_uris_route_to_the_nbd_backend() {
         .err()
         .unwrap();
     assert!(matches!(e, BlockError::Invalid(_)), "{e}");
-    // TLS is not implemented: refused before any connection.
-    let e = open("nbds://localhost/x", &OpenOptions::default())
-        .err()
-        .unwrap();
+    // TLS forms are NBD URIs too: a missing socket is an I/O error, a
+    // certificate directory that does not exist is refused before any
+    // connection.
+    let e = open(
+        "nbds+unix:///?socket=/nonexistent/notafs-nbd.sock",
+        &OpenOptions::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(e.is_io(), "{e}");
+    let e = open(
+        "nbds+unix:///?socket=/nonexistent/s&tls-certificates=/nonexistent/pki",
+        &OpenOptions::default(),
+    )
+    .err()
+    .unwrap();
     assert!(
-        matches!(e, BlockError::Unsupported { .. } | BlockError::Invalid(_)),
+        matches!(e, BlockError::Invalid(ref m) if m.contains("not a directory")),
         "{e}"
     );
 }

@@ -287,7 +287,10 @@ DEVICE is one of:
   file:PATH                     an image file or block device, named explicitly
   nbd://HOST[:PORT]/EXPORT      an NBD export over TCP (port 10809 by default)
   nbd+unix:///EXPORT?socket=S   an NBD export over a Unix socket
-  nbds://..., nbds+unix://...   the same over TLS
+  nbds://HOST[:PORT]/EXPORT     the same over TLS (certificate always verified);
+  nbds+unix:///EXPORT?socket=S    add &tls-certificates=DIR for DIR/ca-cert.pem (and
+                                  client-cert.pem + client-key.pem), &tls-hostname=NAME
+  (NBD URIs take ?connections=N: 1..16 connections where the server allows several)
   memory:SIZE                   a scratch in-memory device (testing)";
 
 /// Whether `spec` names a device by URI (`nbd://`, `memory:`, `file:`...)

@@ -15,11 +15,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc as tmpsc, Notify};
 
 use super::proto::{
-    errno, negotiate, put_request, ExportInfo, NegError, CMD_DISC, MAX_ERROR_MESSAGE,
-    REPLY_FLAG_DONE, REPLY_TYPE_ERROR, REPLY_TYPE_ERROR_OFFSET, REPLY_TYPE_NONE,
+    errno, greet, options, put_request, starttls, ExportInfo, NegError, CMD_DISC,
+    MAX_ERROR_MESSAGE, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, REPLY_TYPE_ERROR_OFFSET, REPLY_TYPE_NONE,
     REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_OFFSET_HOLE, REQUEST_LEN, SIMPLE_REPLY_MAGIC,
     STRUCTURED_REPLY_MAGIC,
 };
+use super::tls::TlsSetup;
 use super::uri::NbdAddr;
 
 /// State shared by the callers and the I/O thread.
@@ -170,6 +171,53 @@ pub(crate) struct ConnConfig {
     pub(crate) timeout: Duration,
     /// Ask for structured replies.
     pub(crate) structured: bool,
+    /// `nbds`: run `NBD_OPT_STARTTLS` and TLS with this configuration.
+    pub(crate) tls: Option<TlsSetup>,
+}
+
+/// A connected stream, plain or TLS, Unix or TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Connect, greet, optionally switch to TLS, and negotiate the export.
+async fn handshake(cfg: &ConnConfig) -> Result<(Box<dyn Io>, ExportInfo), NegError> {
+    let mut s: Box<dyn Io> = match &cfg.addr {
+        NbdAddr::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+        NbdAddr::Tcp { host, port } => {
+            let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            s.set_nodelay(true)?;
+            Box::new(s)
+        }
+    };
+    let g = greet(&mut s).await?;
+    let Some(tls) = &cfg.tls else {
+        let info = options(&mut s, g, &cfg.export, cfg.structured, false).await?;
+        return Ok((s, info));
+    };
+    starttls(&mut s, g).await?;
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let mut t = connector
+        .connect(tls.server_name.clone(), s)
+        .await
+        .map_err(|e| {
+            match e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<tokio_rustls::rustls::Error>())
+            {
+                // Certificate and protocol failures are configuration errors
+                // worth a clear message; transport failures stay I/O errors.
+                Some(te) => NegError::Proto(format!(
+                "TLS handshake failed: {te} (the server's certificate must be signed by a CA in \
+                 tls-certificates=DIR/ca-cert.pem or the system roots, and name {:?}; \
+                 tls-hostname=NAME sets the name)",
+                tls.server_name.to_str()
+            )),
+                None => NegError::Io(e),
+            }
+        })?;
+    let info = options(&mut t, g, &cfg.export, cfg.structured, true).await?;
+    tracing::debug!(server_name = ?tls.server_name, "NBD connection over TLS");
+    Ok((Box::new(t), info))
 }
 
 /// Connect to `cfg.addr`, negotiate `cfg.export`, and on success keep
@@ -192,37 +240,10 @@ pub(crate) fn io_thread(
             return;
         }
     };
-    let ConnConfig {
-        addr,
-        export,
-        timeout,
-        structured,
-    } = cfg;
     rt.block_on(async move {
-        match addr {
-            NbdAddr::Unix(path) => {
-                let conn = tokio::time::timeout(timeout, async {
-                    let mut s = tokio::net::UnixStream::connect(&path).await?;
-                    let info = negotiate(&mut s, &export, structured).await?;
-                    Ok::<_, NegError>((s, info))
-                })
-                .await;
-                if let Some((s, st)) = handshake_done(conn, &ready) {
-                    serve(s, st, rx, &shared).await;
-                }
-            }
-            NbdAddr::Tcp { host, port } => {
-                let conn = tokio::time::timeout(timeout, async {
-                    let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-                    s.set_nodelay(true)?;
-                    let info = negotiate(&mut s, &export, structured).await?;
-                    Ok::<_, NegError>((s, info))
-                })
-                .await;
-                if let Some((s, st)) = handshake_done(conn, &ready) {
-                    serve(s, st, rx, &shared).await;
-                }
-            }
+        let conn = tokio::time::timeout(cfg.timeout, handshake(&cfg)).await;
+        if let Some((s, st)) = handshake_done(conn, &ready) {
+            serve(s, st, rx, &shared).await;
         }
     });
 }
@@ -332,6 +353,13 @@ async fn writer<W: AsyncWrite + Unpin>(
         wr.write_all(&req.msg)
             .await
             .map_err(|e| format!("sending a request failed: {e}"))?;
+        // TLS buffers records until flushed (a no-op on plain sockets):
+        // push them out once nothing more is queued.
+        if rx.is_empty() {
+            wr.flush()
+                .await
+                .map_err(|e| format!("sending a request failed: {e}"))?;
+        }
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! NBD client backend: a block device served over the Network Block Device
-//! protocol (`nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`).
+//! protocol (`nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`,
+//! and over TLS `nbds://...`, `nbds+unix://...`: see [`CA_CERT`] for the
+//! certificate directory, and `docs/BLOCK-SEMANTICS.md`).
 //!
 //! The core is synchronous, so [`NbdDevice`] is too, for its callers; the
 //! protocol runs on a dedicated I/O thread with a tokio current-thread
@@ -60,6 +62,7 @@
 //! cookies and any violation end the connection).
 mod conn;
 mod proto;
+mod tls;
 mod uri;
 
 use std::io;
@@ -79,7 +82,8 @@ use proto::{
 };
 
 pub use proto::{flags, ExportInfo};
-pub use uri::{parse_uri, NbdAddr, NbdTarget, DEFAULT_PORT};
+pub use tls::{CA_CERT, CLIENT_CERT, CLIENT_KEY};
+pub use uri::{parse_uri, NbdAddr, NbdTarget, TlsParams, DEFAULT_PORT};
 
 /// Default block size of NBD devices.
 pub const DEFAULT_NBD_BLOCK_SIZE: u32 = 4096;
@@ -152,6 +156,17 @@ pub struct NbdDevice {
     conns: Vec<Conn>,
     /// Round-robin position for the next request.
     next_conn: AtomicUsize,
+}
+
+impl std::fmt::Debug for NbdDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NbdDevice")
+            .field("target", &self.target.to_string())
+            .field("info", &self.info)
+            .field("geometry", &self.geo)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One connection: its I/O thread and the channel to it.
@@ -290,11 +305,15 @@ impl NbdDevice {
             .or(target.connections)
             .unwrap_or(DEFAULT_CONNECTIONS)
             .clamp(1, MAX_CONNECTIONS);
-        let (first, info) = Self::open_conn(&target, opts)?;
+        let tls = match &target.tls {
+            Some(p) => Some(tls::setup(&target, p)?),
+            None => None,
+        };
+        let (first, info) = Self::open_conn(&target, opts, &tls)?;
         let mut conns = vec![first];
         if want > 1 && info.flags & flags::CAN_MULTI_CONN != 0 {
             for _ in 1..want {
-                match Self::open_conn(&target, opts) {
+                match Self::open_conn(&target, opts, &tls) {
                     Ok((c, i)) if i.size == info.size && i.flags == info.flags => conns.push(c),
                     Ok((c, i)) => {
                         // Not the same export any more: do not mix them.
@@ -318,7 +337,11 @@ impl NbdDevice {
     }
 
     /// Open one connection (its I/O thread) and run the handshake.
-    fn open_conn(target: &NbdTarget, opts: &NbdOptions) -> Result<(Conn, ExportInfo)> {
+    fn open_conn(
+        target: &NbdTarget,
+        opts: &NbdOptions,
+        tls: &Option<tls::TlsSetup>,
+    ) -> Result<(Conn, ExportInfo)> {
         let (tx, rx) = tmpsc::unbounded_channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let shared = Arc::new(Shared::new());
@@ -328,6 +351,7 @@ impl NbdDevice {
                 export: target.export.clone(),
                 timeout: opts.connect_timeout,
                 structured: opts.structured_replies,
+                tls: tls.clone(),
             };
             let shared = shared.clone();
             std::thread::Builder::new()

@@ -30,6 +30,7 @@ const FLAG_C_NO_ZEROES: u32 = 1 << 1;
 // Options.
 const OPT_EXPORT_NAME: u32 = 1;
 const OPT_ABORT: u32 = 2;
+const OPT_STARTTLS: u32 = 5;
 const OPT_GO: u32 = 7;
 const OPT_STRUCTURED_REPLY: u32 = 8;
 
@@ -144,7 +145,7 @@ fn rep_name(t: u32) -> &'static str {
         REP_ERR_POLICY => "NBD_REP_ERR_POLICY",
         REP_ERR_INVALID => "NBD_REP_ERR_INVALID",
         REP_ERR_PLATFORM => "NBD_REP_ERR_PLATFORM",
-        REP_ERR_TLS_REQD => "NBD_REP_ERR_TLS_REQD (TLS is not supported by this client)",
+        REP_ERR_TLS_REQD => "NBD_REP_ERR_TLS_REQD",
         REP_ERR_UNKNOWN => "NBD_REP_ERR_UNKNOWN (no such export)",
         REP_ERR_SHUTDOWN => "NBD_REP_ERR_SHUTDOWN",
         REP_ERR_BLOCK_SIZE_REQD => "NBD_REP_ERR_BLOCK_SIZE_REQD",
@@ -200,15 +201,47 @@ fn be64(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// Run the client side of the handshake on `s` for export `name`.
-pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
+/// The error for a server that requires TLS from a plain `nbd://` client.
+pub(crate) const TLS_REQUIRED: &str = "the server requires TLS: use nbds://HOST[:PORT]/EXPORT \
+     or nbds+unix:///EXPORT?socket=PATH (with tls-certificates=DIR if its CA is not a system one)";
+
+/// What the server's greeting said.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Greeting {
+    fixed: bool,
+    no_zeroes: bool,
+}
+
+/// `NBD_OPT_STARTTLS`: after its acknowledgment the caller runs the TLS
+/// handshake on the same stream and then [`options`] over TLS.
+pub(crate) async fn starttls<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
-    name: &str,
-    want_structured: bool,
-) -> Result<ExportInfo, NegError> {
-    if name.len() > MAX_EXPORT_NAME {
-        return proto(format!("export name longer than {MAX_EXPORT_NAME} bytes"));
+    g: Greeting,
+) -> Result<(), NegError> {
+    if !g.fixed {
+        return proto("the server does not support fixed newstyle negotiation, so no TLS");
     }
+    send_option(s, OPT_STARTTLS, &[]).await?;
+    let (typ, data) = read_option_reply(s, OPT_STARTTLS).await?;
+    match typ {
+        REP_ACK => Ok(()),
+        t if t & REP_ERR != 0 => {
+            let msg = String::from_utf8_lossy(&data[..data.len().min(512)]).into_owned();
+            proto(format!(
+                "the server does not offer TLS (NBD_OPT_STARTTLS: {}{}{}); use nbd:// if it is meant to run without",
+                rep_name(t),
+                if msg.is_empty() { "" } else { ": " },
+                msg
+            ))
+        }
+        t => proto(format!("unexpected reply type {t:#x} to NBD_OPT_STARTTLS")),
+    }
+}
+
+/// Read the server's greeting and send the client flags.
+pub(crate) async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+) -> Result<Greeting, NegError> {
     let magic = s.read_u64().await?;
     if magic != NBDMAGIC {
         return proto(format!("not an NBD server (magic {magic:#x})"));
@@ -231,13 +264,33 @@ pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
         cflags |= FLAG_C_NO_ZEROES;
     }
     s.write_all(&cflags.to_be_bytes()).await?;
+    Ok(Greeting { fixed, no_zeroes })
+}
 
+/// The options phase: structured replies (if wanted), then the export
+/// (`NBD_OPT_GO`, or `NBD_OPT_EXPORT_NAME` on old servers). `tls`: the
+/// stream is already TLS.
+pub(crate) async fn options<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    g: Greeting,
+    name: &str,
+    want_structured: bool,
+    tls: bool,
+) -> Result<ExportInfo, NegError> {
+    if name.len() > MAX_EXPORT_NAME {
+        return proto(format!("export name longer than {MAX_EXPORT_NAME} bytes"));
+    }
+    let Greeting { fixed, no_zeroes } = g;
     let mut structured = false;
     if fixed && want_structured {
         send_option(s, OPT_STRUCTURED_REPLY, &[]).await?;
         let (typ, _) = read_option_reply(s, OPT_STRUCTURED_REPLY).await?;
         match typ {
             REP_ACK => structured = true,
+            REP_ERR_TLS_REQD if !tls => {
+                let _ = send_option(s, OPT_ABORT, &[]).await;
+                return proto(TLS_REQUIRED);
+            }
             // Not offered (or refused): simple replies only.
             t if t & REP_ERR != 0 => {}
             t => {
@@ -307,6 +360,10 @@ pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
                     });
                 }
                 REP_ERR_UNSUP => break, // old server: fall back to EXPORT_NAME
+                REP_ERR_TLS_REQD if !tls => {
+                    let _ = send_option(s, OPT_ABORT, &[]).await;
+                    return proto(TLS_REQUIRED);
+                }
                 t if t & REP_ERR != 0 => {
                     let msg = String::from_utf8_lossy(&data[..data.len().min(512)]).into_owned();
                     // Be polite; the connection is dropped anyway.

@@ -1,6 +1,9 @@
 //! NBD URIs (the subset of the NBD URI spec notafs needs):
-//! `nbd://HOST[:PORT][/EXPORT]` and `nbd+unix:///[EXPORT]?socket=PATH`.
-//! The export name is the path without its leading `/`, percent-decoded.
+//! `nbd://HOST[:PORT][/EXPORT]`, `nbd+unix:///[EXPORT]?socket=PATH`, and
+//! their TLS forms `nbds://...` and `nbds+unix://...` (libnbd's), which
+//! take `tls-certificates=DIR` and `tls-hostname=NAME`. Every form takes
+//! `connections=N`. The export name is the path without its leading `/`,
+//! percent-decoded.
 use std::fmt;
 use std::path::PathBuf;
 
@@ -26,16 +29,30 @@ pub struct NbdTarget {
     /// `?connections=N` (1..=16): connections to open when the server
     /// advertises `CAN_MULTI_CONN` (`NbdOptions::connections` overrides).
     pub connections: Option<usize>,
+    /// `nbds://` / `nbds+unix://`: TLS is required, with these settings.
+    pub tls: Option<TlsParams>,
+}
+
+/// TLS settings of an `nbds` URI (see `nbd::tls`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsParams {
+    /// `tls-certificates=DIR`: `ca-cert.pem` (trusted CAs; without it the
+    /// system roots), `client-cert.pem` + `client-key.pem` (optional).
+    pub certificates: Option<PathBuf>,
+    /// `tls-hostname=NAME`: the name the server's certificate must carry
+    /// (default: the TCP host; `localhost` for Unix sockets).
+    pub hostname: Option<String>,
 }
 
 impl fmt::Display for NbdTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.tls.is_some() { "nbds" } else { "nbd" };
         match &self.addr {
             NbdAddr::Tcp { host, port } if host.contains(':') => {
-                write!(f, "nbd://[{host}]:{port}/{}", self.export)
+                write!(f, "{s}://[{host}]:{port}/{}", self.export)
             }
-            NbdAddr::Tcp { host, port } => write!(f, "nbd://{host}:{port}/{}", self.export),
-            NbdAddr::Unix(p) => write!(f, "nbd+unix:///{}?socket={}", self.export, p.display()),
+            NbdAddr::Tcp { host, port } => write!(f, "{s}://{host}:{port}/{}", self.export),
+            NbdAddr::Unix(p) => write!(f, "{s}+unix:///{}?socket={}", self.export, p.display()),
         }
     }
 }
@@ -67,16 +84,19 @@ fn percent_decode(uri: &str, s: &str) -> Result<String> {
 
 /// Parse an NBD URI.
 pub fn parse_uri(uri: &str) -> Result<NbdTarget> {
-    let (unix, rest) = if let Some(r) = uri.strip_prefix("nbd+unix://") {
-        (true, r)
+    let (unix, tls, rest) = if let Some(r) = uri.strip_prefix("nbd+unix://") {
+        (true, false, r)
     } else if let Some(r) = uri.strip_prefix("nbd://") {
-        (false, r)
-    } else if uri.starts_with("nbds://") || uri.starts_with("nbds+unix://") {
-        return Err(BlockError::Unsupported {
-            op: "NBD over TLS (nbds://)",
-        });
+        (false, false, r)
+    } else if let Some(r) = uri.strip_prefix("nbds+unix://") {
+        (true, true, r)
+    } else if let Some(r) = uri.strip_prefix("nbds://") {
+        (false, true, r)
     } else {
-        return Err(bad(uri, "expected nbd:// or nbd+unix://"));
+        return Err(bad(
+            uri,
+            "expected nbd://, nbd+unix://, nbds:// or nbds+unix://",
+        ));
     };
     let (before_query, query) = match rest.split_once('?') {
         Some((a, q)) => (a, Some(q)),
@@ -92,6 +112,7 @@ pub fn parse_uri(uri: &str) -> Result<NbdTarget> {
     }
     let mut socket = None;
     let mut connections = None;
+    let mut tls_params = TlsParams::default();
     for kv in query.into_iter().flat_map(|q| q.split('&')) {
         if kv.is_empty() {
             continue;
@@ -107,6 +128,26 @@ pub fn parse_uri(uri: &str) -> Result<NbdTarget> {
                         .ok_or_else(|| bad(uri, "connections= takes a number from 1 to 16"))?,
                 )
             }
+            "tls-certificates" | "tls-hostname" if !tls => {
+                return Err(bad(
+                    uri,
+                    &format!("{k}= is only for nbds:// and nbds+unix:// (TLS)"),
+                ))
+            }
+            "tls-certificates" => {
+                let d = percent_decode(uri, v)?;
+                if d.is_empty() {
+                    return Err(bad(uri, "empty tls-certificates="));
+                }
+                tls_params.certificates = Some(PathBuf::from(d));
+            }
+            "tls-hostname" => {
+                let h = percent_decode(uri, v)?;
+                if h.is_empty() {
+                    return Err(bad(uri, "empty tls-hostname="));
+                }
+                tls_params.hostname = Some(h);
+            }
             _ => return Err(bad(uri, &format!("unknown query parameter {k:?}"))),
         }
     }
@@ -114,16 +155,19 @@ pub fn parse_uri(uri: &str) -> Result<NbdTarget> {
         if !authority.is_empty() {
             return Err(bad(
                 uri,
-                "nbd+unix:// takes no host (use nbd+unix:///EXPORT?socket=PATH)",
+                "a +unix:// URI takes no host (use nbd+unix:///EXPORT?socket=PATH)",
             ));
         }
         match socket {
             Some(s) if !s.is_empty() => NbdAddr::Unix(PathBuf::from(s)),
-            _ => return Err(bad(uri, "nbd+unix:// needs ?socket=PATH")),
+            _ => return Err(bad(uri, "a +unix:// URI needs ?socket=PATH")),
         }
     } else {
         if socket.is_some() {
-            return Err(bad(uri, "?socket= is only for nbd+unix://"));
+            return Err(bad(
+                uri,
+                "?socket= is only for nbd+unix:// and nbds+unix://",
+            ));
         }
         let (host, port) = if let Some(r) = authority.strip_prefix('[') {
             let (h, after) = r
@@ -163,6 +207,7 @@ pub fn parse_uri(uri: &str) -> Result<NbdTarget> {
         addr,
         export,
         connections,
+        tls: tls.then_some(tls_params),
     })
 }
 
@@ -233,9 +278,30 @@ mod tests {
         ] {
             assert!(parse_uri(b).is_err(), "{b}");
         }
-        assert!(matches!(
-            parse_uri("nbds://h/x"),
-            Err(BlockError::Unsupported { .. })
-        ));
+        let t = parse_uri("nbds://h:99/x").unwrap();
+        assert_eq!(t.tls, Some(TlsParams::default()));
+        assert_eq!(t.to_string(), "nbds://h:99/x");
+        let t =
+            parse_uri("nbds+unix:///e?socket=/s&tls-certificates=/etc/pki/x%20y&tls-hostname=srv")
+                .unwrap();
+        assert_eq!(t.addr, NbdAddr::Unix("/s".into()));
+        assert_eq!(
+            t.tls,
+            Some(TlsParams {
+                certificates: Some("/etc/pki/x y".into()),
+                hostname: Some("srv".into()),
+            })
+        );
+        assert_eq!(t.to_string(), "nbds+unix:///e?socket=/s");
+        assert_eq!(parse_uri("nbd://h/x").unwrap().tls, None);
+        for b in [
+            "nbd://h/x?tls-certificates=/d",
+            "nbd+unix:///x?socket=/s&tls-hostname=h",
+            "nbds://h/x?tls-certificates=",
+            "nbds+unix:///x",
+            "nbds+unix://h/x?socket=/s",
+        ] {
+            assert!(parse_uri(b).is_err(), "{b}");
+        }
     }
 }
