@@ -332,10 +332,16 @@ pub fn run(args: &Args) -> CliResult<Outcome> {
     };
 
     let geo = dev.geometry();
+    // First make the device atomically "not a filesystem" (the erase mark
+    // over block 0, flushed): a power cut during the discard, the wipe or
+    // the format then leaves no half-destroyed old filesystem that its
+    // backup superblock would bring back. Block 0 is left alone until the
+    // format writes the new primary superblock last.
+    Fs::erase(dev.as_ref()).map_err(|e| CliError::from(e).context(path))?;
     let want_discard = !args.no_discard;
     let mut discarded = false;
-    if want_discard && geo.caps.discard && geo.block_count > 0 {
-        match dev.discard(0, geo.block_count) {
+    if want_discard && geo.caps.discard && geo.block_count > 1 {
+        match dev.discard(1, geo.block_count - 1) {
             Ok(()) => discarded = true,
             Err(e) => warn!("discard failed ({e}); continuing without it"),
         }
@@ -386,7 +392,8 @@ fn wipe(dev: &dyn BlockDevice, sigs: &[detect::Signature]) -> notafs_blockdev::R
     let mut done = std::collections::BTreeSet::new();
     for s in sigs {
         let b = s.offset / bs;
-        if b < geo.block_count && done.insert(b) {
+        // Block 0 holds the erase mark (it replaced whatever was there).
+        if b > 0 && b < geo.block_count && done.insert(b) {
             dev.write(b, &zero)?;
         }
     }

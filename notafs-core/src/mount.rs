@@ -38,16 +38,15 @@ impl Fs {
         let sb = Self::plan(dev.as_ref(), opts)?;
         let bs = sb.block_size as usize;
         // Three flush epochs, so that a power cut at any instant leaves
-        // either no filesystem or a complete one that checks clean:
-        // 1. blank the primary superblock (the signature): from here on the
-        //    device is not a notafs filesystem (an earlier one's backup with
-        //    a blank primary and nothing newer than generation 1 is not
-        //    taken for one either, see `read_superblock`);
+        // either the old filesystem intact, no filesystem, or the new one
+        // complete and clean:
+        // 1. the erase mark over the primary superblock (`Fs::erase`): from
+        //    here on the device is not a notafs filesystem, whatever an old
+        //    backup copy and ring still say (see `read_superblock`);
         // 2. wipe the ring, write generation 1 (free list, barrier, root
         //    slot, flush: commit.rs), then the backup superblock;
         // 3. barrier, the primary superblock, last (as btrfs does), flush.
-        dev.write(0, &vec![0u8; bs])?;
-        dev.barrier()?;
+        Self::erase(dev.as_ref())?;
         // A slot of an earlier filesystem must never be mistaken for ours
         // (its UUID would differ, but zeros are clearer).
         let zeros = vec![0u8; bs * sb.ring_slots as usize];
@@ -84,6 +83,30 @@ impl Fs {
             "formatted"
         );
         Fs::open(dev, &OpenOptions::default())
+    }
+
+    /// Make `dev` not a filesystem, atomically: write the erase mark over
+    /// block 0 and flush (superblock.rs explains why). Whatever filesystem
+    /// was there is intact until the mark is durable and gone after it; the
+    /// rest of the device is untouched, so a caller may then discard or
+    /// wipe anything but block 0 and a power cut leaves no half-destroyed
+    /// filesystem behind. `format` begins with it; `mkfs` calls it before
+    /// discarding.
+    pub fn erase(dev: &dyn BlockDevice) -> Result<()> {
+        let geo = dev.geometry();
+        if geo.block_count == 0 {
+            return Ok(());
+        }
+        let io = |what: &'static str| {
+            move |source| Error::Io {
+                what,
+                block: 0,
+                source,
+            }
+        };
+        dev.write(0, &crate::superblock::erase_mark(geo.block_size as usize))
+            .map_err(io("erase mark"))?;
+        dev.flush().map_err(io("flush after the erase mark"))
     }
 
     /// The superblock `format` would write on `dev` (for dry runs).
@@ -190,6 +213,13 @@ impl Fs {
         if let Err(e @ Error::Unsupported(_)) = primary {
             return Err(e);
         }
+        if crate::superblock::is_erase_mark(&pbuf) {
+            return Err(Error::NotNotafs(
+                "block 0 holds the erase mark of an interrupted mkfs.notafs (the filesystem \
+                 that was here was being replaced): run mkfs.notafs again"
+                    .into(),
+            ));
+        }
         let (_, backup) = read(last, "backup superblock")?;
         let backup = match backup {
             Ok(b) if b.block_count == geo.block_count => Ok(b),
@@ -247,10 +277,14 @@ impl Fs {
     pub fn open(dev: Arc<dyn BlockDevice>, opts: &OpenOptions) -> Result<Fs> {
         let (sb, sb_source) = Self::read_superblock(dev.as_ref())?;
         let layout = Layout::from_superblock(&sb);
-        let cache_nodes = (opts.cache_bytes / 2) / sb.node_size as usize;
+        // The cache budget: half for buffered writes (fs.rs), a quarter for
+        // decoded-and-verified nodes, a quarter for file-data blocks.
+        let cache_nodes = (opts.cache_bytes / 4) / sb.node_size as usize;
+        let cache_data = (opts.cache_bytes / 4) / sb.block_size as usize;
         let io = NodeIo {
             dev: dev.clone(),
             cache: Arc::new(NodeCache::new(cache_nodes)),
+            data_cache: Arc::new(NodeCache::new(cache_data)),
             layout,
         };
         let scanned = Self::scan_slots(&io, &sb)?;

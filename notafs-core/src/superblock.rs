@@ -40,6 +40,41 @@ use crate::codec::{le32, le64};
 use crate::{Error, Result};
 
 pub const MAGIC: [u8; 8] = *b"NOTAFS\0\x01";
+
+/// The erase mark: block 0 of a device whose filesystem is being replaced
+/// by `mkfs` (the mark, then zeros to the end of the block).
+///
+/// ```text
+/// offset  size  field
+/// ------  ----  -----------------------------------------------------------
+///      0    16  "NOTAFS-ERASED\0\0\0"
+///     16   B-16 zero
+/// ```
+///
+/// Why it exists: a primary superblock that does not decode normally makes
+/// `open` fall back to the backup copy (bit rot or a lost write in block 0
+/// must not lose a filesystem). But `mkfs` over an old filesystem destroys
+/// it on purpose, over several flush epochs (discard, wipe, new ring, new
+/// superblocks): a power cut in between would leave the old backup, the old
+/// ring and half-discarded data, which the fallback would open as a damaged
+/// old filesystem. `mkfs` therefore first writes this mark over block 0 and
+/// flushes (one atomic block write: the old filesystem is intact or gone),
+/// and never touches block 0 again until the new primary superblock, the
+/// last write of the format. A device whose block 0 carries the mark is not
+/// a filesystem, whatever the backup says.
+pub const ERASED_MAGIC: [u8; 16] = *b"NOTAFS-ERASED\0\0\0";
+
+/// The erase mark, padded to a block of `block_size` bytes.
+pub fn erase_mark(block_size: usize) -> Vec<u8> {
+    let mut b = vec![0u8; block_size];
+    b[..ERASED_MAGIC.len()].copy_from_slice(&ERASED_MAGIC);
+    b
+}
+
+/// Whether `block` (block 0 as read) carries the erase mark.
+pub fn is_erase_mark(block: &[u8]) -> bool {
+    block.starts_with(&ERASED_MAGIC)
+}
 pub const VERSION_MAJOR: u32 = 1;
 pub const VERSION_MINOR: u32 = 0;
 /// Bytes of the superblock that are meaningful (the rest of the block is zero).

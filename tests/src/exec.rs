@@ -361,14 +361,20 @@ impl Exec<'_> {
         self.fs = None;
         let start = self.dev.ops();
         let geo = self.dev.geometry();
+        // As mkfs.notafs does: the erase mark over block 0 (flushed), then
+        // discard and wipe anything but block 0, then format.
+        if discard || wipe {
+            Fs::erase(self.dev.as_ref()).map_err(|e| format!("erase: {e}"))?;
+        }
         if discard {
             self.dev
-                .discard(0, geo.block_count)
+                .discard(1, geo.block_count - 1)
                 .map_err(|e| format!("discard: {e}"))?;
         }
         if wipe {
+            // The old backup superblock (mkfs wipes the signatures it found).
             self.dev
-                .write(0, &vec![0u8; geo.block_size as usize])
+                .write(geo.block_count - 1, &vec![0u8; geo.block_size as usize])
                 .map_err(|e| format!("wipe: {e}"))?;
         }
         let fs = Fs::format(

@@ -441,14 +441,32 @@ pub fn check_mkfs_state(
     }
     drop(fs);
     let rep = check::check(
-        img,
+        img.clone(),
         &CheckOptions {
             cache_bytes: Some(CACHE),
             ..CheckOptions::default()
         },
     )
     .map_err(|e| format!("check of the old filesystem failed to run: {e}"))?;
-    if !fsck_clean(&rep) {
+    // A torn write of the erase mark (a block that is neither the old
+    // primary nor the mark) is what the backup copy exists for: the old
+    // filesystem opens from it with its contents intact (checked above),
+    // and the only findings allowed are about the superblock copies (fsck
+    // -y rewrites the primary; mkfs run again replaces it all).
+    let torn_primary = {
+        let mut b = vec![0u8; img.geometry().block_size as usize];
+        img.read(0, &mut b).is_ok()
+            && !notafs_core::superblock::is_erase_mark(&b)
+            && notafs_core::Superblock::decode(
+                &b,
+                0,
+                img.geometry().block_size,
+                img.geometry().block_count,
+            )
+            .is_err()
+    };
+    let superblock_only = rep.problems.iter().all(|p| p.code == "superblock");
+    if !fsck_clean(&rep) && !(torn_primary && superblock_only) {
         return Err(format!(
             "old filesystem opens but is not clean for fsck -n: {}",
             problems(&rep, Severity::Warning)

@@ -35,21 +35,21 @@ impl Default for Caps {
     }
 }
 
-/// The kinds in schedule order (mkfs and read-error are not in it yet:
-/// they fail on core bugs listed in /work/FINDINGS-tests.md; select them
-/// with `--kinds mkfs,read-error`; `crash_ci` runs them in an ignored test): workload `i` has kind `SCHEDULE[i % len]`.
-pub const SCHEDULE: [Kind; 12] = [
+/// The kinds in schedule order: workload `i` has kind `SCHEDULE[i % len]`.
+pub const SCHEDULE: [Kind; 14] = [
     Kind::Exhaustive,
     Kind::Exhaustive,
     Kind::LostWrite,
     Kind::Random,
     Kind::Exhaustive,
+    Kind::Mkfs,
     Kind::Exhaustive,
     Kind::NearFull,
     Kind::Pack,
     Kind::Exhaustive,
     Kind::Exhaustive,
     Kind::Recovery,
+    Kind::ReadError,
     Kind::Repair,
 ];
 
