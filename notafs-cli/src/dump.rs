@@ -203,6 +203,7 @@ pub fn dump_device(
         io: NodeIo {
             dev: dev.clone(),
             cache: Arc::new(NodeCache::new(64)),
+            data_cache: Arc::new(NodeCache::new(16)),
             layout,
         },
         seen: HashSet::new(),

@@ -1,6 +1,7 @@
 //! Reading file data: extents to device reads, with every block checked
 //! against the CRC its extent records.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::btree::{NodeIo, Tree};
 use crate::extent_tree::{Extent, Extents};
@@ -9,6 +10,9 @@ use crate::{Error, Result};
 /// Largest single device read issued by the read path (bounds the bounce
 /// buffer whatever the caller asks for).
 const MAX_READ: u64 = 8 << 20;
+
+/// Reads of at most this many bytes go through the data cache.
+pub(crate) const CACHED_READ_MAX: u64 = 128 << 10;
 
 /// Read up to `out.len()` bytes at `off` of a file of `size` bytes whose
 /// extents are `ext` and whose not-yet-written blocks are `buffered`.
@@ -64,10 +68,17 @@ pub(crate) fn read_at(
     }
     let mut inplace: Vec<InPlace<'_>> = Vec::new();
     let mut bounces: Vec<Bounce<'_>> = Vec::new();
-    for (k, e) in &pieces {
-        let a = (*k).max(first);
-        let b = (k + e.len()).min(last + 1);
-        let mut blk = a;
+    // Byte ranges of `out` filled from the data cache.
+    let mut hits: Vec<(usize, usize)> = Vec::new();
+    // Small verified reads go through the data cache; large ones (scans,
+    // copies) neither look nor insert, so a scan cannot flush the blocks
+    // that random readers keep coming back to.
+    let use_cache = verify && (n as u64) <= CACHED_READ_MAX;
+    let pieces = &pieces;
+    let mut plan = |blk: u64, b: u64, piece: usize| {
+        let (k, e) = (&pieces[piece].0, &pieces[piece].1);
+        let k = *k;
+        let mut blk = blk;
         while blk < b {
             let cnt = (b - blk).min(MAX_READ / bs);
             let byte_lo = blk * bs;
@@ -109,10 +120,37 @@ pub(crate) fn read_at(
             }
             blk += cnt;
         }
+    };
+    for (piece, (k, e)) in pieces.iter().enumerate() {
+        let a = (*k).max(first);
+        let b = (k + e.len()).min(last + 1);
+        if !use_cache {
+            plan(a, b, piece);
+            continue;
+        }
+        // Cached blocks are copied now; each run of misses is planned.
+        let mut run = a;
+        for blk in a..b {
+            let i = (blk - k) as usize;
+            let Some(d) = io.data_cache.get(e.pblock + i as u64, e.crcs[i]) else {
+                continue;
+            };
+            plan(run, blk, piece);
+            run = blk + 1;
+            let byte_lo = blk * bs;
+            let lo = byte_lo.max(off);
+            let hi = (byte_lo + bs).min(end);
+            out[(lo - off) as usize..(hi - off) as usize]
+                .copy_from_slice(&d[(lo - byte_lo) as usize..(hi - byte_lo) as usize]);
+            hits.push(((lo - off) as usize, (hi - off) as usize));
+        }
+        plan(run, b, piece);
     }
+    drop(plan);
     // Zero only what no extent covers (holes): the rest is about to be
     // overwritten by the reads.
     let mut covered: Vec<(usize, usize)> = inplace.iter().map(|r| (r.lo, r.hi)).collect();
+    covered.extend_from_slice(&hits);
     for bo in &bounces {
         let lo = bo.byte_lo.max(off);
         let hi = (bo.byte_lo + bo.buf.len() as u64).min(end);
@@ -165,6 +203,21 @@ pub(crate) fn read_at(
         }
         for bo in &bounces {
             check_blocks(&bo.buf, bo.crcs, bo.pb, bs as usize)?;
+        }
+    }
+    if use_cache {
+        // Everything read was verified above: remember it.
+        let bsz = bs as usize;
+        for r in &inplace {
+            let crcs = r.crcs.iter().flat_map(|c| c.iter());
+            for (i, (chunk, crc)) in out[r.lo..r.hi].chunks(bsz).zip(crcs).enumerate() {
+                io.data_cache.put(r.pb + i as u64, *crc, Arc::from(chunk));
+            }
+        }
+        for bo in &bounces {
+            for (i, (chunk, crc)) in bo.buf.chunks(bsz).zip(bo.crcs).enumerate() {
+                io.data_cache.put(bo.pb + i as u64, *crc, Arc::from(chunk));
+            }
         }
     }
     for bo in &bounces {

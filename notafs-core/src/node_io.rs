@@ -17,6 +17,9 @@ use crate::{Error, Result};
 pub struct NodeIo {
     pub dev: Arc<dyn BlockDevice>,
     pub cache: Arc<NodeCache>,
+    /// Verified file-data blocks, keyed like nodes by (block, CRC): shared
+    /// by the transaction and every snapshot (data.rs decides what goes in).
+    pub data_cache: Arc<NodeCache>,
     pub layout: Layout,
 }
 

@@ -267,6 +267,14 @@ pub(crate) fn write_blocks<E: TxnEnv>(
         }
         env.note_written(chunk.len() as u64);
         let crcs: Vec<u32> = chunk.chunks(bs).map(crate::checksum::crc).collect();
+        // Small writes are read back soon (a pack store reads what it just
+        // appended): keep them in the data cache, as data.rs would after
+        // reading them (same key: block and CRC).
+        if chunk.len() as u64 <= crate::data::CACHED_READ_MAX {
+            for (i, (b, crc)) in chunk.chunks(bs).zip(&crcs).enumerate() {
+                io.data_cache.put(pb + i as u64, *crc, std::sync::Arc::from(b));
+            }
+        }
         t.note_data(pb, &crcs);
         unmap(t, &io, ino, lb + *done, got)?;
         map(t, &io, ino, lb + *done, pb, &crcs)?;

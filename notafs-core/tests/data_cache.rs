@@ -1,0 +1,168 @@
+//! The data cache (issue 10): small verified reads are served from memory
+//! the second time, large reads neither use nor fill it, and what it serves
+//! is always what the reader's generation holds.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use notafs_blockdev::memory::MemoryDevice;
+use notafs_blockdev::{BlockDevice, Geometry, WriteReq};
+use notafs_core::{FormatOptions, Fs, OpenOptions};
+
+/// A memory device that counts read requests.
+struct Counting {
+    inner: MemoryDevice,
+    reads: AtomicU64,
+}
+
+impl BlockDevice for Counting {
+    fn geometry(&self) -> Geometry {
+        self.inner.geometry()
+    }
+    fn read(&self, b: u64, buf: &mut [u8]) -> notafs_blockdev::Result<()> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read(b, buf)
+    }
+    fn read_batch(&self, r: &mut [(u64, &mut [u8])]) -> notafs_blockdev::Result<()> {
+        self.reads.fetch_add(r.len() as u64, Ordering::SeqCst);
+        self.inner.read_batch(r)
+    }
+    fn write(&self, b: u64, d: &[u8]) -> notafs_blockdev::Result<()> {
+        self.inner.write(b, d)
+    }
+    fn write_batch(&self, w: &[WriteReq<'_>]) -> notafs_blockdev::Result<()> {
+        self.inner.write_batch(w)
+    }
+    fn write_zeroes(&self, b: u64, c: u64) -> notafs_blockdev::Result<()> {
+        self.inner.write_zeroes(b, c)
+    }
+    fn discard(&self, b: u64, c: u64) -> notafs_blockdev::Result<()> {
+        self.inner.discard(b, c)
+    }
+    fn flush(&self) -> notafs_blockdev::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+}
+
+/// A filesystem with `path` holding `data`, committed, reopened (cold
+/// caches) on a counting device.
+fn setup(path: &str, data: &[u8]) -> (Arc<Counting>, Fs) {
+    let dev = Arc::new(Counting {
+        inner: MemoryDevice::new(4096, 4096).unwrap(),
+        reads: AtomicU64::new(0),
+    });
+    {
+        let fs = Fs::format(dev.clone(), &FormatOptions::default()).unwrap();
+        fs.create(path).unwrap().write_at(0, data).unwrap();
+        fs.commit().unwrap();
+    }
+    let fs = Fs::open(dev.clone(), &OpenOptions::default()).unwrap();
+    (dev, fs)
+}
+
+#[test]
+fn second_small_read_comes_from_memory() {
+    let data = pattern(7, 4 << 20);
+    let (dev, fs) = setup("f", &data);
+    let f = fs.open_file("f").unwrap();
+    for off in [0u64, 4096 * 100 + 17, 3 << 20] {
+        let mut a = vec![0u8; 8192];
+        let before = dev.reads.load(Ordering::SeqCst);
+        assert_eq!(f.read_at(off, &mut a).unwrap(), 8192);
+        let first = dev.reads.load(Ordering::SeqCst) - before;
+        assert!(first > 0, "a cold read must reach the device");
+        assert_eq!(a, data[off as usize..off as usize + 8192]);
+        let mut b = vec![0u8; 8192];
+        let before = dev.reads.load(Ordering::SeqCst);
+        assert_eq!(f.read_at(off, &mut b).unwrap(), 8192);
+        assert_eq!(
+            dev.reads.load(Ordering::SeqCst) - before,
+            0,
+            "a warm read at {off} reached the device"
+        );
+        assert_eq!(b, a);
+    }
+    // A snapshot shares the cache.
+    let snap = fs.snapshot();
+    let sf = snap.open("f").unwrap();
+    let mut c = vec![0u8; 8192];
+    let before = dev.reads.load(Ordering::SeqCst);
+    sf.read_at(0, &mut c).unwrap();
+    assert_eq!(dev.reads.load(Ordering::SeqCst) - before, 0);
+    assert_eq!(c, data[..8192]);
+}
+
+#[test]
+fn large_reads_do_not_fill_the_cache() {
+    let data = pattern(9, 4 << 20);
+    let (dev, fs) = setup("f", &data);
+    let f = fs.open_file("f").unwrap();
+    let mut big = vec![0u8; 2 << 20];
+    f.read_at(0, &mut big).unwrap();
+    assert_eq!(big, data[..2 << 20]);
+    let mut small = vec![0u8; 4096];
+    let before = dev.reads.load(Ordering::SeqCst);
+    f.read_at(4096 * 10, &mut small).unwrap();
+    assert!(
+        dev.reads.load(Ordering::SeqCst) > before,
+        "a block seen only by a large read was cached (scans would evict the working set)"
+    );
+    assert_eq!(small, data[4096 * 10..4096 * 11]);
+}
+
+#[test]
+fn cached_blocks_never_leak_across_generations() {
+    // Overwrite the same range many times, committing each time, so blocks
+    // are freed and reused; every generation's snapshot and the live file
+    // must read their own bytes, warm or cold.
+    let dev = Arc::new(Counting {
+        inner: MemoryDevice::new(4096, 512).unwrap(),
+        reads: AtomicU64::new(0),
+    });
+    let fs = Fs::format(dev.clone(), &FormatOptions::default()).unwrap();
+    fs.create("f").unwrap();
+    for round in 0..40u8 {
+        let v = pattern(round, 3 * 4096 + 100);
+        let f = fs.open_file("f").unwrap();
+        f.write_at(0, &v).unwrap();
+        let mut got = vec![0u8; v.len()];
+        f.read_at(0, &mut got).unwrap();
+        assert_eq!(got, v, "round {round}: read before commit");
+        fs.commit().unwrap();
+        for _ in 0..2 {
+            let mut got = vec![0u8; v.len()];
+            fs.open_file("f").unwrap().read_at(0, &mut got).unwrap();
+            assert_eq!(got, v, "round {round}: read after commit");
+            let snap = fs.snapshot();
+            let mut got = vec![0u8; v.len()];
+            snap.open("f").unwrap().read_at(0, &mut got).unwrap();
+            assert_eq!(got, v, "round {round}: snapshot read");
+        }
+    }
+    // Older retained generations still read their own content.
+    for g in fs.generations() {
+        let old = Fs::open(
+            dev.clone(),
+            &OpenOptions {
+                read_only: true,
+                generation: Some(g.generation),
+                ..OpenOptions::default()
+            },
+        );
+        if let Ok(old) = old {
+            let mut got = vec![0u8; 3 * 4096 + 100];
+            let snap = old.snapshot();
+            if let Ok(f) = snap.open("f") {
+                f.read_at(0, &mut got).unwrap();
+                assert!(
+                    (0..40u8).any(|r| got == pattern(r, got.len())),
+                    "generation {} reads bytes no round wrote",
+                    g.generation
+                );
+            }
+        }
+    }
+}
