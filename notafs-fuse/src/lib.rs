@@ -1389,13 +1389,13 @@ impl Filesystem for NotafsFuse {
     fn symlink(
         &self,
         _req: &Request,
-        _parent: INodeNo,
+        parent: INodeNo,
         _link_name: &OsStr,
         _target: &std::path::Path,
         reply: ReplyEntry,
     ) {
         // Only regular files and directories exist in notafs.
-        reply.error(if self.read_only() {
+        reply.error(if self.read_only() || self.writable_at(parent.0).is_err() {
             Errno::EROFS
         } else {
             Errno::EPERM
@@ -1405,12 +1405,13 @@ impl Filesystem for NotafsFuse {
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
+        ino: INodeNo,
+        newparent: INodeNo,
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(if self.read_only() {
+        let gen = self.writable_at(ino.0).is_err() || self.writable_at(newparent.0).is_err();
+        reply.error(if self.read_only() || gen {
             Errno::EROFS
         } else {
             Errno::EPERM

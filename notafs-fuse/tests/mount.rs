@@ -1494,6 +1494,10 @@ fn generations_view() {
     )
     .unwrap_err();
     assert_eq!(errno_of(&e), libc::EROFS, "{e}");
+    let e = std::os::unix::fs::symlink("file", old.join("link")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EROFS, "{e}");
+    let e = fs::hard_link(old.join("file"), img.p("hard")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EROFS, "{e}");
     let e = fs::create_dir(img.p(".generations")).unwrap_err();
     assert_eq!(errno_of(&e), libc::EEXIST, "{e}");
     // Names that are not retained generations.
