@@ -1621,6 +1621,10 @@ impl MultiFake {
                 let st3 = st2.clone();
                 std::thread::spawn(move || serve_durable(s, size, tflags, &st3));
             }
+            // Like qemu-nbd at its --shared limit: the socket stays open,
+            // further clients wait in the backlog without a greeting.
+            std::thread::sleep(Duration::from_secs(30));
+            drop(l);
         });
         MultiFake {
             sock,
@@ -2390,6 +2394,40 @@ impl BlockDevice for NoFua {
     }
 }
 
+/// A Unix-socket proxy in front of `server` that holds every chunk it
+/// forwards, either way, for `delay`: a network with a round trip of twice
+/// that. Its threads end with the process (measurements only).
+fn latency_proxy(server: PathBuf, delay: Duration) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("proxy.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { return };
+            let Ok(s) = UnixStream::connect(&server) else {
+                return;
+            };
+            for (mut from, mut to) in [(c.try_clone().unwrap(), s.try_clone().unwrap()), (s, c)] {
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        std::thread::sleep(delay);
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (dir, sock)
+}
+
 /// Commits per second over qemu-nbd (a file on disk, --cache=none, so a
 /// flush is an fdatasync), barrier protocol (as the tools use), with and
 /// without FUA for the root slot; and sequential throughput with 1 and 4
@@ -2435,6 +2473,41 @@ fn measure_fua_and_connections() {
     );
     let cl = run(true, true);
     println!("commits/s, commit-log protocol (no FUA in it), same server: {cl:.0}");
+    // The same through a proxy adding 0.5 ms each way (1 ms round trip).
+    let (_pd, psock) = latency_proxy(srv.sock.clone(), Duration::from_micros(500));
+    let prun = |fua: bool| -> f64 {
+        let nbd = NbdDevice::open_uri(
+            &format!("nbd+unix:///?socket={}", psock.display()),
+            &NbdOptions::default(),
+        )
+        .unwrap();
+        let dev: Arc<dyn BlockDevice> = if fua {
+            Arc::new(nbd)
+        } else {
+            Arc::new(NoFua(nbd))
+        };
+        let fs = Fs::format(dev, &FormatOptions::default()).unwrap();
+        fs.set_commit_log(false);
+        let f = fs.create("f").unwrap();
+        let t = Instant::now();
+        let mut n = 0u64;
+        while t.elapsed() < Duration::from_secs(4) {
+            f.write_at(n * 4096 % (1 << 20), &pattern(n, 0, 4096))
+                .unwrap();
+            fs.commit().unwrap();
+            n += 1;
+        }
+        n as f64 / t.elapsed().as_secs_f64()
+    };
+    let (mut with, mut without) = (0f64, 0f64);
+    for _ in 0..2 {
+        without = without.max(prun(false));
+        with = with.max(prun(true));
+    }
+    println!(
+        "commits/s, same, 1 ms round trip (proxy): FUA slot {with:.0}, write+flush {without:.0} ({:.2}x)",
+        with / without
+    );
     drop(srv);
     let total = 256u64 << 20;
     let img2 = make_image(dir.path(), "img2", total);
@@ -2486,4 +2559,22 @@ fn measure_fua_and_connections() {
             );
         }
     }
+}
+
+/// A server that advertises `CAN_MULTI_CONN` but takes only 2 clients and
+/// leaves the others waiting (qemu-nbd --shared=2): the device opens with
+/// the 2 it got, within a few seconds, not after the 10 s connect timeout.
+#[test]
+fn multi_conn_server_limit_does_not_stall_open() {
+    let fake = MultiFake::start(1 << 20, 1 | 4 | CAN_MULTI_CONN, 2);
+    let t0 = Instant::now();
+    let dev = NbdDevice::open_uri(&fake.uri(), &NbdOptions::default()).unwrap();
+    let took = t0.elapsed();
+    assert_eq!(dev.connections(), 2);
+    assert!(took < Duration::from_secs(4), "open took {took:?}");
+    let d = pattern(8, 3, 4096 * 8);
+    dev.write(3, &d).unwrap();
+    let mut b = vec![0u8; d.len()];
+    dev.read(3, &mut b).unwrap();
+    assert!(b == d);
 }

@@ -549,13 +549,20 @@ async fn structured_chunk<R: AsyncRead + Unpin>(
             if !c.cover(rs, re) {
                 return bad(format!("chunk at {o}+{n} overlaps an earlier one"));
             }
-            if c.data.is_empty() {
-                // Zero-filled: holes need nothing more. Our length, bounded
-                // by the maximum request size.
-                c.data = vec![0u8; read_len as usize];
-            }
-            if let Some(d) = data {
-                c.data[rs as usize..re as usize].copy_from_slice(&d);
+            match data {
+                // The common case, one data chunk for the whole read: keep
+                // its buffer as is (no zero-fill, no copy).
+                Some(d) if c.data.is_empty() && d.len() == read_len as usize => c.data = d,
+                data => {
+                    if c.data.is_empty() {
+                        // Zero-filled: holes need nothing more. Our length,
+                        // bounded by the maximum request size.
+                        c.data = vec![0u8; read_len as usize];
+                    }
+                    if let Some(d) = data {
+                        c.data[rs as usize..re as usize].copy_from_slice(&d);
+                    }
+                }
             }
         }
         t if t & (1 << 15) != 0 => {

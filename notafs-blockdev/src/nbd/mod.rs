@@ -100,6 +100,8 @@ pub const PIPELINE_PIECE: usize = 256 << 10;
 /// Connections opened by default when the server advertises
 /// `CAN_MULTI_CONN`.
 pub const DEFAULT_CONNECTIONS: usize = 4;
+/// Handshake bound for the connections after the first.
+const EXTRA_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most connections one device opens.
 pub const MAX_CONNECTIONS: usize = 16;
 /// Zero buffer size when write-zeroes is emulated.
@@ -312,22 +314,47 @@ impl NbdDevice {
         let (first, info) = Self::open_conn(&target, opts, &tls)?;
         let mut conns = vec![first];
         if want > 1 && info.flags & flags::CAN_MULTI_CONN != 0 {
-            for _ in 1..want {
-                match Self::open_conn(&target, opts, &tls) {
+            // The others in parallel, each bounded by a short timeout: a
+            // server at its client limit (qemu-nbd --shared=N) leaves the
+            // extra ones waiting without a greeting; the device then keeps
+            // the connections it got instead of stalling the open.
+            let extra_opts = NbdOptions {
+                connect_timeout: opts.connect_timeout.min(EXTRA_CONNECT_TIMEOUT),
+                ..opts.clone()
+            };
+            let results: Vec<Result<(Conn, ExportInfo)>> = std::thread::scope(|sc| {
+                let hs: Vec<_> = (1..want)
+                    .map(|_| sc.spawn(|| Self::open_conn(&target, &extra_opts, &tls)))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(BlockError::Invalid("NBD connect thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+            let mut failed = 0;
+            for r in results {
+                match r {
                     Ok((c, i)) if i.size == info.size && i.flags == info.flags => conns.push(c),
                     Ok((c, i)) => {
                         // Not the same export any more: do not mix them.
                         c.send_disconnect();
+                        failed += 1;
                         tracing::warn!(target = %target, first = ?info, now = ?i,
-                            "NBD export changed between connections; using {}", conns.len());
-                        break;
+                            "NBD export changed between connections; dropping one");
                     }
                     Err(e) => {
-                        tracing::warn!(target = %target, error = %e,
-                            "could not open another NBD connection; using {}", conns.len());
-                        break;
+                        failed += 1;
+                        tracing::debug!(target = %target, error = %e, "extra NBD connection failed");
                     }
                 }
+            }
+            if failed > 0 {
+                tracing::warn!(target = %target, connections = conns.len(), wanted = want,
+                    "the NBD server took fewer connections than asked for (its client limit?); \
+                     set ?connections=N to match");
             }
         }
         let dev = Self::from_info(target, info, opts, conns)?;
