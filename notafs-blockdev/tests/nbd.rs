@@ -2578,3 +2578,30 @@ fn multi_conn_server_limit_does_not_stall_open() {
     dev.read(3, &mut b).unwrap();
     assert!(b == d);
 }
+
+/// `?timeout=SECS` bounds the wait for a reply (the default is 120 s): a
+/// server that stops answering fails the call after about that long, and
+/// the device is then dead (reopen it).
+#[test]
+fn uri_timeout_bounds_the_wait_for_a_reply() {
+    let fake = Fake::start(|mut s| {
+        serve_handshake(&mut s, 1 << 20, 1 | 4);
+        let _ = read_req(&mut s); // never answered
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = read_req(&mut s);
+    });
+    let dev =
+        NbdDevice::open_uri(&format!("{}&timeout=1", fake.uri()), &NbdOptions::default()).unwrap();
+    let t0 = Instant::now();
+    let mut b = vec![0u8; 4096];
+    let e = dev.read(0, &mut b).unwrap_err();
+    let took = t0.elapsed();
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(dev.is_dead());
+    drop(dev);
+    fake.join();
+}

@@ -290,7 +290,8 @@ DEVICE is one of:
   nbds://HOST[:PORT]/EXPORT     the same over TLS (certificate always verified);
   nbds+unix:///EXPORT?socket=S    add &tls-certificates=DIR for DIR/ca-cert.pem (and
                                   client-cert.pem + client-key.pem), &tls-hostname=NAME
-  (NBD URIs take ?connections=N: 1..16 connections where the server allows several)
+  (NBD URIs also take &connections=N, 1..16 connections where the server allows
+   several, and &timeout=SECS, the longest wait for a reply: 120 by default)
   memory:SIZE                   a scratch in-memory device (testing)";
 
 /// Whether `spec` names a device by URI (`nbd://`, `memory:`, `file:`...)

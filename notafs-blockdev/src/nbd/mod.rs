@@ -420,6 +420,9 @@ impl NbdDevice {
         opts: &NbdOptions,
         conns: Vec<Conn>,
     ) -> Result<NbdDevice> {
+        // The URI's ?timeout= wins over the options (the tools pass the
+        // defaults).
+        let io_timeout = target.io_timeout.or(opts.io_timeout);
         // Build the device first so that an error below still disconnects
         // cleanly (Drop).
         let mut dev = NbdDevice {
@@ -434,7 +437,7 @@ impl NbdDevice {
             },
             read_only: opts.read_only || info.flags & flags::READ_ONLY != 0,
             max_payload: MAX_PAYLOAD,
-            io_timeout: opts.io_timeout,
+            io_timeout,
             conns,
             next_conn: AtomicUsize::new(0),
         };

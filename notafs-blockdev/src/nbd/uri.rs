@@ -2,7 +2,7 @@
 //! `nbd://HOST[:PORT][/EXPORT]`, `nbd+unix:///[EXPORT]?socket=PATH`, and
 //! their TLS forms `nbds://...` and `nbds+unix://...` (libnbd's), which
 //! take `tls-certificates=DIR` and `tls-hostname=NAME`. Every form takes
-//! `connections=N`. The export name is the path without its leading `/`,
+//! `connections=N` and `timeout=SECS`. The export name is the path without its leading `/`,
 //! percent-decoded.
 use std::fmt;
 use std::path::PathBuf;
@@ -31,6 +31,10 @@ pub struct NbdTarget {
     pub connections: Option<usize>,
     /// `nbds://` / `nbds+unix://`: TLS is required, with these settings.
     pub tls: Option<TlsParams>,
+    /// `?timeout=SECS` (1..=86400): the longest wait for a reply while
+    /// requests are outstanding (`NbdOptions::io_timeout`, which this
+    /// overrides), after which the connection is dropped.
+    pub io_timeout: Option<std::time::Duration>,
 }
 
 /// TLS settings of an `nbds` URI (see `nbd::tls`).
@@ -113,6 +117,7 @@ pub fn parse_uri(uri: &str) -> Result<NbdTarget> {
     let mut socket = None;
     let mut connections = None;
     let mut tls_params = TlsParams::default();
+    let mut io_timeout = None;
     for kv in query.into_iter().flat_map(|q| q.split('&')) {
         if kv.is_empty() {
             continue;
@@ -127,6 +132,14 @@ pub fn parse_uri(uri: &str) -> Result<NbdTarget> {
                         .filter(|n| (1..=super::MAX_CONNECTIONS).contains(n))
                         .ok_or_else(|| bad(uri, "connections= takes a number from 1 to 16"))?,
                 )
+            }
+            "timeout" => {
+                io_timeout = Some(std::time::Duration::from_secs(
+                    v.parse::<u64>()
+                        .ok()
+                        .filter(|n| (1..=86400).contains(n))
+                        .ok_or_else(|| bad(uri, "timeout= takes seconds, from 1 to 86400"))?,
+                ))
             }
             "tls-certificates" | "tls-hostname" if !tls => {
                 return Err(bad(
@@ -208,6 +221,7 @@ pub fn parse_uri(uri: &str) -> Result<NbdTarget> {
         export,
         connections,
         tls: tls.then_some(tls_params),
+        io_timeout,
     })
 }
 
@@ -257,6 +271,13 @@ mod tests {
             parse_uri("nbd://h/x?connections=1").unwrap().connections,
             Some(1)
         );
+        assert_eq!(
+            parse_uri("nbd+unix:///?socket=/s&timeout=10")
+                .unwrap()
+                .io_timeout,
+            Some(std::time::Duration::from_secs(10))
+        );
+        assert_eq!(parse_uri("nbd://h/x").unwrap().io_timeout, None);
         for b in [
             "nbd://",
             "nbd://:10809/x",
@@ -273,6 +294,10 @@ mod tests {
             "nbd://h/x?connections=0",
             "nbd://h/x?connections=17",
             "nbd://h/x?connections=x",
+            "nbd://h/x?timeout=0",
+            "nbd://h/x?timeout=-1",
+            "nbd://h/x?timeout=1.5",
+            "nbd://h/x?timeout=86401",
             "nbd://h/%ff",
             "http://h/x",
         ] {
