@@ -60,7 +60,7 @@ impl Server {
             _dir: dir,
         };
         let t0 = Instant::now();
-        while !s.sock.exists() {
+        while !s.sock.exists() || !listening(&s.sock) {
             if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("{bin} exited at start: {st}");
             }
@@ -111,7 +111,7 @@ impl Server {
     }
 
     fn connect(&self) -> NbdDevice {
-        NbdDevice::open_uri(&self.uri(), &NbdOptions::default()).expect("connect")
+        open_retry(&self.uri(), &NbdOptions::default()).expect("connect")
     }
 
     fn kill(&mut self) {
@@ -125,6 +125,39 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Whether a Unix socket is listening yet: the socket file appears when the
+/// server binds, a moment before it listens (connections are refused in
+/// between). Read from /proc/net/unix (flag `__SO_ACCEPTCON`); true when
+/// that cannot be read.
+fn listening(sock: &Path) -> bool {
+    let Ok(t) = std::fs::read_to_string("/proc/net/unix") else {
+        return true;
+    };
+    let want = sock.display().to_string();
+    t.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8 && f[7] == want && f[3] == "00010000"
+    })
+}
+
+/// Open `uri`, retrying for up to 5 s while the server refuses connections:
+/// a server's socket file appears when it binds, a moment before it
+/// listens.
+fn open_retry(uri: &str, opts: &NbdOptions) -> notafs_blockdev::Result<NbdDevice> {
+    let t0 = Instant::now();
+    loop {
+        match NbdDevice::open_uri(uri, opts) {
+            Err(BlockError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::ConnectionRefused
+                    && t0.elapsed() < Duration::from_secs(5) =>
+            {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r,
+        }
     }
 }
 
@@ -2207,7 +2240,7 @@ fn tls_with_nbdkit() {
     };
     let data: Vec<u8> = (0..256).flat_map(|b| pattern(17, b, 4096)).collect();
     {
-        let dev = NbdDevice::open_uri(&tls_uri(&srv, &pki.ca_only, ""), &opts_fast()).unwrap();
+        let dev = open_retry(&tls_uri(&srv, &pki.ca_only, ""), &opts_fast()).unwrap();
         assert!(dev.connections() >= 1);
         let fs = Fs::format(Arc::new(dev), &FormatOptions::default()).unwrap();
         fs.create("secret.bin").unwrap().write_at(0, &data).unwrap();
@@ -2278,7 +2311,7 @@ fn tls_client_certificates() {
     ]) else {
         return;
     };
-    let dev = NbdDevice::open_uri(&tls_uri(&srv, &pki.client, ""), &opts_fast()).unwrap();
+    let dev = open_retry(&tls_uri(&srv, &pki.client, ""), &opts_fast()).unwrap();
     let d = pattern(2, 7, 4096);
     dev.write(7, &d).unwrap();
     let mut b = vec![0u8; 4096];
