@@ -2550,6 +2550,33 @@ fn measure_fua_and_connections() {
     ];
     for (name, srv) in servers {
         let Some(srv) = srv else { continue };
+        // Reads with and without structured replies (data written first).
+        {
+            let dev = srv.connect();
+            seq(&dev, total);
+            for st in [false, true] {
+                let dev = NbdDevice::open_uri(
+                    &srv.uri(),
+                    &NbdOptions {
+                        connections: Some(1),
+                        structured_replies: st,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                assert_eq!(dev.export_info().structured_replies, st);
+                let mut buf = vec![0u8; 1 << 20];
+                let t = Instant::now();
+                for i in 0..total >> 20 {
+                    dev.read(i * 256, &mut buf).unwrap();
+                }
+                println!(
+                    "{name}, 1 connection, structured replies {}: 1 MiB reads {:5.0} MB/s",
+                    if st { "on " } else { "off" },
+                    mbps(total, t.elapsed())
+                );
+            }
+        }
         for n in [1usize, 4] {
             let dev = NbdDevice::open_uri(
                 &srv.uri(),
@@ -2636,5 +2663,58 @@ fn uri_timeout_bounds_the_wait_for_a_reply() {
     );
     assert!(dev.is_dead());
     drop(dev);
+    fake.join();
+}
+
+/// An `nbds` client never falls back to plain NBD: a server that refuses
+/// `NBD_OPT_STARTTLS` (or is not fixed-newstyle) is an error, and nothing
+/// but the greeting and that option crossed the connection.
+#[test]
+fn tls_is_never_downgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca-cert.pem"), "").unwrap();
+    // An empty ca-cert.pem is refused before connecting.
+    let e = NbdDevice::open_uri(
+        &format!(
+            "nbds+unix:///?socket=/nonexistent&tls-certificates={}",
+            dir.path().display()
+        ),
+        &opts_fast(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("no PEM certificate"), "{e}");
+    let Some(pki) = make_pki() else { return };
+    let fake = Fake::start(|mut s| {
+        s.write_all(&NBDMAGIC.to_be_bytes()).unwrap();
+        s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
+        s.write_all(&3u16.to_be_bytes()).unwrap();
+        assert_eq!(u32::from_be_bytes(rd::<4>(&mut s)), 3);
+        let h = rd::<16>(&mut s);
+        assert_eq!(
+            u32::from_be_bytes(h[8..12].try_into().unwrap()),
+            5,
+            "expected STARTTLS first"
+        );
+        opt_reply(&mut s, 5, (1 << 31) + 2, b"TLS is not configured");
+        // Whatever comes next must not be NBD_OPT_GO.
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut next = [0u8; 16];
+        if s.read_exact(&mut next).is_ok() {
+            let opt = u32::from_be_bytes(next[8..12].try_into().unwrap());
+            assert_ne!(opt, 7, "the client went on without TLS");
+            assert_ne!(opt, 8, "the client went on without TLS");
+        }
+    });
+    let uri = format!(
+        "nbds+unix:///?socket={}&tls-certificates={}",
+        fake.sock.display(),
+        pki.ca_only.display()
+    );
+    let e = NbdDevice::open_uri(&uri, &opts_fast()).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("does not offer TLS") && m.contains("TLS is not configured"),
+        "{m}"
+    );
     fake.join();
 }
