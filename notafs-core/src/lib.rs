@@ -65,7 +65,7 @@ pub use file::{Cursor, File, MAX_FILE_SIZE};
 pub use file_table::{FileType, ROOT_INO};
 pub use fs::{
     DirEntry, FormatOptions, Fs, FsInfo, GenerationInfo, Metadata, OpenOptions, SlotStatus,
-    DEFAULT_CACHE_BYTES,
+    DEFAULT_CACHE_BYTES, DEFAULT_WRITE_BEHIND,
 };
 pub use root_ring::RootSlot;
 pub use snapshot::{Snapshot, SnapshotFile};

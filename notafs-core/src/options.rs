@@ -6,6 +6,10 @@ use crate::superblock::Superblock;
 /// Default cache size: 32 MiB.
 pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
+/// Default write-behind threshold: 8 MiB of file data between background
+/// flushes (measured: buffered appends 0.88x raw without, 1.08x with).
+pub const DEFAULT_WRITE_BEHIND: u64 = 8 << 20;
+
 /// Options for [`Fs::format`].
 #[derive(Clone, Debug)]
 pub struct FormatOptions {
@@ -48,8 +52,10 @@ pub struct OpenOptions {
     pub discard: bool,
     /// Flush the device in the background after every this many bytes of
     /// file data written (None: off). Commits then wait for much less; no
-    /// guarantee changes. Off by default (the crash harness needs the device
-    /// log to be deterministic); the CLI turns it on for large copies.
+    /// guarantee changes (a flush only makes things durable sooner). On by
+    /// default ([`DEFAULT_WRITE_BEHIND`]); the flusher thread starts only
+    /// once that much has been written. The crash harness turns it off: it
+    /// makes the device's operation log depend on timing.
     pub write_behind: Option<u64>,
 }
 
@@ -60,7 +66,7 @@ impl Default for OpenOptions {
             generation: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
             discard: false,
-            write_behind: None,
+            write_behind: Some(DEFAULT_WRITE_BEHIND),
         }
     }
 }

@@ -4,9 +4,11 @@
 //!
 //! A flush is always allowed by the block contract (it only makes more
 //! things durable sooner), so this changes no crash guarantee: the commit
-//! still issues its own barrier and flush. It is off by default because it
-//! makes the device's operation log depend on timing, which the
-//! deterministic crash harness must not see.
+//! still issues its own barrier and flush. It is on by default; the
+//! deterministic crash harness turns it off (it makes the device's
+//! operation log depend on timing). The thread is started the first time
+//! the threshold is crossed, so the many short-lived handles that never
+//! write that much (tools, checks) cost nothing.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -29,28 +31,42 @@ struct Shared {
 pub(crate) struct WriteBehind {
     shared: Arc<Shared>,
     threshold: u64,
-    thread: Option<JoinHandle<()>>,
+    dev: Arc<dyn BlockDevice>,
+    failed: Arc<AtomicBool>,
+    /// Started on the first crossing of the threshold.
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl WriteBehind {
-    /// Start a flusher for `dev` that flushes after every `threshold` bytes
+    /// A flusher for `dev` that flushes after every `threshold` bytes
     /// written; a failed flush sets `failed` (the filesystem then refuses
-    /// writes, as after any failed flush).
+    /// writes, as after any failed flush). No thread runs yet.
     pub fn start(
         dev: Arc<dyn BlockDevice>,
         threshold: u64,
         failed: Arc<AtomicBool>,
     ) -> Option<WriteBehind> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                pending: 0,
-                requested: false,
-                stop: false,
+        Some(WriteBehind {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    pending: 0,
+                    requested: false,
+                    stop: false,
+                }),
+                cond: Condvar::new(),
             }),
-            cond: Condvar::new(),
-        });
-        let s = shared.clone();
-        let thread = std::thread::Builder::new()
+            threshold: threshold.max(1),
+            dev,
+            failed,
+            thread: Mutex::new(None),
+        })
+    }
+
+    fn spawn(&self) -> Option<JoinHandle<()>> {
+        let s = self.shared.clone();
+        let dev = self.dev.clone();
+        let failed = self.failed.clone();
+        let r = std::thread::Builder::new()
             .name("notafs-write-behind".into())
             .spawn(move || loop {
                 {
@@ -67,23 +83,36 @@ impl WriteBehind {
                     warn!("background flush failed: {e}; refusing further writes");
                     failed.store(true, Ordering::SeqCst);
                 }
-            })
-            .ok()?;
-        Some(WriteBehind {
-            shared,
-            threshold: threshold.max(1),
-            thread: Some(thread),
-        })
+            });
+        match r {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Only slower commits: the commit flushes anyway.
+                warn!("could not start the write-behind thread: {e}");
+                None
+            }
+        }
     }
 
     /// Account `bytes` just written; wake the flusher past the threshold.
     pub fn written(&self, bytes: u64) {
-        let mut g = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        g.pending += bytes;
-        if g.pending >= self.threshold {
-            g.pending = 0;
-            g.requested = true;
-            self.shared.cond.notify_one();
+        let wake = {
+            let mut g = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            g.pending += bytes;
+            if g.pending >= self.threshold {
+                g.pending = 0;
+                g.requested = true;
+                self.shared.cond.notify_one();
+                true
+            } else {
+                false
+            }
+        };
+        if wake {
+            let mut t = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+            if t.is_none() {
+                *t = self.spawn();
+            }
         }
     }
 }
@@ -95,7 +124,12 @@ impl Drop for WriteBehind {
             g.stop = true;
             self.shared.cond.notify_one();
         }
-        if let Some(t) = self.thread.take() {
+        let t = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(t) = t {
             let _ = t.join();
         }
     }

@@ -121,3 +121,29 @@ fn write_behind_flushes_and_reports_failure() {
         "commit kept succeeding on a device whose flushes fail"
     );
 }
+
+/// Fast defaults (issue 10): a library user who sets nothing gets
+/// write-behind.
+#[test]
+fn write_behind_is_on_by_default() {
+    let (dev, _) = setup();
+    let fs = Fs::open(dev.clone(), &OpenOptions::default()).unwrap();
+    let f = fs.create("big").unwrap();
+    f.append(&vec![1u8; 65536]).unwrap();
+    let before = dev.stats().flushes;
+    for i in 0..(notafs_core::DEFAULT_WRITE_BEHIND / 65536 + 16) {
+        f.append(&vec![i as u8; 65536]).unwrap();
+    }
+    for _ in 0..400 {
+        if dev.stats().flushes > before {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        dev.stats().flushes > before,
+        "default options: no background flush after {} MiB",
+        notafs_core::DEFAULT_WRITE_BEHIND >> 20
+    );
+    fs.commit().unwrap();
+}

@@ -185,6 +185,7 @@ fn verify_after(
                 read_only: true,
                 generation: g,
                 cache_bytes: CACHE,
+                write_behind: None,
                 ..OpenOptions::default()
             },
         )

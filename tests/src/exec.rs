@@ -19,6 +19,8 @@ pub fn open_opts() -> OpenOptions {
         read_only: false,
         generation: None,
         cache_bytes: CACHE,
+        // Background flushes would make the device log depend on timing.
+        write_behind: None,
         ..OpenOptions::default()
     }
 }

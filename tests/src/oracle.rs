@@ -170,6 +170,7 @@ pub fn check_state(
                 read_only: true,
                 generation: Some(old),
                 cache_bytes: CACHE,
+                write_behind: None,
                 ..OpenOptions::default()
             },
         )
