@@ -204,6 +204,7 @@ pub fn dump_device(
             dev: dev.clone(),
             cache: Arc::new(NodeCache::new(64)),
             data_cache: Arc::new(NodeCache::new(16)),
+            decoded: Arc::new(notafs_core::raw::DecodedCache::new(16)),
             layout,
         },
         seen: HashSet::new(),

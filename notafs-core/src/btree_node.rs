@@ -15,8 +15,8 @@ pub const MAX_HEIGHT: usize = 24;
 pub trait Kind: 'static {
     /// Node kind byte (see `node.rs`).
     const KIND: u8;
-    type K: Ord + Clone + Debug;
-    type V: Clone + Debug;
+    type K: Ord + Clone + Debug + Send + Sync;
+    type V: Clone + Debug + Send + Sync;
     fn key_len(k: &Self::K) -> usize;
     fn enc_key(k: &Self::K, e: &mut Enc);
     fn dec_key(d: &mut Dec<'_>) -> Result<Self::K>;

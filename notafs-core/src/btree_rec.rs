@@ -335,7 +335,7 @@ pub(crate) fn walk_rec<T: Kind>(
 /// Borrow a node for reading: in memory, or loaded from disk.
 pub(crate) enum NodeRef<'a, T: Kind> {
     Mem(&'a Node<T>),
-    Owned(Node<T>),
+    Shared(crate::node_io::Shared<T>),
 }
 
 impl<T: Kind> std::ops::Deref for NodeRef<'_, T> {
@@ -343,7 +343,7 @@ impl<T: Kind> std::ops::Deref for NodeRef<'_, T> {
     fn deref(&self) -> &Node<T> {
         match self {
             NodeRef::Mem(n) => n,
-            NodeRef::Owned(n) => n,
+            NodeRef::Shared(n) => &n.1,
         }
     }
 }
@@ -356,7 +356,7 @@ pub(crate) fn get_node<'a, T: Kind>(
 ) -> Result<NodeRef<'a, T>> {
     match c {
         Child::Mem(n) => Ok(NodeRef::Mem(n)),
-        Child::Disk(p) => Ok(NodeRef::Owned(io.load::<T>(*p, level, owner)?)),
+        Child::Disk(p) => Ok(NodeRef::Shared(io.load_shared::<T>(*p, level, owner)?)),
     }
 }
 

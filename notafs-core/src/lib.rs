@@ -75,7 +75,7 @@ pub use superblock::Superblock;
 pub mod raw {
     pub use crate::allocator::{entries_per_node, read_list, ExtentSet, FreeList};
     pub use crate::btree::{Child, Kind, Node, NodeIo, Tree, MAX_HEIGHT};
-    pub use crate::cache::NodeCache;
+    pub use crate::cache::{DecodedCache, NodeCache};
     pub use crate::checksum::{blake, crc};
     pub use crate::extent_tree::{Extent, Extents};
     pub use crate::file_table::{EntryKey, Files, Inode};

@@ -285,6 +285,9 @@ impl Fs {
             dev: dev.clone(),
             cache: Arc::new(NodeCache::new(cache_nodes)),
             data_cache: Arc::new(NodeCache::new(cache_data)),
+            // Decoded nodes take more room than their bytes: an eighth of
+            // the node count (the raw bytes stay cached behind them).
+            decoded: Arc::new(crate::cache::DecodedCache::new(cache_nodes / 8)),
             layout,
         };
         let scanned = Self::scan_slots(&io, &sb)?;

@@ -127,13 +127,32 @@ pub fn write_header(buf: &mut [u8], h: &Header) {
 /// Check a node's bytes against what its parent expects: checksum, magic,
 /// address, kind, level and owner.
 pub fn verify(buf: &[u8], ptr: Ptr, kind: u8, level: Option<u8>, owner: u64) -> Result<Header> {
-    let what = kind_name(kind);
     let crc = crate::checksum::crc(buf);
     if crc != ptr.crc {
         return Err(Error::Checksum {
-            what,
+            what: kind_name(kind),
             block: ptr.block,
         });
+    }
+    verify_header(buf, ptr, kind, level, owner)
+}
+
+/// The checks of [`verify`] but the checksum: for bytes that already passed
+/// it (the node cache holds only verified bytes, keyed by block and CRC),
+/// against what this particular pointer expects (kind, level, owner).
+pub fn verify_header(
+    buf: &[u8],
+    ptr: Ptr,
+    kind: u8,
+    level: Option<u8>,
+    owner: u64,
+) -> Result<Header> {
+    let what = kind_name(kind);
+    if buf.len() < NODE_HEADER {
+        return Err(Error::corrupt(format!(
+            "{what} node at {}: too short",
+            ptr.block
+        )));
     }
     if buf[0..4] != NODE_MAGIC {
         return Err(Error::corrupt(format!(
@@ -149,6 +168,13 @@ pub fn verify(buf: &[u8], ptr: Ptr, kind: u8, level: Option<u8>, owner: u64) -> 
         generation: le64(buf, 16),
         owner: le64(buf, 24),
     };
+    check_header(&h, ptr, kind, level, owner)?;
+    Ok(h)
+}
+
+/// A decoded header against what the pointer that led to it expects.
+pub fn check_header(h: &Header, ptr: Ptr, kind: u8, level: Option<u8>, owner: u64) -> Result<()> {
+    let what = kind_name(kind);
     if h.address != ptr.block {
         return Err(Error::corrupt(format!(
             "{what} node at {} claims address {} (misdirected write)",
@@ -175,7 +201,7 @@ pub fn verify(buf: &[u8], ptr: Ptr, kind: u8, level: Option<u8>, owner: u64) -> 
             ptr.block, h.owner
         )));
     }
-    Ok(h)
+    Ok(())
 }
 
 pub fn kind_name(kind: u8) -> &'static str {

@@ -8,9 +8,12 @@ use notafs_blockdev::BlockDevice;
 
 use crate::btree_codec::decode_node;
 use crate::btree_node::{Kind, Node};
-use crate::cache::NodeCache;
+use crate::cache::{DecodedCache, NodeCache};
 use crate::node::{self, Header, Layout, Ptr};
 use crate::{Error, Result};
+
+/// A decoded node shared with the decoded cache, with its header.
+pub type Shared<T> = Arc<(Header, Node<T>)>;
 
 /// Reads nodes through the cache, verifying everything.
 #[derive(Clone)]
@@ -20,6 +23,8 @@ pub struct NodeIo {
     /// Verified file-data blocks, keyed like nodes by (block, CRC): shared
     /// by the transaction and every snapshot (data.rs decides what goes in).
     pub data_cache: Arc<NodeCache>,
+    /// Decoded nodes, keyed like the raw ones.
+    pub decoded: Arc<DecodedCache>,
     pub layout: Layout,
 }
 
@@ -66,8 +71,30 @@ impl NodeIo {
                 return Ok((h, data));
             }
         };
-        let h = node::verify(&data, ptr, kind, level, owner)?;
+        // Cached bytes passed the CRC when they went in (the key includes
+        // it): only the pointer's own expectations remain to check.
+        let h = node::verify_header(&data, ptr, kind, level, owner)?;
         Ok((h, data))
+    }
+
+    /// The decoded node at `ptr`, shared: from the decoded cache when it
+    /// was read before (the bytes behind it were verified then, and the
+    /// header is checked again against this pointer's expectations), else
+    /// read, verified, decoded and remembered. For readers; writers that
+    /// modify a node take a copy.
+    pub fn load_shared<T: Kind>(&self, ptr: Ptr, level: u8, owner: u64) -> Result<Shared<T>> {
+        if let Some(any) = self.decoded.get(ptr.block, ptr.crc) {
+            if let Ok(n) = any.downcast::<(Header, Node<T>)>() {
+                node::check_header(&n.0, ptr, T::KIND, Some(level), owner)?;
+                return Ok(n);
+            }
+        }
+        let (h, data) = self.read_raw(ptr, T::KIND, Some(level), owner)?;
+        let n = Arc::new((h, decode_node::<T>(&data, &h, &self.layout)?));
+        if !crate::faults::current_faults().skip_verify {
+            self.decoded.put(ptr.block, ptr.crc, n.clone());
+        }
+        Ok(n)
     }
 
     /// Read, verify and decode the node at `ptr`, which must be at `level`.

@@ -272,7 +272,8 @@ pub(crate) fn write_blocks<E: TxnEnv>(
         // reading them (same key: block and CRC).
         if chunk.len() as u64 <= crate::data::CACHED_READ_MAX {
             for (i, (b, crc)) in chunk.chunks(bs).zip(&crcs).enumerate() {
-                io.data_cache.put(pb + i as u64, *crc, std::sync::Arc::from(b));
+                io.data_cache
+                    .put(pb + i as u64, *crc, std::sync::Arc::from(b));
             }
         }
         t.note_data(pb, &crcs);
