@@ -449,3 +449,57 @@ pub fn allocator_from(list: &FreeList, reserve: u64) -> Result<Allocator> {
     }
     Ok(a)
 }
+
+#[cfg(test)]
+mod tests {
+    //! `ExtentSet` against a set of single blocks: merged on insert, split
+    //! on remove, overlaps refused, totals exact.
+    use std::collections::BTreeSet;
+
+    use super::ExtentSet;
+
+    #[test]
+    fn extent_set_matches_block_set() {
+        for seed in 1..=8u64 {
+            let mut s = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+            let mut r = move || {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s
+            };
+            let mut set = ExtentSet::new();
+            let mut blocks: BTreeSet<u64> = BTreeSet::new();
+            for _ in 0..4000 {
+                let start = r() % 500;
+                let len = 1 + r() % 12;
+                let range: Vec<u64> = (start..start + len).collect();
+                let any = range.iter().any(|b| blocks.contains(b));
+                let all = range.iter().all(|b| blocks.contains(b));
+                assert_eq!(set.overlaps(start, len), any);
+                assert_eq!(set.contains(start, len), all);
+                if r() % 2 == 0 {
+                    assert_eq!(set.insert(start, len).is_ok(), !any, "insert {start}+{len}");
+                    if !any {
+                        blocks.extend(range);
+                    }
+                } else {
+                    assert_eq!(set.remove(start, len).is_ok(), all, "remove {start}+{len}");
+                    if all {
+                        for b in range {
+                            blocks.remove(&b);
+                        }
+                    }
+                }
+                assert_eq!(set.total(), blocks.len() as u64);
+                // Extents are maximal: disjoint, non-adjacent, in order.
+                let ext: Vec<(u64, u64)> = set.iter().collect();
+                for w in ext.windows(2) {
+                    assert!(w[0].0 + w[0].1 < w[1].0, "not merged: {w:?}");
+                }
+                let flat: Vec<u64> = ext.iter().flat_map(|(a, l)| *a..a + l).collect();
+                assert_eq!(flat, blocks.iter().copied().collect::<Vec<_>>());
+            }
+        }
+    }
+}

@@ -258,3 +258,118 @@ impl<T: Kind> Tree<T> {
         walk_rec(io, root, self.height - 1, self.owner, None, None, f)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The B-tree against `BTreeMap`: random inserts, replacements,
+    //! removals, point and floor lookups and scans, with the tree written
+    //! to the device and reloaded from its root every so often (so both
+    //! in-memory and on-disk nodes, splits and merges are exercised).
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use notafs_blockdev::memory::MemoryDevice;
+
+    use super::*;
+    use crate::extent_tree::{Extent, Extents};
+    use crate::{FormatOptions, Fs};
+
+    fn rng(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    fn check(io: &NodeIo, t: &Tree<Extents>, m: &BTreeMap<u64, Extent>, s: &mut u64) {
+        // Point lookups, present and absent.
+        for _ in 0..8 {
+            let k = rng(s) % 4000;
+            assert_eq!(t.get(io, &k).unwrap(), m.get(&k).cloned(), "get {k}");
+            let want = m.range(..=k).next_back().map(|(a, b)| (*a, b.clone()));
+            assert_eq!(t.floor(io, &k).unwrap(), want, "floor {k}");
+        }
+        // A scan from a random key stops where asked.
+        let from = rng(s) % 4000;
+        let limit = (rng(s) % 50) as usize + 1;
+        let mut got = Vec::new();
+        t.scan(io, Some(&from), &mut |k, v| {
+            got.push((*k, v.clone()));
+            Ok(got.len() < limit)
+        })
+        .unwrap();
+        let want: Vec<(u64, Extent)> = m
+            .range(from..)
+            .take(limit)
+            .map(|(a, b)| (*a, b.clone()))
+            .collect();
+        assert_eq!(got, want, "scan from {from}");
+    }
+
+    #[test]
+    fn matches_btreemap() {
+        let dev = Arc::new(MemoryDevice::new(4096, 16384).unwrap());
+        let fs = Fs::format(dev.clone(), &FormatOptions::default()).unwrap();
+        let io = fs.io().clone();
+        let (lo, hi) = (io.layout.data_start, io.layout.data_end);
+        for seed in 1..=6u64 {
+            let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut t: Tree<Extents> = Tree::empty(42);
+            let mut m: BTreeMap<u64, Extent> = BTreeMap::new();
+            // Node blocks for written trees: a bump allocator over the
+            // upper half of the data area (the filesystem never uses it).
+            let mut next = lo + (hi - lo) / 2;
+            for step in 0..3000u32 {
+                let k = rng(&mut s) % 4000;
+                if rng(&mut s) % 3 == 0 {
+                    assert_eq!(t.remove(&io, &k).unwrap(), m.remove(&k), "remove {k}");
+                } else {
+                    // Values of varied size, so nodes split unevenly.
+                    let n = 1 + (rng(&mut s) % 40) as usize;
+                    let v = Extent {
+                        pblock: lo + rng(&mut s) % ((hi - lo) / 2 - 64),
+                        crcs: (0..n).map(|_| rng(&mut s) as u32).collect(),
+                    };
+                    assert_eq!(
+                        t.insert(&io, k, v.clone()).unwrap(),
+                        m.insert(k, v),
+                        "insert {k}"
+                    );
+                }
+                if step % 97 == 0 {
+                    check(&io, &t, &m, &mut s);
+                }
+                if step % 500 == 499 {
+                    let mut out = Vec::new();
+                    let root = t
+                        .write(
+                            &io,
+                            2,
+                            &mut || {
+                                next += 1;
+                                assert!(next < hi, "test ran out of node blocks");
+                                Ok(next)
+                            },
+                            &mut out,
+                        )
+                        .unwrap();
+                    for (b, buf) in &out {
+                        io.dev.write(*b, buf).unwrap();
+                    }
+                    t = Tree::from_disk(root, t.height, 42).unwrap();
+                    check(&io, &t, &m, &mut s);
+                }
+            }
+            // Everything, in order.
+            let mut all = Vec::new();
+            t.scan(&io, None, &mut |k, v| {
+                all.push((*k, v.clone()));
+                Ok(true)
+            })
+            .unwrap();
+            let want: Vec<(u64, Extent)> = m.iter().map(|(a, b)| (*a, b.clone())).collect();
+            assert_eq!(all, want, "seed {seed}: full scan");
+            assert!(t.height >= 2, "seed {seed}: the tree never split");
+        }
+    }
+}
