@@ -191,19 +191,22 @@ pub(crate) fn read_at(
         }
     }
     if verify {
+        // Every (bytes, their CRCs, first block) to check.
+        let mut work: Vec<(&[u8], &[u32], u64)> = Vec::new();
         for r in &inplace {
             let mut at = r.lo;
             let mut pb = r.pb;
             for c in &r.crcs {
                 let len = c.len() * bs as usize;
-                check_blocks(&out[at..at + len], c, pb, bs as usize)?;
+                work.push((&out[at..at + len], c, pb));
                 at += len;
                 pb += c.len() as u64;
             }
         }
         for bo in &bounces {
-            check_blocks(&bo.buf, bo.crcs, bo.pb, bs as usize)?;
+            work.push((&bo.buf, bo.crcs, bo.pb));
         }
+        check_all(&work, bs as usize)?;
     }
     if use_cache {
         // Everything read was verified above: remember it.
@@ -237,6 +240,58 @@ pub(crate) fn read_at(
         }
     }
     Ok(n)
+}
+
+/// Reads at least this large have their CRCs checked on two threads: the
+/// caller's and one more (a 2-core machine checks ~2x faster, and the
+/// reader is back on the device sooner).
+const PARALLEL_CHECK_MIN: usize = 4 << 20;
+
+/// Check every piece of `work`, splitting large reads over two threads.
+fn check_all(work: &[(&[u8], &[u32], u64)], bs: usize) -> Result<()> {
+    let total: usize = work.iter().map(|w| w.0.len()).sum();
+    let parallel = total >= PARALLEL_CHECK_MIN
+        && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+    if !parallel {
+        return work
+            .iter()
+            .try_for_each(|(d, c, pb)| check_blocks(d, c, *pb, bs));
+    }
+    // Split at a block boundary near the middle of the bytes.
+    let half_blocks = total / bs / 2;
+    let mut first: Vec<(&[u8], &[u32], u64)> = Vec::new();
+    let mut second: Vec<(&[u8], &[u32], u64)> = Vec::new();
+    let mut seen = 0usize;
+    for &(d, c, pb) in work {
+        let n = c.len().min(d.len() / bs);
+        if seen >= half_blocks {
+            second.push((d, c, pb));
+        } else if seen + n <= half_blocks {
+            first.push((d, c, pb));
+        } else {
+            let k = half_blocks - seen;
+            first.push((&d[..k * bs], &c[..k], pb));
+            second.push((&d[k * bs..], &c[k..], pb + k as u64));
+        }
+        seen += n;
+    }
+    let check = |w: &[(&[u8], &[u32], u64)]| -> Result<()> {
+        w.iter()
+            .try_for_each(|(d, c, pb)| check_blocks(d, c, *pb, bs))
+    };
+    std::thread::scope(|sc| {
+        let other = std::thread::Builder::new().spawn_scoped(sc, || check(&second));
+        let mine = check(&first);
+        let theirs = match other {
+            Ok(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("CRC check thread panicked".into()))),
+            // No thread to be had: check the rest here.
+            Err(_) => check(&second),
+        };
+        // The first damaged block in file order wins.
+        mine.and(theirs)
+    })
 }
 
 /// Check each block of `data` against its recorded CRC.

@@ -168,3 +168,44 @@ fn cached_blocks_never_leak_across_generations() {
         }
     }
 }
+
+/// Large reads check their CRCs on two threads: damage anywhere in them is
+/// still found, and reported at the right block.
+#[test]
+fn large_read_finds_damage_in_either_half() {
+    const BLOCKS: u64 = 2048; // 8 MiB: above the parallel-check threshold
+    for victim in [3u64, 1000, 1024, 1500, BLOCKS - 1] {
+        let dev = Arc::new(MemoryDevice::new(4096, 8192).unwrap());
+        {
+            let fs = Fs::format(dev.clone(), &FormatOptions::default()).unwrap();
+            let mut data = vec![0u8; (BLOCKS * 4096) as usize];
+            for (i, b) in data.chunks_mut(4096).enumerate() {
+                b[..8].copy_from_slice(b"LBLOCK##");
+                b[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+            }
+            fs.create("f").unwrap().write_at(0, &data).unwrap();
+            fs.commit().unwrap();
+        }
+        // Find the victim's physical block and flip a byte in it.
+        let mut buf = vec![0u8; 4096];
+        let pb = (0..8192u64)
+            .find(|&b| {
+                dev.read(b, &mut buf).unwrap();
+                &buf[..8] == b"LBLOCK##" && buf[8..16] == victim.to_le_bytes()
+            })
+            .expect("victim block on the device");
+        buf[100] ^= 0x40;
+        dev.write(pb, &buf).unwrap();
+        let fs = Fs::open(dev.clone(), &OpenOptions::default()).unwrap();
+        let mut out = vec![0u8; (BLOCKS * 4096) as usize];
+        match fs.open_file("f").unwrap().read_at(0, &mut out) {
+            Err(notafs_core::Error::Checksum { block, .. }) => {
+                assert_eq!(
+                    block, pb,
+                    "victim {victim}: damage reported at the wrong block"
+                )
+            }
+            other => panic!("victim {victim}: damaged block not detected: {other:?}"),
+        }
+    }
+}
