@@ -22,7 +22,10 @@
 //! - `osd_killed`: SIGKILL the OSD in the middle of a 256 MiB put, restart it
 //!   (librbd in qemu-nbd waits for it): the put either completes (then the
 //!   file is there, whole) or fails with an error, within a bound; the files
-//!   of the last acknowledged commit are intact and `fsck -n` clean.
+//!   of the last acknowledged commit are intact and `fsck -n` clean;
+//! - `osd_down_past_timeout`: the same with the OSD down past the client's
+//!   I/O timeout (`&timeout=5`): the put fails naming the timeout within
+//!   30 s; with the OSD back the image reopens, last commit intact.
 //!
 //! Needs the Debian packages ceph-mon, ceph-mgr, ceph-osd, ceph-common and a
 //! qemu-nbd with the rbd driver, which `tests/ceph/install-deps.sh` provides
@@ -701,6 +704,59 @@ fn osd_killed(c: &Cluster) {
     fsck_clean(&uri);
 }
 
+/// The OSD stays down past the NBD client's I/O timeout (`&timeout=5` in the
+/// URI): the put fails with a timeout error within the bound instead of
+/// waiting for the cluster; once the OSD is back the image reopens with the
+/// last acknowledged commit.
+fn osd_down_past_timeout(c: &Cluster) {
+    let img = "osdlong";
+    c.new_image(img);
+    c.serve(img);
+    let uri = c.uri(img);
+    mkfs(&uri);
+    let mut f = Files::new();
+    f.put(&uri, "/keep/one", 100_000, 31);
+    f.put(&uri, "/keep/two", 8 << 20, 32);
+    let big = f.make("big", FAULT_PUT_BYTES, 33);
+
+    let short = format!("{uri}&timeout=5");
+    let put = start_big_put(&short, &big, "/big");
+    c.script(&["kill-osd"], &[], QUICK)
+        .ok("ceph-cluster.sh kill-osd");
+    let t = Instant::now();
+    let out = put.wait(Duration::from_secs(30));
+    eprintln!(
+        "ceph: the put ended {:.1} s after the OSD stopped: {}",
+        t.elapsed().as_secs_f64(),
+        out.stderr.trim()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "a put whose OSD is gone: {}: {}",
+        out.status,
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("timed out"),
+        "the error does not name the timeout: {}",
+        out.stderr
+    );
+    c.script(&["start-osd"], &[], Duration::from_secs(120))
+        .ok("ceph-cluster.sh start-osd");
+    c.serve(img);
+    fsck_clean(&uri);
+    f.check(&uri);
+    let names = ls(&uri, "/");
+    assert!(
+        !names.iter().any(|n| n.starts_with("big")),
+        "/big of the failed put is there: {names:?}"
+    );
+    f.put(&uri, "/after", 2 << 20, 34);
+    f.check(&uri);
+    fsck_clean(&uri);
+}
+
 #[test]
 fn ceph_rbd_over_nbd() {
     if let Some(why) = skip_reason() {
@@ -710,10 +766,11 @@ fn ceph_rbd_over_nbd() {
     let t = Instant::now();
     let cluster = Cluster::up();
     let mut failed = Vec::new();
-    let scenarios: [(&str, fn(&Cluster)); 3] = [
+    let scenarios: [(&str, fn(&Cluster)); 4] = [
         ("basic", basic),
         ("qemu_nbd_killed", qemu_nbd_killed),
         ("osd_killed", osd_killed),
+        ("osd_down_past_timeout", osd_down_past_timeout),
     ];
     for (name, f) in scenarios {
         let s = Instant::now();
