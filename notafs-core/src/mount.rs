@@ -414,9 +414,11 @@ impl Fs {
         debug!(generation = slot.generation, "opened");
         let failed = Arc::new(AtomicBool::new(false));
         let write_behind = match opts.write_behind {
-            Some(n) if !read_only => {
-                crate::write_behind::WriteBehind::start(dev.clone(), n, failed.clone())
-            }
+            Some(n) if !read_only => Some(crate::write_behind::WriteBehind::start(
+                dev.clone(),
+                n,
+                failed.clone(),
+            )),
             _ => None,
         };
         let fs = Fs {

@@ -45,8 +45,8 @@ impl WriteBehind {
         dev: Arc<dyn BlockDevice>,
         threshold: u64,
         failed: Arc<AtomicBool>,
-    ) -> Option<WriteBehind> {
-        Some(WriteBehind {
+    ) -> WriteBehind {
+        WriteBehind {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     pending: 0,
@@ -59,7 +59,7 @@ impl WriteBehind {
             dev,
             failed,
             thread: Mutex::new(None),
-        })
+        }
     }
 
     fn spawn(&self) -> Option<JoinHandle<()>> {
