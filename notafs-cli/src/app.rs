@@ -469,29 +469,32 @@ fn commit(fs: &Fs) -> CliResult<()> {
 /// network device keeps one call's pieces in flight together: NBD splits a
 /// call into 256 KiB requests, so 1 MiB kept only 4 in flight (0.56-0.72x
 /// nbdcopy, which keeps 64); 16 MiB gives 64. Within the memory rule
-/// (cache + 32 MiB).
+/// (cache + 32 MiB): `get` and `cat` hold two (read ahead, see
+/// [`crate::readahead`]), the others one.
 pub(crate) const COPY_CHUNK: usize = 16 << 20;
 
-/// Copy an open snapshot file to `out` in `COPY_CHUNK` pieces.
+/// Copy an open snapshot file to `out` in `COPY_CHUNK` pieces, the next
+/// pieces read ahead on other threads while one is written out (see
+/// [`crate::readahead`]: one call at a time left a network device idle
+/// between calls).
 fn copy_out(
-    mut f: notafs_core::SnapshotFile<'_>,
+    f: notafs_core::SnapshotFile<'_>,
     pb: Option<indicatif::ProgressBar>,
     out: &mut dyn Write,
     what: &str,
 ) -> CliResult<()> {
-    let mut buf = vec![0u8; COPY_CHUNK];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| CliError::op(format!("reading {what}: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n]).map_err(w)?;
+    // A snapshot is immutable: its length is the number of bytes to copy.
+    let read = |off: u64, buf: &mut [u8]| {
+        f.read_at(off, buf)
+            .map_err(|e| CliError::op(format!("reading {what}: {e}")))
+    };
+    crate::readahead::copy_chunks(f.len(), COPY_CHUNK, &read, &mut |data: &[u8]| {
+        out.write_all(data).map_err(w)?;
         if let Some(pb) = &pb {
-            pb.inc(n as u64);
+            pb.inc(data.len() as u64);
         }
-    }
+        Ok(())
+    })?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod demo;
 pub mod dump;
+mod readahead;
 mod signals;
 
 pub use notafs_tools_common as common;

@@ -706,3 +706,120 @@ fn interrupted_get_leaves_no_temporary() {
     }
     assert!(interrupted > 0, "never interrupted mid-copy");
 }
+
+/// Collect `child`'s output, waiting at most `secs` seconds (a hang fails
+/// the test instead of blocking the run).
+fn wait_bounded(child: std::process::Child, secs: u64) -> Output {
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(o) => o,
+        Err(_) => {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            panic!("notafs still running after {secs} s");
+        }
+    }
+}
+
+/// 40 MiB and a bit: three 16 MiB chunks, read ahead on two threads
+/// (notafs-cli/src/readahead.rs) and written out in order.
+const MULTI_CHUNK: usize = (40 << 20) + 12345;
+
+#[test]
+fn multi_chunk_get_and_cat_give_the_same_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let img = fresh(d.path(), "m.img", 128);
+    let img = img.to_str().unwrap();
+    // Non-repeating content: a chunk written twice or out of order shows.
+    let content = data(MULTI_CHUNK, 21);
+    assert_eq!(code(&put_stdin(img, "f.bin", &content)), 0);
+    let o = run(&["get", img, "f.bin", "-"]);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    assert!(o.stdout == content, "get - differs");
+    let local = d.path().join("out.bin");
+    ok(&["get", img, "f.bin", local.to_str().unwrap()]);
+    assert!(std::fs::read(&local).unwrap() == content, "get FILE differs");
+    // cat of two files: each whole, one after the other.
+    assert_eq!(code(&put_stdin(img, "small", b"tail")), 0);
+    let o = run(&["cat", img, "f.bin", "small"]);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    assert!(o.stdout.len() == MULTI_CHUNK + 4 && o.stdout[..MULTI_CHUNK] == content[..]);
+    assert_eq!(&o.stdout[MULTI_CHUNK..], b"tail");
+}
+
+#[test]
+fn multi_chunk_get_of_a_damaged_file_fails_and_leaves_nothing() {
+    use std::os::unix::fs::FileExt;
+    let content = data(MULTI_CHUNK, 23);
+    // Damage in the second chunk (read by the second reader thread) and in
+    // the third (the first reader's second chunk, read while the second
+    // chunk is written out).
+    for chunk in [1usize, 2] {
+        let d = tempfile::tempdir().unwrap();
+        let img = fresh(d.path(), "bad.img", 128);
+        let img = img.to_str().unwrap();
+        assert_eq!(code(&put_stdin(img, "f.bin", &content)), 0);
+        let blocks = data_blocks(img, "/f.bin");
+        assert_eq!(blocks.len(), MULTI_CHUNK.div_ceil(4096));
+        let b = blocks[(chunk * (16 << 20) + (3 << 20)) / 4096];
+        let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+        f.write_at(b"garbage!", b * 4096 + 100).unwrap();
+        drop(f);
+        // To stdout: the chunks before the damaged one, then a clear error.
+        let child = notafs()
+            .args(["get", img, "f.bin", "-"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let o = wait_bounded(child, 60);
+        assert_eq!(code(&o), 8, "chunk {chunk}: {}", err(&o));
+        assert!(err(&o).contains("reading f.bin"), "{}", err(&o));
+        assert_eq!(o.stdout.len(), chunk * (16 << 20), "chunk {chunk}");
+        assert!(o.stdout[..] == content[..o.stdout.len()]);
+        // To a file: no partial file, an existing one untouched, no temporary.
+        let out_dir = d.path().join("out");
+        std::fs::create_dir(&out_dir).unwrap();
+        let new = out_dir.join("new.bin");
+        let o = run(&["get", img, "f.bin", new.to_str().unwrap()]);
+        assert_eq!(code(&o), 8, "{}", err(&o));
+        assert!(err(&o).contains("reading f.bin"), "{}", err(&o));
+        assert!(!new.exists(), "partial file left behind");
+        let old = out_dir.join("old.bin");
+        std::fs::write(&old, b"previous content").unwrap();
+        let o = run(&["get", img, "f.bin", old.to_str().unwrap()]);
+        assert_eq!(code(&o), 8, "{}", err(&o));
+        assert_eq!(std::fs::read(&old).unwrap(), b"previous content");
+        let names: Vec<String> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["old.bin".to_string()]);
+    }
+}
+
+#[test]
+fn multi_chunk_get_to_a_full_device_fails_without_hanging() {
+    let d = tempfile::tempdir().unwrap();
+    let img = fresh(d.path(), "full.img", 128);
+    let img = img.to_str().unwrap();
+    assert_eq!(code(&put_stdin(img, "f.bin", &data(MULTI_CHUNK, 25))), 0);
+    // The first write fails: the readers must stop and the error come out.
+    let child = notafs()
+        .args(["get", img, "f.bin", "/dev/full"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = wait_bounded(child, 60);
+    assert_eq!(code(&o), 8, "{}", err(&o));
+    assert!(
+        err(&o).contains("/dev/full") && err(&o).contains("No space left"),
+        "{}",
+        err(&o)
+    );
+}

@@ -12,7 +12,8 @@
 # Usage: tests/ceph/bench-nbd.sh [WORKDIR]     (default /var/tmp/notafs-bench-nbd; ~2.5 GiB
 #        of files there plus a 16 GiB sparse BlueStore file)
 # Environment: ROUNDS (3), SIZE_MIB (1024), INFLIGHT_MIB (256), NOTAFS_BIN_DIR
-# (target/release), plus ceph-cluster.sh's. Needs install-deps.sh's packages, nbdkit,
+# (target/release), WHERE ("rbd local"; WHERE=local measures only the local file export
+# and starts no Ceph cluster), plus ceph-cluster.sh's. Needs install-deps.sh's packages, nbdkit,
 # libnbd-bin (nbdcopy, nbdinfo) and the release binaries (cargo build --release --bins).
 # Everything it starts is stopped by PID on exit.
 set -euo pipefail
@@ -24,9 +25,14 @@ WORK="${1:-/var/tmp/notafs-bench-nbd}"
 ROUNDS="${ROUNDS:-3}"
 SIZE_MIB="${SIZE_MIB:-1024}"
 INFLIGHT_MIB="${INFLIGHT_MIB:-256}"
+WHERE="${WHERE:-rbd local}"
 QEMU_RBD_DIR="${NOTAFS_QEMU_RBD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/notafs/qemu-rbd}"
 
 die() { echo "bench-nbd.sh: $*" >&2; exit 1; }
+RBD=0
+for w in $WHERE; do
+  case "$w" in rbd) RBD=1 ;; local) ;; *) die "WHERE: rbd and/or local, not $w" ;; esac
+done
 for b in notafs mkfs-notafs; do [ -x "$BIN/$b" ] || die "$BIN/$b missing: cargo build --release --bins"; done
 for b in nbdcopy nbdinfo nbdkit b2sum; do command -v "$b" >/dev/null || die "$b not found (Debian libnbd-bin, nbdkit, coreutils)"; done
 [ -x "$QEMU_RBD_DIR/usr/bin/qemu-nbd" ] || die "no qemu-nbd with rbd in $QEMU_RBD_DIR: run tests/ceph/install-deps.sh"
@@ -46,7 +52,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do
     while kill -0 "$p" 2>/dev/null; do sleep 0.1; done
   done
-  [ -e "$CLD/ceph.conf" ] && "$CL" down "$CLD" || true
+  [ "$RBD" = 1 ] && [ -e "$CLD/ceph.conf" ] && "$CL" down "$CLD" || true
 }
 trap cleanup EXIT
 
@@ -73,13 +79,15 @@ if [ ! -f "$SRC" ] || [ "$(stat -c %s "$SRC")" != $((SIZE_MIB << 20)) ]; then
 fi
 SRC_HASH="$(b2sum -l 256 "$SRC" | cut -d' ' -f1)"
 
-echo "bench: Ceph cluster in $CLD"
-"$CL" up "$CLD" >/dev/null
 FS_GIB=$(( (SIZE_MIB * 2 + 1023) / 1024 + 1 ))
-"$CL" rbd-image "$CLD" benchfs "${FS_GIB}G"
-"$CL" rbd-image "$CLD" benchraw "${SIZE_MIB}M"
-"$CL" serve "$CLD" benchfs "$WORK/rbd-fs.sock" >/dev/null
-"$CL" serve "$CLD" benchraw "$WORK/rbd-raw.sock" >/dev/null
+if [ $RBD = 1 ]; then
+  echo "bench: Ceph cluster in $CLD"
+  "$CL" up "$CLD" >/dev/null
+  "$CL" rbd-image "$CLD" benchfs "${FS_GIB}G"
+  "$CL" rbd-image "$CLD" benchraw "${SIZE_MIB}M"
+  "$CL" serve "$CLD" benchfs "$WORK/rbd-fs.sock" >/dev/null
+  "$CL" serve "$CLD" benchraw "$WORK/rbd-raw.sock" >/dev/null
+fi
 
 rm -f "$WORK/local-fs.img" "$WORK/local-raw.img" "$WORK"/local-*.sock
 truncate -s "${FS_GIB}G" "$WORK/local-fs.img"
@@ -89,7 +97,9 @@ for t in fs raw; do
 done
 
 uri() { echo "nbd+unix:///?socket=$WORK/$1.sock"; }
-for s in rbd-fs rbd-raw local-fs local-raw; do wait_nbd "$(uri $s)"; done
+SOCKS=()
+for where in $WHERE; do SOCKS+=("$where-fs" "$where-raw"); done
+for s in "${SOCKS[@]}"; do wait_nbd "$(uri $s)"; done
 
 declare -A BEST
 record() { # record KEY SECONDS
@@ -107,7 +117,7 @@ timed() { # timed KEY CMD...
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do
-  for where in rbd local; do
+  for where in $WHERE; do
     fs="$(uri $where-fs)"; raw="$(uri $where-raw)"
     echo "round $r, $where:"
     # A fresh filesystem each round (mkfs discards the whole export first).
@@ -131,7 +141,7 @@ echo
 echo "Best of $ROUNDS, $SIZE_MIB MiB, MiB/s (ratio = notafs / nbdcopy default):"
 printf '| %-6s | %-5s | %6s | %15s | %11s | %5s |\n' path op notafs "nbdcopy default" "nbdcopy -R1" ratio
 printf '|--------|-------|--------|-----------------|-------------|-------|\n'
-for where in rbd local; do
+for where in $WHERE; do
   for op in write read; do
     n=$(mibs "${BEST[$where notafs $op]}")
     d=$(mibs "${BEST[$where nbdcopy-default $op]}")
@@ -150,7 +160,7 @@ echo
 echo "Requests in flight ($INFLIGHT_MIB MiB through nbdkit -t 256 --filter=log nbd socket=QEMU-NBD-SOCKET):"
 IF_SRC="$WORK/inflight.src"
 head -c $((INFLIGHT_MIB << 20)) "$SRC" > "$IF_SRC"
-for s in rbd-fs rbd-raw local-fs local-raw; do
+for s in "${SOCKS[@]}"; do
   rm -f "$WORK/proxy-$s.sock" "$WORK/proxy-$s.log"
   bg nbdkit -f -t 256 -U "$WORK/proxy-$s.sock" --filter=log nbd socket="$WORK/$s.sock" \
     logfile="$WORK/proxy-$s.log"
@@ -171,7 +181,7 @@ inflight() {
 }
 mark() { MARK=$(wc -l < "$WORK/proxy-$1.log"); }
 
-for where in rbd local; do
+for where in $WHERE; do
   fs="$(uri proxy-$where-fs)"; raw="$(uri proxy-$where-raw)"
   mark $where-fs; "$BIN/notafs" put "$fs" "$IF_SRC" /g
   echo "  $where notafs put:      $(inflight "$WORK/proxy-$where-fs.log" Write)"
