@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use notafs_blockdev::BlockDevice;
 use notafs_core::raw::{
-    read_list, Child, Extents, Files, Inode, Layout, Node, NodeCache, NodeIo, Ptr, KIND_EXTENTS,
-    KIND_FILES, MAX_HEIGHT,
+    read_slot_list, Child, Extents, Files, Inode, Layout, Node, NodeCache, NodeIo, Ptr,
+    KIND_EXTENTS, KIND_FILES, MAX_HEIGHT,
 };
 use notafs_core::{FileType, Fs, RootSlot, Superblock};
 
@@ -139,15 +139,24 @@ impl Walker {
         }
     }
 
-    /// The free-space list, decoded and validated by the core: its nodes
-    /// (with their headers), then its entries.
-    fn free_list(&mut self, head: Ptr, count: u32, generation: u64) {
-        let list = match read_list(&self.io, head, count, generation) {
+    /// The free space of a generation, decoded and validated by the core:
+    /// its list's nodes, the slot's delta, then the resulting entries.
+    fn free_list(&mut self, slot: &RootSlot) {
+        let list = match read_slot_list(&self.io, slot) {
             Ok(l) => l,
             Err(e) => return self.line(1, format!("!! {e}")),
         };
         let nodes: Vec<String> = list.nodes.iter().map(|b| b.to_string()).collect();
         self.line(1, format!("nodes at blocks {}", nodes.join(" ")));
+        if !slot.delta.is_empty() {
+            self.line(
+                1,
+                format!(
+                    "the slot's delta changes {} ranges of that list (written by an earlier commit)",
+                    slot.delta.entries().len()
+                ),
+            );
+        }
         let mut free = 0u64;
         let mut pending: BTreeMap<u64, u64> = BTreeMap::new();
         for (s, l, t) in list.entries {
@@ -229,14 +238,15 @@ pub fn dump_device(
                 wk.line(
                     1,
                     format!(
-                        "slot {i}: generation {} at {} UTC; file table {} height {}; free list {} x{}; \
-                         next ino {}; inodes {}; used {} free {} pending {}",
+                        "slot {i}: generation {} at {} UTC; file table {} height {}; free list {} x{} \
+                         + {} delta ranges; next ino {}; inodes {}; used {} free {} pending {}",
                         s.generation,
                         format_time_ns(s.time_ns),
                         ptr(s.files),
                         s.files_height,
                         ptr(s.freelist),
                         s.freelist_nodes,
+                        s.delta.entries().len(),
                         s.next_ino,
                         s.inode_count,
                         s.used_blocks,
@@ -338,7 +348,7 @@ pub fn dump_device(
         0,
         format!("free-space list ({} nodes):", pick.freelist_nodes),
     );
-    wk.free_list(pick.freelist, pick.freelist_nodes, pick.generation);
+    wk.free_list(&pick);
     match out.write_all(wk.out.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             Err(CliError::op(format!("writing output: {e}")))

@@ -358,7 +358,26 @@ pub fn encode_list(
 #[derive(Default)]
 pub struct FreeList {
     pub nodes: Vec<u64>,
+    /// The generation's free space: the list's entries with the slot's
+    /// delta applied.
     pub entries: Vec<(u64, u64, u64)>,
+    /// The list's own entries (equal to `entries` without a delta).
+    pub base: Vec<(u64, u64, u64)>,
+}
+
+/// The free space of the generation `slot` names: its list, read and
+/// validated, with the slot's free-space delta (validated) applied.
+pub fn read_slot_list(
+    io: &crate::btree::NodeIo,
+    slot: &crate::root_ring::RootSlot,
+) -> Result<FreeList> {
+    let mut list = read_list(io, slot.freelist, slot.freelist_nodes, slot.generation)?;
+    let delta = slot.delta.entries();
+    if !delta.is_empty() {
+        check_delta(&io.layout, delta, slot.generation)?;
+        list.entries = apply_delta(&list.base, delta);
+    }
+    Ok(list)
 }
 
 /// Read and validate the free-space list starting at `head` (`count` nodes).
@@ -425,7 +444,125 @@ pub fn read_list(
     if !ptr.is_null() {
         return Err(Error::corrupt("free list longer than its declared length"));
     }
-    Ok(FreeList { nodes, entries })
+    Ok(FreeList {
+        nodes,
+        base: entries.clone(),
+        entries,
+    })
+}
+
+/// Tag of a range that a free-space delta marks *in use* (absent from the
+/// list). Never a generation: u64::MAX is not valid on disk.
+pub const TAG_USED: u64 = u64::MAX;
+
+/// Entries sorted by start (list entries never overlap).
+fn by_start(v: &[(u64, u64, u64)]) -> Vec<(u64, u64, u64)> {
+    let mut v = v.to_vec();
+    v.sort_unstable_by_key(|e| e.0);
+    v
+}
+
+/// The free-space delta from list `base` to list `cur` (feature
+/// `INCOMPAT_FREE_DELTA`, FORMAT.md "Free-space delta"): the ranges whose
+/// tag differs, each with its tag in `cur` ([`TAG_USED`] where `cur` does
+/// not list it), sorted by start, disjoint, adjacent ranges of one tag
+/// merged. `apply_delta(base, list_delta(base, cur))` lists exactly the
+/// blocks of `cur` with the same tags.
+pub fn list_delta(base: &[(u64, u64, u64)], cur: &[(u64, u64, u64)]) -> Vec<(u64, u64, u64)> {
+    let a = by_start(base);
+    let b = by_start(cur);
+    let mut pts: Vec<u64> = a
+        .iter()
+        .chain(b.iter())
+        .flat_map(|e| [e.0, e.0 + e.1])
+        .collect();
+    pts.sort_unstable();
+    pts.dedup();
+    // The tag of block x in a sorted list, with a cursor that only moves
+    // forward (x increases).
+    fn tag_at(v: &[(u64, u64, u64)], i: &mut usize, x: u64) -> u64 {
+        while *i < v.len() && v[*i].0 + v[*i].1 <= x {
+            *i += 1;
+        }
+        match v.get(*i) {
+            Some(e) if e.0 <= x => e.2,
+            _ => TAG_USED,
+        }
+    }
+    let (mut ia, mut ib) = (0, 0);
+    let mut out: Vec<(u64, u64, u64)> = Vec::new();
+    for w in pts.windows(2) {
+        let (x, y) = (w[0], w[1]);
+        let ta = tag_at(&a, &mut ia, x);
+        let tb = tag_at(&b, &mut ib, x);
+        if ta == tb {
+            continue;
+        }
+        match out.last_mut() {
+            Some(l) if l.0 + l.1 == x && l.2 == tb => l.1 += y - x,
+            _ => out.push((x, y - x, tb)),
+        }
+    }
+    out
+}
+
+/// List `base` with `delta` applied: every range of the delta takes the
+/// delta's tag ([`TAG_USED`]: not listed). `delta` must be sorted by start
+/// and disjoint (`check_delta`). Returns entries sorted by start.
+pub fn apply_delta(base: &[(u64, u64, u64)], delta: &[(u64, u64, u64)]) -> Vec<(u64, u64, u64)> {
+    let a = by_start(base);
+    let mut out: Vec<(u64, u64, u64)> = Vec::with_capacity(a.len() + delta.len());
+    let mut j = 0;
+    for &(s, l, t) in &a {
+        let end = s + l;
+        let mut cur = s;
+        // Delta ranges that end before this entry cannot cut it or any
+        // later one (both lists are sorted by start).
+        while j < delta.len() && delta[j].0 + delta[j].1 <= s {
+            j += 1;
+        }
+        let mut k = j;
+        while cur < end && k < delta.len() && delta[k].0 < end {
+            let (ds, dl, _) = delta[k];
+            if ds > cur {
+                out.push((cur, ds - cur, t));
+            }
+            cur = cur.max(ds + dl);
+            k += 1;
+        }
+        if cur < end {
+            out.push((cur, end - cur, t));
+        }
+    }
+    out.extend(delta.iter().filter(|d| d.2 != TAG_USED).copied());
+    out.sort_unstable_by_key(|e| e.0);
+    out
+}
+
+/// Validate a delta read from a root slot of generation `generation`:
+/// sorted, disjoint, non-empty ranges inside the data area, tags that are
+/// free (0), a generation not after the slot's, or [`TAG_USED`].
+pub fn check_delta(layout: &Layout, delta: &[(u64, u64, u64)], generation: u64) -> Result<()> {
+    let mut prev_end = 0u64;
+    for &(s, l, t) in delta {
+        if l == 0 || !layout.run_in_range(s, l) {
+            return Err(Error::corrupt(format!(
+                "free-space delta range {s}+{l} outside the data area"
+            )));
+        }
+        if s < prev_end {
+            return Err(Error::corrupt(format!(
+                "free-space delta range {s}+{l} out of order or overlapping"
+            )));
+        }
+        if t != TAG_USED && t > generation {
+            return Err(Error::corrupt(format!(
+                "free-space delta range {s}+{l} tagged with future generation {t}"
+            )));
+        }
+        prev_end = s + l;
+    }
+    Ok(())
 }
 
 /// Build an allocator from a list's entries (validating overlaps).
@@ -457,6 +594,90 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::ExtentSet;
+
+    /// Per-block tags (None = in use) as list entries: maximal runs.
+    fn runs(tags: &[Option<u64>]) -> Vec<(u64, u64, u64)> {
+        let mut v: Vec<(u64, u64, u64)> = Vec::new();
+        for (b, t) in tags.iter().enumerate() {
+            let Some(t) = *t else { continue };
+            match v.last_mut() {
+                Some(l) if l.0 + l.1 == b as u64 && l.2 == t => l.1 += 1,
+                _ => v.push((b as u64, 1, t)),
+            }
+        }
+        v
+    }
+
+    fn blocks(entries: &[(u64, u64, u64)], n: usize) -> Vec<Option<u64>> {
+        let mut out = vec![None; n];
+        for &(s, l, t) in entries {
+            for b in s..s + l {
+                assert!(out[b as usize].is_none(), "block {b} listed twice");
+                out[b as usize] = Some(t);
+            }
+        }
+        out
+    }
+
+    /// The free-space delta against a per-block model: applying the delta
+    /// from `base` to `cur` to `base` lists exactly `cur`'s blocks with
+    /// `cur`'s tags, the delta is sorted, disjoint and maximal, and it is
+    /// empty when nothing changed. Lists are shuffled (the on-disk list is
+    /// ordered by tag, not start).
+    #[test]
+    fn free_delta_matches_block_model() {
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let mut r = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for round in 0..2000 {
+            let n = 1 + (r() % 300) as usize;
+            let tag = |x: u64| match x % 5 {
+                0 | 1 => None,
+                2 | 3 => Some(0),
+                _ => Some(1 + x % 4),
+            };
+            let mut base_tags: Vec<Option<u64>> = Vec::new();
+            let mut t = tag(r());
+            for _ in 0..n {
+                if r() % 4 == 0 {
+                    t = tag(r());
+                }
+                base_tags.push(t);
+            }
+            // cur: base with a few random ranges changed.
+            let mut cur_tags = base_tags.clone();
+            for _ in 0..(r() % 6) {
+                let a = (r() % n as u64) as usize;
+                let b = (a + 1 + (r() % 20) as usize).min(n);
+                let t = tag(r());
+                for x in &mut cur_tags[a..b] {
+                    *x = t;
+                }
+            }
+            let mut base = runs(&base_tags);
+            let mut cur = runs(&cur_tags);
+            base.reverse();
+            let half = cur.len() / 2;
+            cur.rotate_left(half);
+            let d = super::list_delta(&base, &cur);
+            for w in d.windows(2) {
+                assert!(w[0].0 + w[0].1 <= w[1].0, "round {round}: unsorted {w:?}");
+                assert!(
+                    w[0].0 + w[0].1 < w[1].0 || w[0].2 != w[1].2,
+                    "round {round}: not merged {w:?}"
+                );
+            }
+            if base_tags == cur_tags {
+                assert!(d.is_empty(), "round {round}: delta {d:?} for no change");
+            }
+            let got = super::apply_delta(&base, &d);
+            assert_eq!(blocks(&got, n), cur_tags, "round {round}: delta {d:?}");
+        }
+    }
 
     #[test]
     fn extent_set_matches_block_set() {

@@ -290,8 +290,7 @@ pub(crate) fn check_generation(
     r.stats.nodes = nodes;
 
     // Free list and accounting.
-    let list = match allocator::read_list(&io, slot.freelist, slot.freelist_nodes, slot.generation)
-    {
+    let list = match allocator::read_slot_list(&io, slot) {
         Ok(l) => l,
         Err(e) if e.is_io() => return Err(e),
         Err(e) => {

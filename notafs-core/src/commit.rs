@@ -34,8 +34,8 @@ use notafs_blockdev::BlockDevice;
 
 use crate::allocator::{self, Allocator};
 use crate::node::{Layout, Ptr};
-use crate::root_ring::{log_capacity, slot_address, RootSlot};
-use crate::superblock::{Superblock, INCOMPAT_COMMIT_LOG};
+use crate::root_ring::{delta_capacity, log_capacity_with, slot_address, FreeDelta, RootSlot};
+use crate::superblock::{Superblock, INCOMPAT_COMMIT_LOG, INCOMPAT_FREE_DELTA};
 use crate::Result;
 
 /// What the new root names, apart from the free space `write_generation`
@@ -59,20 +59,47 @@ pub(crate) struct CommitFaults {
     pub reuse_freed_immediately: bool,
     /// Leave data blocks out of the commit log.
     pub log_omits_data: bool,
+    /// Leave the last range out of the free-space delta.
+    pub delta_drops_range: bool,
+}
+
+/// The free-space list the last generation names (its base list, when it
+/// carries a delta), which the next commit may keep naming with a delta.
+#[derive(Clone, Copy)]
+pub(crate) struct ListBase<'a> {
+    pub head: Ptr,
+    pub nodes: &'a [u64],
+    /// The list's own entries (before any delta).
+    pub entries: &'a [(u64, u64, u64)],
 }
 
 /// A generation made durable.
 pub(crate) struct Written {
     pub slot: RootSlot,
-    /// Blocks of its free-space list (freed by the next commit).
+    /// Blocks of the free-space list it names (freed by the commit that
+    /// writes the next list).
     pub free_list: Vec<u64>,
+    /// Entries of that list when this commit wrote it (None: it kept the
+    /// base list and wrote a delta).
+    pub new_base: Option<Vec<(u64, u64, u64)>>,
 }
 
 /// Write generation `root.generation`: the nodes queued in `out`, the free
-/// list of `alloc`, the root slot, and make them durable. `alloc` must
+/// space of `alloc`, the root slot, and make them durable. `alloc` must
 /// already hold this generation's frees (`freed`) and allocations.
 /// `data_crcs`: CRC-32C of every data block this transaction wrote (None
 /// when unknown): with it, a small commit uses the commit-log protocol.
+/// `base`: the list the previous generation names (None for format and
+/// repairs, which always write a whole list).
+///
+/// Free space goes out in one of two forms (FORMAT.md, "Free-space
+/// delta"): with feature `INCOMPAT_FREE_DELTA`, when the changes since the
+/// base list fit in the slot (and leave room for the commit log when there
+/// is one), the slot keeps naming the base list and carries the delta: no
+/// list node is written. Otherwise the base list's nodes are freed (tag g,
+/// so every retained slot naming them keeps them for N commits) and a new
+/// whole list is written.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_generation(
     dev: &dyn BlockDevice,
     sb: &Superblock,
@@ -80,6 +107,7 @@ pub(crate) fn write_generation(
     root: NewRoot,
     out: &mut Vec<(u64, Vec<u8>)>,
     data_crcs: Option<&HashMap<u64, u32>>,
+    base: Option<ListBase<'_>>,
     faults: CommitFaults,
 ) -> Result<Written> {
     let layout = Layout::from_superblock(sb);
@@ -87,6 +115,54 @@ pub(crate) fn write_generation(
         let freed = std::mem::take(&mut alloc.freed);
         for (s, l) in freed.iter() {
             alloc.free.insert(s, l)?;
+        }
+    }
+    let use_log = sb.incompat & INCOMPAT_COMMIT_LOG != 0
+        && data_crcs.is_some()
+        && !faults.skip_barrier
+        && !faults.root_before_data;
+    if let Some(b) = base.filter(|_| sb.incompat & INCOMPAT_FREE_DELTA != 0) {
+        let mut delta =
+            allocator::list_delta(b.entries, &allocator::list_entries(alloc, root.generation));
+        if faults.delta_drops_range {
+            delta.pop();
+        }
+        // The log, when this commit can use one, lists the fresh blocks.
+        let log_room = log_capacity_with(sb.block_size, delta.len());
+        let fits = delta.len() <= delta_capacity(sb.block_size)
+            && (!use_log || alloc.fresh.total() <= log_room as u64);
+        if let (true, Some(d)) = (fits, FreeDelta::new(&delta)) {
+            let free = alloc.free.total();
+            let pending = alloc.pending_total();
+            let slot = RootSlot {
+                generation: root.generation,
+                uuid: sb.uuid,
+                time_ns: root.time_ns,
+                files: root.files,
+                files_height: root.files_height,
+                freelist: b.head,
+                freelist_nodes: b.nodes.len() as u32,
+                next_ino: root.next_ino,
+                inode_count: root.inode_count,
+                used_blocks: layout.block_count - free - pending,
+                free_blocks: free,
+                pending_blocks: pending,
+                log_len: 0,
+                delta: d,
+            };
+            let slot = write_slot(dev, sb, alloc, slot, out, data_crcs, use_log, faults)?;
+            return Ok(Written {
+                slot,
+                free_list: b.nodes.to_vec(),
+                new_base: None,
+            });
+        }
+    }
+    // A whole new list: the one the previous generation names is freed by
+    // this commit.
+    if let Some(b) = base {
+        for &blk in b.nodes {
+            alloc.free(blk, layout.node_blocks)?;
         }
     }
     let per = allocator::entries_per_node(&layout);
@@ -116,16 +192,33 @@ pub(crate) fn write_generation(
         free_blocks: free,
         pending_blocks: pending,
         log_len: 0,
+        delta: FreeDelta::default(),
     };
-    let slot_block = slot_address(sb, root.generation);
+    let slot = write_slot(dev, sb, alloc, slot, out, data_crcs, use_log, faults)?;
+    Ok(Written {
+        slot,
+        free_list: list_blocks,
+        new_base: Some(entries),
+    })
+}
+
+/// Write the queued blocks and the root slot by the commit-log protocol
+/// (`use_log` and the log fits) or the barrier protocol; returns the slot
+/// as written.
+#[allow(clippy::too_many_arguments)]
+fn write_slot(
+    dev: &dyn BlockDevice,
+    sb: &Superblock,
+    alloc: &Allocator,
+    slot: RootSlot,
+    out: &mut Vec<(u64, Vec<u8>)>,
+    data_crcs: Option<&HashMap<u64, u32>>,
+    use_log: bool,
+    faults: CommitFaults,
+) -> Result<RootSlot> {
+    let slot_block = slot_address(sb, slot.generation);
     let log = match data_crcs {
-        Some(d)
-            if sb.incompat & INCOMPAT_COMMIT_LOG != 0
-                && !faults.skip_barrier
-                && !faults.root_before_data =>
-        {
-            commit_log(alloc, out, d, sb, faults.log_omits_data)
-        }
+        Some(d) if use_log => commit_log(alloc, out, d, sb, &slot, faults.log_omits_data),
         _ => None,
     };
     if let Some(log) = log {
@@ -140,10 +233,7 @@ pub(crate) fn write_generation(
         // a power cut could still lose (docs/BLOCK-SEMANTICS.md, "Commit
         // sequence on NBD").
         dev.flush()?;
-        return Ok(Written {
-            slot,
-            free_list: list_blocks,
-        });
+        return Ok(slot);
     }
     let slot_buf = slot.encode(sb.block_size);
     if faults.root_before_data {
@@ -163,10 +253,7 @@ pub(crate) fn write_generation(
         // is. Devices without FUA do exactly write + flush (the default).
         dev.write_fua(slot_block, &slot_buf)?;
     }
-    Ok(Written {
-        slot,
-        free_list: list_blocks,
-    })
+    Ok(slot)
 }
 
 /// Seal a commit-log generation: write the log-free slot `slot` (a new
@@ -196,9 +283,10 @@ fn commit_log(
     out: &[(u64, Vec<u8>)],
     data_crcs: &HashMap<u64, u32>,
     sb: &Superblock,
+    slot: &RootSlot,
     omit_data: bool,
 ) -> Option<Vec<(u64, u32)>> {
-    let cap = log_capacity(sb.block_size);
+    let cap = log_capacity_with(sb.block_size, slot.delta.entries().len());
     if alloc.fresh.total() > cap as u64 {
         return None;
     }

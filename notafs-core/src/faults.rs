@@ -13,6 +13,7 @@ static FAULTS: Mutex<Faults> = Mutex::new(Faults {
     forget_last_extent: false,
     log_omits_data: false,
     skip_log_verify: false,
+    delta_drops_range: false,
 });
 
 /// Switches that break the commit protocol on purpose, for the crash
@@ -33,6 +34,8 @@ pub struct Faults {
     pub log_omits_data: bool,
     /// Do not verify the newest slot's commit log at open.
     pub skip_log_verify: bool,
+    /// Leave the last range out of a root slot's free-space delta.
+    pub delta_drops_range: bool,
 }
 
 /// The faults in force (crash-harness use only).

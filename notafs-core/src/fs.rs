@@ -35,7 +35,12 @@ pub use crate::options::*;
 
 pub(crate) struct Committed {
     pub slot: RootSlot,
+    /// Nodes of the free-space list the slot names (its base list when the
+    /// slot carries a delta).
     pub free_list: Vec<u64>,
+    /// That list's own entries, before the slot's delta: what the next
+    /// commit's delta is computed against.
+    pub free_base: Arc<Vec<(u64, u64, u64)>>,
     /// Slots committed through this handle (for `generations`).
     pub recent: Vec<RootSlot>,
 }
@@ -385,13 +390,13 @@ impl Fs {
     fn commit_locked(&self, t: &mut Txn) -> Result<u64> {
         let io = self.io().clone();
         let layout = io.layout;
-        let (prev, old_list) = {
+        let (prev, old_list, old_base) = {
             let c = self
                 .inner
                 .committed
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
-            (c.slot, c.free_list.clone())
+            (c.slot, c.free_list.clone(), c.free_base.clone())
         };
         let generation = next_generation(prev.generation)?;
         let faults = self.faults();
@@ -431,11 +436,9 @@ impl Fs {
             &mut out,
         )?;
 
-        // 2-6. The old free list is freed by this commit; the new one, the
-        // nodes, barrier, root slot, flush: commit.rs.
-        for b in &old_list {
-            t.alloc.free(*b, layout.node_blocks)?;
-        }
+        // 2-6. The free space (a delta against the list the last slot names,
+        // or a new list that frees it), the nodes, barrier, root slot,
+        // flush: commit.rs.
         let written = crate::commit::write_generation(
             self.inner.dev.as_ref(),
             &self.inner.sb,
@@ -451,17 +454,24 @@ impl Fs {
             &mut out,
             (!t.data_crcs_overflow && self.inner.commit_log.load(Ordering::Relaxed))
                 .then_some(&t.data_crcs),
+            Some(crate::commit::ListBase {
+                head: prev.freelist,
+                nodes: &old_list,
+                entries: &old_base,
+            }),
             crate::commit::CommitFaults {
                 skip_barrier: faults.skip_barrier,
                 root_before_data: faults.root_before_data,
                 reuse_freed_immediately: faults.reuse_freed_immediately,
                 log_omits_data: faults.log_omits_data,
+                delta_drops_range: faults.delta_drops_range,
             },
         )?;
         t.data_crcs.clear();
         t.data_crcs_overflow = false;
         let slot = written.slot;
         let list_blocks = written.free_list;
+        let new_base = written.new_base;
         self.inner.sealed.store(slot.log_len == 0, Ordering::SeqCst);
         let (free, pending) = (slot.free_blocks, slot.pending_blocks);
 
@@ -474,6 +484,9 @@ impl Fs {
                 .unwrap_or_else(|e| e.into_inner());
             c.slot = slot;
             c.free_list = list_blocks;
+            if let Some(b) = new_base {
+                c.free_base = Arc::new(b);
+            }
             let n = self.inner.sb.ring_slots as usize;
             c.recent.push(slot);
             if c.recent.len() > n {

@@ -73,7 +73,7 @@ pub use superblock::Superblock;
 
 /// Internals exposed for fsck, the crash harness and corruption tests.
 pub mod raw {
-    pub use crate::allocator::{entries_per_node, read_list, ExtentSet, FreeList};
+    pub use crate::allocator::{entries_per_node, read_list, read_slot_list, ExtentSet, FreeList};
     pub use crate::btree::{Child, Kind, Node, NodeIo, Tree, MAX_HEIGHT};
     pub use crate::cache::{DecodedCache, NodeCache};
     pub use crate::checksum::{blake, crc};

@@ -71,6 +71,7 @@ impl Fs {
             },
             &mut Vec::new(),
             None,
+            None,
             crate::commit::CommitFaults::default(),
         )?;
         dev.write(sb.backup_address(), &sb.encode(sb.backup_address()))?;
@@ -162,7 +163,7 @@ impl Fs {
             version_minor: superblock::VERSION_MINOR,
             compat: superblock::COMPAT_ATTRS,
             ro_compat: 0,
-            incompat: superblock::INCOMPAT_COMMIT_LOG,
+            incompat: superblock::INCOMPAT_COMMIT_LOG | superblock::INCOMPAT_FREE_DELTA,
             uuid,
             block_size: geo.block_size,
             node_size,
@@ -431,6 +432,7 @@ impl Fs {
                 committed: RwLock::new(Committed {
                     slot,
                     free_list: list.nodes,
+                    free_base: Arc::new(list.base),
                     recent: Vec::new(),
                 }),
                 txn: Mutex::new(txn),

@@ -186,6 +186,7 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
         },
         &mut Vec::new(),
         None,
+        None,
         crate::commit::CommitFaults::default(),
     )?;
     // The generations newer than `base` were abandoned: wipe their slots so

@@ -32,15 +32,31 @@
 //!    104     8  blocks freed but held for older generations (pending)
 //!    112     4  commit log length L, in entries (0 = no log; only with
 //!                 the commit-log incompat feature)
-//!    116     4  reserved (0)
-//!    120    32  BLAKE2b-256 of the commit log (bytes 256..256+12L; zeros
-//!                 when L = 0)
+//!    116     4  free-space delta length D, in entries (0 = none; only with
+//!                 the free-delta incompat feature; at most 160)
+//!    120    32  BLAKE2b-256 of the tail, bytes 256..256+12L+24D (zeros
+//!                 when L = D = 0)
 //!    152    72  reserved (0)
 //!    224    32  BLAKE2b-256 of bytes 0..224
 //!    256   12L  commit log: L entries of
 //!                 0  8  block address
 //!                 8  4  CRC-32C of that block's bytes
+//!  256+12L 24D  free-space delta: D entries of
+//!                 0  8  first block
+//!                 8  8  length in blocks (>= 1)
+//!                16  8  tag: 0 free, g pending (freed by commit g),
+//!                         u64::MAX in use
 //! ```
+//!
+//! The free-space delta (feature `INCOMPAT_FREE_DELTA`): the free-space list
+//! a slot names is the *base* list, written by an earlier commit, and the
+//! delta lists the ranges whose state changed since (sorted by start,
+//! disjoint). The generation's free space is the base with every delta range
+//! set to the delta's tag. A small commit writes only the slot, not a new
+//! list: the list is rewritten (a new base, D = 0) only when the delta no
+//! longer fits. The base list's nodes stay in use while a slot names them,
+//! and are freed by the commit that writes the next base, so the reuse rule
+//! protects them for every retained slot that still names them.
 //!
 //! The commit log (feature `INCOMPAT_COMMIT_LOG`): a small commit writes its
 //! blocks *and* its root slot in one flush epoch, with no barrier between
@@ -64,14 +80,67 @@ pub const SLOT_MAGIC: [u8; 8] = *b"NOTAFSRT";
 const SLOT_CHECKSUM_OFFSET: usize = 224;
 pub const SLOT_LEN: usize = 256;
 const LOG_LEN_OFFSET: usize = 112;
+const DELTA_LEN_OFFSET: usize = 116;
 const LOG_DIGEST_OFFSET: usize = 120;
+/// Size of one free-space delta entry, and the most a slot carries.
+pub const DELTA_ENTRY_LEN: usize = 24;
+pub const DELTA_MAX: usize = 160;
 /// Where the commit log starts, and the size of one entry.
 pub const LOG_OFFSET: usize = 256;
 pub const LOG_ENTRY_LEN: usize = 12;
 
-/// Commit-log entries a slot of `block_size` bytes can hold.
-pub fn log_capacity(block_size: u32) -> usize {
-    (block_size as usize).saturating_sub(LOG_OFFSET) / LOG_ENTRY_LEN
+/// Commit-log entries that fit beside a free-space delta of `delta` entries.
+pub fn log_capacity_with(block_size: u32, delta: usize) -> usize {
+    (block_size as usize).saturating_sub(LOG_OFFSET + delta * DELTA_ENTRY_LEN) / LOG_ENTRY_LEN
+}
+
+/// Free-space delta entries a slot of `block_size` bytes can hold.
+pub fn delta_capacity(block_size: u32) -> usize {
+    ((block_size as usize).saturating_sub(LOG_OFFSET) / DELTA_ENTRY_LEN).min(DELTA_MAX)
+}
+
+/// The free-space delta of a root slot (see the module comment): kept
+/// inline so that a slot stays a plain `Copy` value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct FreeDelta {
+    len: u16,
+    e: [(u64, u64, u64); DELTA_MAX],
+}
+
+impl Default for FreeDelta {
+    fn default() -> Self {
+        FreeDelta {
+            len: 0,
+            e: [(0, 0, 0); DELTA_MAX],
+        }
+    }
+}
+
+impl std::fmt::Debug for FreeDelta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FreeDelta({} entries)", self.len)
+    }
+}
+
+impl FreeDelta {
+    /// A delta of `v`, or None when it has more than [`DELTA_MAX`] entries.
+    pub fn new(v: &[(u64, u64, u64)]) -> Option<FreeDelta> {
+        if v.len() > DELTA_MAX {
+            return None;
+        }
+        let mut d = FreeDelta::default();
+        d.e[..v.len()].copy_from_slice(v);
+        d.len = v.len() as u16;
+        Some(d)
+    }
+
+    pub fn entries(&self) -> &[(u64, u64, u64)] {
+        &self.e[..self.len as usize]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// The block holding the root slot of generation `g`: slot `g mod N` of
@@ -97,6 +166,9 @@ pub struct RootSlot {
     pub pending_blocks: u64,
     /// Entries in the commit log (0: written behind a barrier).
     pub log_len: u32,
+    /// Free-space changes since the base list `freelist` (empty: the list
+    /// is this generation's own).
+    pub delta: FreeDelta,
 }
 
 impl RootSlot {
@@ -107,19 +179,33 @@ impl RootSlot {
         s.encode_with_log(block_size, &[])
     }
 
-    /// Encode with the commit log `log` (block, CRC-32C of its bytes);
-    /// `log.len()` must not exceed [`log_capacity`].
+    /// Encode with the commit log `log` (block, CRC-32C of its bytes) and
+    /// the slot's free-space delta; the caller keeps `log.len()` within
+    /// [`log_capacity_with`] the delta (the delta always fits: it is only
+    /// used when it does).
     pub fn encode_with_log(&self, block_size: u32, log: &[(u64, u32)]) -> Vec<u8> {
         let mut b = vec![0u8; block_size as usize];
-        let n = log.len().min(log_capacity(block_size));
+        let delta =
+            &self.delta.entries()[..self.delta.len.min(delta_capacity(block_size) as u16) as usize];
+        let n = log.len().min(log_capacity_with(block_size, delta.len()));
         for (i, (blk, crc)) in log[..n].iter().enumerate() {
             let o = LOG_OFFSET + i * LOG_ENTRY_LEN;
             b[o..o + 8].copy_from_slice(&blk.to_le_bytes());
             b[o + 8..o + 12].copy_from_slice(&crc.to_le_bytes());
         }
+        let d0 = LOG_OFFSET + n * LOG_ENTRY_LEN;
+        for (i, (s, l, t)) in delta.iter().enumerate() {
+            let o = d0 + i * DELTA_ENTRY_LEN;
+            b[o..o + 8].copy_from_slice(&s.to_le_bytes());
+            b[o + 8..o + 16].copy_from_slice(&l.to_le_bytes());
+            b[o + 16..o + 24].copy_from_slice(&t.to_le_bytes());
+        }
         b[LOG_LEN_OFFSET..LOG_LEN_OFFSET + 4].copy_from_slice(&(n as u32).to_le_bytes());
-        if n > 0 {
-            let d = blake(&b[LOG_OFFSET..LOG_OFFSET + n * LOG_ENTRY_LEN]);
+        b[DELTA_LEN_OFFSET..DELTA_LEN_OFFSET + 4]
+            .copy_from_slice(&(delta.len() as u32).to_le_bytes());
+        let tail_end = d0 + delta.len() * DELTA_ENTRY_LEN;
+        if tail_end > LOG_OFFSET {
+            let d = blake(&b[LOG_OFFSET..tail_end]);
             b[LOG_DIGEST_OFFSET..LOG_DIGEST_OFFSET + 32].copy_from_slice(&d);
         }
         b[0..8].copy_from_slice(&SLOT_MAGIC);
@@ -181,12 +267,36 @@ impl RootSlot {
             free_blocks: le64(b, 96),
             pending_blocks: le64(b, 104),
             log_len: le32(b, LOG_LEN_OFFSET),
+            delta: FreeDelta::default(),
         };
-        if s.log_len as usize > log_capacity(b.len() as u32) {
+        let mut s = s;
+        let d_len = le32(b, DELTA_LEN_OFFSET) as usize;
+        if d_len > delta_capacity(b.len() as u32)
+            || s.log_len as usize > log_capacity_with(b.len() as u32, d_len)
+        {
             return Err(Error::corrupt(format!(
-                "commit log of {} entries does not fit the slot",
+                "commit log of {} and free-space delta of {d_len} entries do not fit the slot",
                 s.log_len
             )));
+        }
+        if d_len > 0 {
+            // The delta is part of every reading of this generation (not
+            // only of the newest slot, like the log): check the tail here.
+            let d0 = LOG_OFFSET + s.log_len as usize * LOG_ENTRY_LEN;
+            let end = d0 + d_len * DELTA_ENTRY_LEN;
+            if blake(&b[LOG_OFFSET..end])[..] != b[LOG_DIGEST_OFFSET..LOG_DIGEST_OFFSET + 32] {
+                return Err(Error::corrupt(
+                    "free-space delta digest mismatch (torn or damaged write)",
+                ));
+            }
+            let v: Vec<(u64, u64, u64)> = (0..d_len)
+                .map(|i| {
+                    let o = d0 + i * DELTA_ENTRY_LEN;
+                    (le64(b, o), le64(b, o + 8), le64(b, o + 16))
+                })
+                .collect();
+            s.delta =
+                FreeDelta::new(&v).ok_or_else(|| Error::corrupt("free-space delta too long"))?;
         }
         if &s.uuid != uuid {
             return Err(Error::corrupt(
@@ -225,10 +335,11 @@ impl RootSlot {
             return Ok(Vec::new());
         }
         let end = LOG_OFFSET + n * LOG_ENTRY_LEN;
-        if b.len() < end {
+        let tail_end = end + self.delta.entries().len() * DELTA_ENTRY_LEN;
+        if b.len() < tail_end {
             return Err(Error::corrupt("commit log past the end of the slot"));
         }
-        if blake(&b[LOG_OFFSET..end])[..] != b[LOG_DIGEST_OFFSET..LOG_DIGEST_OFFSET + 32] {
+        if blake(&b[LOG_OFFSET..tail_end])[..] != b[LOG_DIGEST_OFFSET..LOG_DIGEST_OFFSET + 32] {
             return Err(Error::corrupt("commit log digest mismatch"));
         }
         Ok((0..n)

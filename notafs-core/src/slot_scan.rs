@@ -148,7 +148,7 @@ impl Fs {
     /// Read a slot's free-space list and check that it can describe this
     /// device (no more blocks than exist, no overlaps).
     pub(crate) fn read_free_list(io: &NodeIo, s: &RootSlot) -> Result<allocator::FreeList> {
-        let list = allocator::read_list(io, s.freelist, s.freelist_nodes, s.generation)?;
+        let list = allocator::read_slot_list(io, s)?;
         let listed = list.entries.iter().fold(0u64, |a, e| a.saturating_add(e.1));
         if listed > io.layout.data_end - io.layout.data_start {
             return Err(Error::corrupt(format!(

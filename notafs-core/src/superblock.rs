@@ -91,6 +91,12 @@ pub const ALGO_BLAKE2B256: u8 = 2;
 /// older reader must refuse the filesystem.
 pub const INCOMPAT_COMMIT_LOG: u64 = 1 << 0;
 
+/// Incompat feature: a root slot may name an older free-space list (its
+/// base) plus a delta of the ranges that changed since (root_ring.rs), so a
+/// small commit does not rewrite the whole list. A reader that ignored the
+/// delta would take blocks in use for free, so an older reader must refuse.
+pub const INCOMPAT_FREE_DELTA: u64 = 1 << 1;
+
 /// Compat feature: inodes may carry permission bits and an owner in bytes
 /// 10..16 and 44..48 (file_table.rs). Readers that ignore it see default
 /// permissions; it changes nothing else.
@@ -99,7 +105,7 @@ pub const COMPAT_ATTRS: u64 = 1 << 0;
 /// Feature bits known to this version.
 pub const COMPAT_KNOWN: u64 = COMPAT_ATTRS;
 pub const RO_COMPAT_KNOWN: u64 = 0;
-pub const INCOMPAT_KNOWN: u64 = INCOMPAT_COMMIT_LOG;
+pub const INCOMPAT_KNOWN: u64 = INCOMPAT_COMMIT_LOG | INCOMPAT_FREE_DELTA;
 
 pub const MIN_ROOT_SLOTS: u32 = 2;
 pub const MAX_ROOT_SLOTS: u32 = 64;

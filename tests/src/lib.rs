@@ -18,7 +18,7 @@ pub mod workload;
 use notafs_core::Faults;
 
 /// The fault switches `--inject` accepts.
-pub const INJECTIONS: [&str; 7] = [
+pub const INJECTIONS: [&str; 8] = [
     "skip-barrier",
     "root-before-data",
     "reuse-freed",
@@ -26,6 +26,7 @@ pub const INJECTIONS: [&str; 7] = [
     "forget-last-extent",
     "log-omits-data",
     "skip-log-verify",
+    "delta-drops-range",
 ];
 
 /// The core's fault switches for an `--inject` name.
@@ -39,6 +40,7 @@ pub fn faults_for(name: &str) -> Option<Faults> {
         "forget-last-extent" => f.forget_last_extent = true,
         "log-omits-data" => f.log_omits_data = true,
         "skip-log-verify" => f.skip_log_verify = true,
+        "delta-drops-range" => f.delta_drops_range = true,
         _ => return None,
     }
     Some(f)

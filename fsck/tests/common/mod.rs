@@ -206,11 +206,14 @@ impl Img {
     pub fn node_edit(&mut self, block: u64, f: impl FnOnce(&mut [u8])) {
         let old = crc(self.block(block));
         f(self.block_mut(block));
-        self.fix_chain(block, old, 0);
+        self.fix_chain(block, old, &mut std::collections::HashSet::from([block]));
     }
 
-    fn fix_chain(&mut self, block: u64, old: u32, depth: usize) {
-        assert!(depth < 40, "pointer chain too deep");
+    /// `seen`: blocks already rewritten by this edit. An edit can itself
+    /// make two nodes point at each other (a node copied over its
+    /// successor): each is fixed once, and the cycle stays for the check
+    /// to find.
+    fn fix_chain(&mut self, block: u64, old: u32, seen: &mut std::collections::HashSet<u64>) {
         let new = crc(self.block(block));
         if new == old {
             return;
@@ -246,8 +249,8 @@ impl Img {
                 let blk = self.block_mut(n);
                 let s = blake(&blk[..224]);
                 blk[224..256].copy_from_slice(&s);
-            } else {
-                self.fix_chain(n, old_n, depth + 1);
+            } else if seen.insert(n) {
+                self.fix_chain(n, old_n, seen);
             }
         }
     }
