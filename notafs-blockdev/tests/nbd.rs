@@ -2020,8 +2020,9 @@ fn structured_reply_violations_end_the_connection() {
         });
         let dev = NbdDevice::open_uri(&fake.uri(), &opts_fast()).unwrap();
         let t0 = Instant::now();
-        let mut b = vec![0u8; 8192];
+        let mut b = vec![0xa5u8; 8192];
         let e = dev.read(1, &mut b).unwrap_err();
+        assert!(b.iter().all(|&x| x == 0), "{msg}: stale bytes left");
         assert!(
             t0.elapsed() < Duration::from_secs(2),
             "{msg}: took {:?}",
@@ -2032,6 +2033,110 @@ fn structured_reply_violations_end_the_connection() {
             "{msg}: {e}"
         );
         assert!(dev.is_dead(), "{msg}");
+        drop(dev);
+        fake.join();
+    }
+}
+
+/// Read data lands straight in the caller's buffer, so a reply that fails
+/// part way must not leave a mix of new bytes and the buffer's previous
+/// contents: every failed read hands back a zeroed buffer, whether the
+/// server covered only part of the read, sent an error after some data,
+/// or hung up in the middle of the data. A server error keeps the
+/// connection in sync (the next read is right); a protocol violation ends
+/// it.
+#[test]
+fn failed_reads_never_leave_stale_bytes_in_the_buffer() {
+    type Bad = fn(&mut UnixStream, &Req);
+    // (structured replies?, answer to an 8 KiB read at offset 4096, error
+    // text, connection survives)
+    let cases: Vec<(bool, Bad, &str, bool)> = vec![
+        (
+            true,
+            |s, r| {
+                data_chunk(s, 0, r.cookie, 4096, &[1u8; 2048]);
+                hole_chunk(s, 0, r.cookie, 4096 + 4096, 1024);
+                chunk(s, DONE, T_NONE, r.cookie, &[]);
+            },
+            "cover 3072 of the 8192",
+            false,
+        ),
+        (
+            true,
+            |s, r| {
+                data_chunk(s, 0, r.cookie, 4096 + 4096, &[2u8; 4096]);
+                error_chunk(s, DONE, r.cookie, 5, "media error", Some(4096));
+            },
+            "media error",
+            true,
+        ),
+        (
+            true,
+            |s, r| {
+                // A data chunk that claims 8 KiB, 3 KiB of it sent, then EOF.
+                let mut m = STRUCTURED.to_be_bytes().to_vec();
+                m.extend_from_slice(&DONE.to_be_bytes());
+                m.extend_from_slice(&T_DATA.to_be_bytes());
+                m.extend_from_slice(&r.cookie.to_be_bytes());
+                m.extend_from_slice(&(8u32 + 8192).to_be_bytes());
+                m.extend_from_slice(&4096u64.to_be_bytes());
+                m.extend_from_slice(&[3u8; 3072]);
+                let _ = s.write_all(&m);
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            },
+            "closed the connection",
+            false,
+        ),
+        (
+            false,
+            |s, r| {
+                simple_reply(s, 0, r.cookie, &[4u8; 5000]);
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            },
+            "closed the connection",
+            false,
+        ),
+        (
+            false,
+            |s, r| simple_reply(s, 5, r.cookie, &[]),
+            "Input/output error",
+            true,
+        ),
+    ];
+    for (i, (structured, bad, msg, survives)) in cases.into_iter().enumerate() {
+        let fake = Fake::start(move |mut s| {
+            serve_handshake_sr(&mut s, 1 << 20, 1 | 4, structured);
+            if let Some(r) = read_req(&mut s) {
+                bad(&mut s, &r);
+            }
+            // A further read gets its data (7s) in one simple reply.
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            if let Some(r) = read_req(&mut s) {
+                if r.cmd == 0 {
+                    simple_reply(&mut s, 0, r.cookie, &vec![7u8; r.len as usize]);
+                    let _ = read_req(&mut s);
+                }
+            }
+        });
+        let dev = NbdDevice::open_uri(&fake.uri(), &opts_fast()).unwrap();
+        assert_eq!(dev.export_info().structured_replies, structured, "case {i}");
+        let mut b = vec![0xa5u8; 8192];
+        let e = dev.read(1, &mut b).unwrap_err();
+        assert!(e.is_io() && e.to_string().contains(msg), "case {i}: {e}");
+        assert!(
+            b.iter().all(|&x| x == 0),
+            "case {i}: a failed read left {} non-zero bytes (first {:#x})",
+            b.iter().filter(|&&x| x != 0).count(),
+            b.iter().find(|&&x| x != 0).unwrap()
+        );
+        assert_eq!(dev.is_dead(), !survives, "case {i}: {e}");
+        if survives {
+            dev.read(1, &mut b).unwrap();
+            assert!(
+                b.iter().all(|&x| x == 7),
+                "case {i}: wrong data after the error"
+            );
+        }
         drop(dev);
         fake.join();
     }

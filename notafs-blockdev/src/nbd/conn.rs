@@ -7,8 +7,9 @@
 //! the connection: every pending and every later request fails, and the
 //! reason is kept in [`Shared`] for the error messages.
 use std::collections::{BTreeMap, HashMap};
+use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -75,10 +76,136 @@ pub(crate) struct ServerError {
     pub(crate) msg: String,
 }
 
+/// Where the data of a read's reply goes: the caller's own buffer,
+/// registered for as long as the caller waits for the reply. The I/O
+/// thread reads reply data from the socket straight into it (no
+/// intermediate buffer, no copy, no zero-fill of bytes about to be
+/// overwritten); it touches the buffer only while holding the lock, and
+/// once the registration is revoked it never touches it again (later data
+/// for the request is discarded).
+pub(crate) struct Dest {
+    buf: Mutex<Option<RawBuf>>,
+}
+
+/// A registered `&mut [u8]`: see [`Dest::register`].
+struct RawBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a RawBuf stands for a `&mut [u8]` lent to the I/O thread (see
+// `Dest::register`): `&mut [u8]` is Send, and the buffer is only reached
+// through the `Dest` mutex, so one thread at a time uses it.
+unsafe impl Send for RawBuf {}
+
+impl RawBuf {
+    fn slice(&mut self) -> &mut [u8] {
+        // SAFETY: `register`'s contract keeps the buffer alive and unused by
+        // its owner until the registration is revoked, and revoking needs the
+        // lock that the caller of this method holds (the slice borrows the
+        // guard through `self`), so this is the only reference to it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Dest {
+    /// Register `buf` as the destination of a read.
+    ///
+    /// # Safety
+    ///
+    /// Until [`Dest::revoke`] has returned (or [`Dest::try_revoke`] has
+    /// returned true), `buf` must stay alive and its owner must neither
+    /// read nor write it: the I/O thread may write into it at any time.
+    pub(crate) unsafe fn register(buf: &mut [u8]) -> Arc<Dest> {
+        Arc::new(Dest {
+            buf: Mutex::new(Some(RawBuf {
+                ptr: NonNull::new(buf.as_mut_ptr()).unwrap_or(NonNull::dangling()),
+                len: buf.len(),
+            })),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<RawBuf>> {
+        self.buf.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// End the registration; waits while the I/O thread is writing into
+    /// the buffer (it holds the lock only while a chunk arrives).
+    pub(crate) fn revoke(&self) {
+        *self.lock() = None;
+    }
+
+    /// End the registration unless the I/O thread is writing into the
+    /// buffer right now (false).
+    pub(crate) fn try_revoke(&self) -> bool {
+        match self.buf.try_lock() {
+            Ok(mut g) => *g = None,
+            Err(TryLockError::Poisoned(e)) => *e.into_inner() = None,
+            Err(TryLockError::WouldBlock) => return false,
+        }
+        true
+    }
+}
+
+/// Read `n` bytes of reply data for `dest` at `at` (relative to the
+/// request) straight into the caller's buffer; if the caller no longer
+/// waits (registration revoked), read and drop them.
+#[allow(clippy::await_holding_lock)] // see below
+async fn read_into<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    dest: Option<&Dest>,
+    at: usize,
+    n: usize,
+    what: &str,
+) -> Result<(), String> {
+    let Some(dest) = dest else {
+        return Err("internal error: read data without a destination".into());
+    };
+    // The guard is held across the awaits on purpose: the lock is what
+    // keeps the caller from revoking (and reusing) its buffer while a
+    // chunk lands in it. Nothing on this runtime takes it; the caller
+    // takes it only to revoke, and if it finds it held (a request it
+    // abandons on an error path) it aborts the connection, which drops
+    // this future and the guard.
+    let mut g = dest.lock();
+    match g.as_mut() {
+        Some(b) => {
+            let Some(s) = b.slice().get_mut(at..at + n) else {
+                return Err("internal error: read data outside its buffer".into());
+            };
+            rd.read_exact(s).await.map_err(|e| read_failed(e, what))?;
+        }
+        None => {
+            drop(g);
+            let got = tokio::io::copy(&mut (&mut *rd).take(n as u64), &mut tokio::io::sink())
+                .await
+                .map_err(|e| read_failed(e, what))?;
+            if got != n as u64 {
+                return Err("the server closed the connection".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Zero `at..at + n` of the caller's buffer (a hole chunk).
+fn zero_range(dest: Option<&Dest>, at: usize, n: usize) -> Result<(), String> {
+    let Some(dest) = dest else {
+        return Err("internal error: hole without a destination".into());
+    };
+    if let Some(b) = dest.lock().as_mut() {
+        let Some(s) = b.slice().get_mut(at..at + n) else {
+            return Err("internal error: hole outside its buffer".into());
+        };
+        s.fill(0);
+    }
+    Ok(())
+}
+
 /// What a caller gets back for one request.
 pub(crate) enum Outcome {
-    /// Success; the data of a read.
-    Ok(Option<Vec<u8>>),
+    /// Success (a read's data is in its destination buffer).
+    Ok,
     /// The server answered with an error.
     Server(ServerError),
     /// The connection is gone (reason).
@@ -100,6 +227,8 @@ pub(crate) struct Request {
     pub(crate) len: u32,
     /// Bytes of data the reply carries (reads), 0 otherwise.
     pub(crate) read_len: u32,
+    /// Reads: where the data goes.
+    pub(crate) dest: Option<Arc<Dest>>,
     /// Wait until no request is in flight before sending (flush, disconnect).
     pub(crate) drain_first: bool,
     /// `NBD_CMD_DISC`: send it, close, and end the thread.
@@ -113,6 +242,7 @@ struct Pending {
     offset: u64,
     len: u32,
     read_len: u32,
+    dest: Option<Arc<Dest>>,
     tag: usize,
     reply: mpsc::Sender<Reply>,
     /// Structured reply in progress (after its first chunk).
@@ -123,8 +253,6 @@ struct Pending {
 #[derive(Default)]
 struct Chunks {
     count: usize,
-    /// The read's data (zero-filled: holes need nothing more).
-    data: Vec<u8>,
     /// Byte ranges covered by data and hole chunks, relative to the
     /// request, start → end; never overlapping.
     covered: BTreeMap<u64, u64>,
@@ -345,6 +473,7 @@ async fn writer<W: AsyncWrite + Unpin>(
                 offset: req.offset,
                 len: req.len,
                 read_len: req.read_len,
+                dest: req.dest,
                 tag: req.tag,
                 reply: req.reply,
                 chunks: None,
@@ -425,17 +554,11 @@ async fn reader<R: AsyncRead + Unpin>(
         // header follows at once and the connection stays usable. The
         // length is ours (bounded by the maximum request size), never the
         // server's.
-        let data = if p.read_len > 0 && err == 0 {
-            let mut v = vec![0u8; p.read_len as usize];
-            rd.read_exact(&mut v)
-                .await
-                .map_err(|e| read_failed(e, "read data"))?;
-            Some(v)
-        } else {
-            None
-        };
+        if p.read_len > 0 && err == 0 {
+            read_into(rd, p.dest.as_deref(), 0, p.read_len as usize, "read data").await?;
+        }
         let outcome = if err == 0 {
-            Outcome::Ok(data)
+            Outcome::Ok
         } else {
             Outcome::Server(ServerError {
                 err,
@@ -470,7 +593,7 @@ async fn structured_chunk<R: AsyncRead + Unpin>(
             "protocol error: structured reply for handle {cookie:#x}: {why}"
         ))
     };
-    let (offset, req_len, read_len, count) = {
+    let (offset, req_len, read_len, count, dest) = {
         let mut g = lock(pending);
         let Some(p) = g.get_mut(&cookie) else {
             return Err(format!(
@@ -479,7 +602,7 @@ async fn structured_chunk<R: AsyncRead + Unpin>(
         };
         let c = p.chunks.get_or_insert_with(Chunks::default);
         c.count += 1;
-        (p.offset, p.len, p.read_len, c.count)
+        (p.offset, p.len, p.read_len, c.count, p.dest.clone())
     };
     if count > max_chunks(read_len) {
         return bad(format!("more than {} chunks", max_chunks(read_len)));
@@ -501,7 +624,10 @@ async fn structured_chunk<R: AsyncRead + Unpin>(
                     "data or hole chunk in the reply to a request that is not a read".into(),
                 );
             }
-            let (o, n, data) = if typ == REPLY_TYPE_OFFSET_DATA {
+            // Validate the chunk's range (inside the request, not
+            // overlapping an earlier chunk) before a byte of it reaches the
+            // caller's buffer.
+            let (o, n, is_data) = if typ == REPLY_TYPE_OFFSET_DATA {
                 if len <= 8 || len - 8 > read_len {
                     return bad(format!(
                         "data chunk of {len} bytes for a read of {read_len}"
@@ -513,17 +639,12 @@ async fn structured_chunk<R: AsyncRead + Unpin>(
                     .map_err(|e| read_failed(e, "a data chunk"))?;
                 let o = u64::from_be_bytes(ob);
                 let n = (len - 8) as u64;
-                // Check the range before reading (allocating) the data.
                 if o < offset || o.checked_add(n).is_none_or(|e| e > end) {
                     return bad(format!(
                         "data at {o}+{n} outside the request {offset}+{read_len}"
                     ));
                 }
-                let mut d = vec![0u8; n as usize];
-                rd.read_exact(&mut d)
-                    .await
-                    .map_err(|e| read_failed(e, "a data chunk"))?;
-                (o, n, Some(d))
+                (o, n, true)
             } else {
                 if len != 12 {
                     return bad(format!("hole chunk of {len} bytes (expected 12)"));
@@ -534,35 +655,31 @@ async fn structured_chunk<R: AsyncRead + Unpin>(
                     .map_err(|e| read_failed(e, "a hole chunk"))?;
                 let o = u64::from_be_bytes(b[0..8].try_into().unwrap());
                 let n = u32::from_be_bytes(b[8..12].try_into().unwrap()) as u64;
-                (o, n, None)
+                (o, n, false)
             };
             if n == 0 || o < offset || o.checked_add(n).is_none_or(|e| e > end) {
                 return bad(format!(
                     "chunk at {o}+{n} outside the request {offset}+{read_len}"
                 ));
             }
-            let mut g = lock(pending);
-            let Some(c) = g.get_mut(&cookie).and_then(|p| p.chunks.as_mut()) else {
-                return bad("request vanished".into());
-            };
             let (rs, re) = (o - offset, o - offset + n);
-            if !c.cover(rs, re) {
-                return bad(format!("chunk at {o}+{n} overlaps an earlier one"));
-            }
-            match data {
-                // The common case, one data chunk for the whole read: keep
-                // its buffer as is (no zero-fill, no copy).
-                Some(d) if c.data.is_empty() && d.len() == read_len as usize => c.data = d,
-                data => {
-                    if c.data.is_empty() {
-                        // Zero-filled: holes need nothing more. Our length,
-                        // bounded by the maximum request size.
-                        c.data = vec![0u8; read_len as usize];
-                    }
-                    if let Some(d) = data {
-                        c.data[rs as usize..re as usize].copy_from_slice(&d);
-                    }
+            {
+                let mut g = lock(pending);
+                let Some(c) = g.get_mut(&cookie).and_then(|p| p.chunks.as_mut()) else {
+                    return bad("request vanished".into());
+                };
+                if !c.cover(rs, re) {
+                    return bad(format!("chunk at {o}+{n} overlaps an earlier one"));
                 }
+            }
+            // Every byte of the buffer is now either read from a validated
+            // data chunk or zeroed by a hole chunk, each exactly once; a
+            // reply that does not cover it all fails at DONE (and the
+            // caller then zeroes its buffer).
+            if is_data {
+                read_into(rd, dest.as_deref(), rs as usize, n as usize, "a data chunk").await?;
+            } else {
+                zero_range(dest.as_deref(), rs as usize, n as usize)?;
             }
         }
         t if t & (1 << 15) != 0 => {
@@ -619,16 +736,14 @@ async fn structured_chunk<R: AsyncRead + Unpin>(
     let c = p.chunks.take().unwrap_or_default();
     let outcome = if let Some(e) = c.error {
         Outcome::Server(e)
-    } else if p.read_len > 0 {
-        if c.covered_bytes != p.read_len as u64 {
-            return bad(format!(
-                "chunks cover {} of the {} bytes read",
-                c.covered_bytes, p.read_len
-            ));
-        }
-        Outcome::Ok(Some(c.data))
+    } else if p.read_len > 0 && c.covered_bytes != p.read_len as u64 {
+        // Bytes no chunk wrote would be stale: never a success.
+        return bad(format!(
+            "chunks cover {} of the {} bytes read",
+            c.covered_bytes, p.read_len
+        ));
     } else {
-        Outcome::Ok(None)
+        Outcome::Ok
     };
     complete(pending, drained, p, outcome);
     Ok(())

@@ -60,6 +60,14 @@
 //! replies carry the length *we* asked for, structured chunks must lie
 //! inside their request, never overlap and cover it exactly; unknown
 //! cookies and any violation end the connection).
+//!
+//! Read data goes from the socket straight into the caller's buffer (no
+//! intermediate buffer, no copy): each read request lends its slice of the
+//! buffer to the I/O thread until the call returns. A chunk's range is
+//! validated before any of its bytes land; holes are zeroed in place; a
+//! read that fails (server error, protocol violation, lost connection)
+//! returns its buffer zeroed, so neither partial data nor the buffer's
+//! previous contents are left in it.
 mod conn;
 mod proto;
 mod tls;
@@ -75,7 +83,7 @@ use tokio::sync::mpsc as tmpsc;
 
 use crate::device::{check_io, check_range};
 use crate::{BlockDevice, BlockError, Capabilities, Geometry, Result, WriteReq};
-use conn::{io_thread, os_errno, ConnConfig, Outcome, Request, ServerError, Shared};
+use conn::{io_thread, os_errno, ConnConfig, Dest, Outcome, Request, ServerError, Shared};
 use proto::{
     put_request, NegError, CMD_FLAG_FUA, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE,
     CMD_WRITE_ZEROES, REQUEST_LEN,
@@ -195,11 +203,41 @@ impl Conn {
             offset: 0,
             len: 0,
             read_len: 0,
+            dest: None,
             drain_first: true,
             disconnect: true,
             tag: 0,
             reply,
         });
+    }
+}
+
+/// The read buffers of one `run`, lent to the I/O threads: revoked (all
+/// of them) before `run` returns, also on an early return or a panic.
+struct Registrations<'d> {
+    dev: &'d NbdDevice,
+    dests: Vec<Arc<Dest>>,
+}
+
+impl Registrations<'_> {
+    fn revoke_all(&mut self) {
+        for d in self.dests.drain(..) {
+            if !d.try_revoke() {
+                // An I/O thread is writing into this buffer right now: the
+                // request was abandoned mid-reply (only on an error path,
+                // where the device is lost anyway). Abort the connections,
+                // which drops their readers and so the lock.
+                self.dev
+                    .kill_all("a read was abandoned while its reply was arriving");
+                d.revoke();
+            }
+        }
+    }
+}
+
+impl Drop for Registrations<'_> {
+    fn drop(&mut self) {
+        self.revoke_all();
     }
 }
 
@@ -601,7 +639,13 @@ impl NbdDevice {
     /// Send one request to the I/O thread of the next connection, round
     /// robin. A flush may go on any one: with `CAN_MULTI_CONN` it covers
     /// writes replied to on every connection (and there is one otherwise).
-    fn submit(&self, job: &Job<'_>, tag: usize, reply: &mpsc::Sender<conn::Reply>) -> bool {
+    fn submit(
+        &self,
+        job: &Job<'_>,
+        dest: Option<Arc<Dest>>,
+        tag: usize,
+        reply: &mpsc::Sender<conn::Reply>,
+    ) -> bool {
         let n = self.conns.len();
         let c = &self.conns[self.next_conn.fetch_add(1, Ordering::Relaxed) % n];
         let cookie = c.shared.next_cookie.fetch_add(1, Ordering::Relaxed);
@@ -618,6 +662,7 @@ impl NbdDevice {
             offset: job.offset,
             len: job.len,
             read_len: if job.cmd == CMD_READ { job.len } else { 0 },
+            dest,
             drain_first: job.cmd == CMD_FLUSH,
             disconnect: false,
             tag,
@@ -629,8 +674,54 @@ impl NbdDevice {
     /// Run `jobs` with up to [`MAX_INFLIGHT`] in flight; wait for every one
     /// submitted. The first server error stops further submissions and is
     /// returned once the in-flight ones have completed.
+    ///
+    /// Reads land straight in the caller's buffers (see [`Dest`]). Once
+    /// requests are out, an error zeroes those buffers: a failed read never
+    /// leaves a mix of new data and the buffers' previous contents behind.
     fn run(&self, op: &'static str, mut jobs: Vec<Job<'_>>) -> Result<()> {
         self.check_alive(op)?;
+        let mut regs = Registrations {
+            dev: self,
+            dests: Vec::new(),
+        };
+        // `jobs` is final: register each read buffer in place. `regs` revokes
+        // the registrations before this function returns or unwinds, and
+        // nothing below reads or writes a `Data::In` buffer until then (the
+        // loop looks at job lengths and commands only).
+        let dests: Vec<Option<Arc<Dest>>> = jobs
+            .iter_mut()
+            .map(|j| match &mut j.data {
+                Data::In(buf) => {
+                    // SAFETY: `buf` borrows the caller's buffer for longer
+                    // than this call, and is not touched until `regs` has
+                    // revoked this registration (`revoke_all` below, or its
+                    // drop on an early return or unwind).
+                    let d = unsafe { Dest::register(buf) };
+                    regs.dests.push(d.clone());
+                    Some(d)
+                }
+                _ => None,
+            })
+            .collect();
+        let res = self.run_registered(op, &jobs, &dests);
+        drop(dests);
+        regs.revoke_all();
+        if res.is_err() {
+            for j in &mut jobs {
+                if let Data::In(buf) = &mut j.data {
+                    buf.fill(0);
+                }
+            }
+        }
+        res
+    }
+
+    fn run_registered(
+        &self,
+        op: &'static str,
+        jobs: &[Job<'_>],
+        dests: &[Option<Arc<Dest>>],
+    ) -> Result<()> {
         let (reply_tx, reply_rx) = mpsc::channel();
         let mut next = 0;
         let mut inflight = 0usize;
@@ -646,7 +737,7 @@ impl NbdDevice {
                 && inflight < MAX_INFLIGHT
                 && (inflight == 0 || inflight_bytes + payload_of(&jobs[next]) <= MAX_INFLIGHT_BYTES)
             {
-                if !self.submit(&jobs[next], next, &reply_tx) {
+                if !self.submit(&jobs[next], dests[next].clone(), next, &reply_tx) {
                     let why = self.dead().unwrap_or_else(|| "I/O thread gone".into());
                     first_err = Some(lost(op, &why));
                     break;
@@ -658,16 +749,22 @@ impl NbdDevice {
             if inflight == 0 {
                 break;
             }
-            let reply = self.wait_reply(op, &reply_rx)?;
-            let job = &mut jobs[reply.tag];
+            let reply = match self.wait_reply(op, &reply_rx) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Requests are still out and the device is lost (one
+                    // connection ended, or the wait timed out): end every
+                    // connection, so that none is left writing into a buffer
+                    // this call is about to hand back.
+                    self.kill_all(&e.to_string());
+                    return Err(e);
+                }
+            };
+            let job = &jobs[reply.tag];
             inflight -= 1;
             inflight_bytes -= payload_of(job);
             match reply.outcome {
-                Outcome::Ok(data) => {
-                    if let (Data::In(buf), Some(d)) = (&mut job.data, data) {
-                        buf.copy_from_slice(&d);
-                    }
-                }
+                Outcome::Ok => {}
                 Outcome::Server(se) => {
                     let errno = os_errno(se.err);
                     if errno == libc::ESHUTDOWN {
