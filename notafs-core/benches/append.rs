@@ -8,7 +8,7 @@
 //! Env: NOTAFS_BENCH_MB (default 1024), NOTAFS_BENCH_DIR (default /var/tmp),
 //! NOTAFS_BENCH_DIRECT=1 (O_DIRECT for both notafs and dd).
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -135,10 +135,7 @@ fn round(mb: u64, dir: &str, direct: bool) -> Round {
     preallocate(&img, mb * 2 * 1048576 + 64 * 1048576);
     let dev =
         notafs_blockdev::open(&img, &notafs_blockdev::OpenOptions::default()).expect("open image");
-    let dev: Arc<Counting<Box<dyn BlockDevice>>> = Arc::new(Counting {
-        inner: dev,
-        written: AtomicU64::new(0),
-    });
+    let dev: Arc<Counting<Box<dyn BlockDevice>>> = Arc::new(Counting::new(dev));
     Fs::format(dev.clone(), &FormatOptions::default()).unwrap();
     // Write-behind (background flushes every 8 MiB) as the CLI uses it;
     // NOTAFS_BENCH_WRITE_BEHIND=0 turns it off.

@@ -39,7 +39,7 @@
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -138,10 +138,7 @@ impl NotafsB {
             },
         )
         .expect("open image");
-        let dev = Arc::new(Counting {
-            inner: dev,
-            written: AtomicU64::new(0),
-        });
+        let dev = Arc::new(Counting::new(dev));
         Fs::format(dev.clone(), &FormatOptions::default()).unwrap();
         let fs = Fs::open(
             dev.clone(),

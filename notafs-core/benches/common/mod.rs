@@ -1,15 +1,35 @@
 //! Helpers shared by the notafs-core benchmarks.
 #![allow(dead_code)]
 
+pub mod peers;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use notafs_blockdev::{BlockDevice, Geometry, Result as BResult, WriteReq};
 
-/// Counts bytes written through it.
+/// Counts bytes written and flushes (flush, barrier, FUA writes) through it.
 pub struct Counting<D> {
     pub inner: D,
     pub written: AtomicU64,
+    pub flushes: AtomicU64,
+}
+
+impl<D> Counting<D> {
+    pub fn new(inner: D) -> Self {
+        Counting {
+            inner,
+            written: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        }
+    }
+    /// (bytes written, flushes) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.written.load(Ordering::Relaxed),
+            self.flushes.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl<D: BlockDevice> BlockDevice for Counting<D> {
@@ -33,6 +53,14 @@ impl<D: BlockDevice> BlockDevice for Counting<D> {
         }
         self.inner.write_batch(w)
     }
+    fn write_fua(&self, b: u64, d: &[u8]) -> BResult<()> {
+        self.written.fetch_add(d.len() as u64, Ordering::Relaxed);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.inner.write_fua(b, d)
+    }
+    fn has_fua(&self) -> bool {
+        self.inner.has_fua()
+    }
     fn write_zeroes(&self, b: u64, c: u64) -> BResult<()> {
         self.inner.write_zeroes(b, c)
     }
@@ -40,10 +68,15 @@ impl<D: BlockDevice> BlockDevice for Counting<D> {
         self.inner.discard(b, c)
     }
     fn flush(&self) -> BResult<()> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         self.inner.flush()
     }
     fn barrier(&self) -> BResult<()> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         self.inner.barrier()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
     }
 }
 
