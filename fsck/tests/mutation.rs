@@ -116,8 +116,12 @@ fn random_mutations() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5EED);
-    let good = good_image();
-    let targets = interesting(&Img::new(good.clone()));
+    // Half the images start from a newest slot carrying inode patches.
+    let goods = [good_image(), good_image_patched()];
+    let targets_of = [
+        interesting(&Img::new(goods[0].clone())),
+        interesting(&Img::new(goods[1].clone())),
+    ];
     let dir = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut failures = Vec::new();
@@ -125,8 +129,10 @@ fn random_mutations() {
     let mut mounts = [0usize; 3];
     let limit = Duration::from_secs(10);
     for k in 0..n {
+        let good = &goods[k % 2];
+        let targets = &targets_of[k % 2];
         let mut img = Img::new(good.clone());
-        let what = mutate(&mut img, &mut rng, &targets);
+        let what = mutate(&mut img, &mut rng, targets);
         let bytes = std::sync::Arc::new(img.b);
         let b1 = bytes.clone();
         match bounded(limit, move || {

@@ -239,7 +239,8 @@ pub fn dump_device(
                     1,
                     format!(
                         "slot {i}: generation {} at {} UTC; file table {} height {}; free list {} x{} \
-                         + {} delta ranges; next ino {}; inodes {}; used {} free {} pending {}",
+                         + {} delta ranges; {} inode patches; next ino {}; inodes {}; used {} free {} \
+                         pending {}",
                         s.generation,
                         format_time_ns(s.time_ns),
                         ptr(s.files),
@@ -247,6 +248,7 @@ pub fn dump_device(
                         ptr(s.freelist),
                         s.freelist_nodes,
                         s.delta.entries().len(),
+                        s.patches.entries().len(),
                         s.next_ino,
                         s.inode_count,
                         s.used_blocks,
@@ -284,6 +286,25 @@ pub fn dump_device(
         wk.line(1, format!("!! height {} is absurd", pick.files_height));
     } else if !pick.files.is_null() && pick.files_height > 0 {
         wk.files(pick.files, pick.files_height - 1, 1, &mut entries);
+    }
+    // The slot's inode patches replace the table's extent root, size and
+    // mtime of files written since the table was (the table's own extent
+    // root may no longer exist).
+    let mut patched = std::collections::HashSet::new();
+    for e in &mut entries {
+        if let Some(p) = pick.patches.entries().iter().find(|p| p.ino == e.ino.ino) {
+            p.apply(&mut e.ino);
+            patched.insert(e.ino.ino);
+        }
+    }
+    if !pick.patches.is_empty() {
+        wk.line(
+            1,
+            format!(
+                "the root slot patches {} inodes (extent root, size, mtime)",
+                pick.patches.entries().len()
+            ),
+        );
     }
 
     // Inodes with their paths and extents.
@@ -324,10 +345,15 @@ pub fn dump_device(
         wk.line(
             1,
             format!(
-                "{kind} ino {} {path} size {} mtime {} UTC",
+                "{kind} ino {} {path} size {} mtime {} UTC{}",
                 i.ino,
                 i.size,
-                format_time_ns(i.mtime_ns)
+                format_time_ns(i.mtime_ns),
+                if patched.contains(&i.ino) {
+                    " (patched by the root slot)"
+                } else {
+                    ""
+                }
             ),
         );
         if !i.extents.is_null() {

@@ -742,7 +742,10 @@ fn multi_chunk_get_and_cat_give_the_same_bytes() {
     assert!(o.stdout == content, "get - differs");
     let local = d.path().join("out.bin");
     ok(&["get", img, "f.bin", local.to_str().unwrap()]);
-    assert!(std::fs::read(&local).unwrap() == content, "get FILE differs");
+    assert!(
+        std::fs::read(&local).unwrap() == content,
+        "get FILE differs"
+    );
     // cat of two files: each whole, one after the other.
     assert_eq!(code(&put_stdin(img, "small", b"tail")), 0);
     let o = run(&["cat", img, "f.bin", "small"]);

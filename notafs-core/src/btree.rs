@@ -21,6 +21,9 @@
 //! walk always terminates: a cycle on disk shows up as a level mismatch.
 use std::fmt::Debug;
 
+use std::sync::Arc;
+
+use crate::inode_patch::PatchMap;
 use crate::node::{self, Ptr};
 use crate::{Error, Result};
 
@@ -39,6 +42,9 @@ pub struct Tree<T: Kind> {
     pub freed: Vec<u64>,
     /// Nodes made dirty so far (an upper bound on what a commit must write).
     pub dirty_nodes: usize,
+    /// Inode patches of the root slot this tree comes from, applied to
+    /// every value read (file table only; inode_patch.rs).
+    pub patch: Option<Arc<PatchMap>>,
 }
 
 impl<T: Kind> Clone for Tree<T> {
@@ -49,6 +55,7 @@ impl<T: Kind> Clone for Tree<T> {
             owner: self.owner,
             freed: self.freed.clone(),
             dirty_nodes: self.dirty_nodes,
+            patch: self.patch.clone(),
         }
     }
 }
@@ -62,6 +69,7 @@ impl<T: Kind> Tree<T> {
             owner,
             freed: Vec::new(),
             dirty_nodes: 0,
+            patch: None,
         }
     }
 
@@ -84,6 +92,7 @@ impl<T: Kind> Tree<T> {
             owner,
             freed: Vec::new(),
             dirty_nodes: 0,
+            patch: None,
         })
     }
 
@@ -105,7 +114,11 @@ impl<T: Kind> Tree<T> {
         let Some(root) = &self.root else {
             return Ok(None);
         };
-        get_rec(io, root, self.height - 1, self.owner, k)
+        let mut v = get_rec(io, root, self.height - 1, self.owner, k)?;
+        if let (Some(v), Some(p)) = (v.as_mut(), &self.patch) {
+            T::patch(v, p);
+        }
+        Ok(v)
     }
 
     /// The entry with the greatest key `<= k`.
@@ -113,7 +126,11 @@ impl<T: Kind> Tree<T> {
         let Some(root) = &self.root else {
             return Ok(None);
         };
-        floor_rec(io, root, self.height - 1, self.owner, k)
+        let mut kv = floor_rec(io, root, self.height - 1, self.owner, k)?;
+        if let (Some((_, v)), Some(p)) = (kv.as_mut(), &self.patch) {
+            T::patch(v, p);
+        }
+        Ok(kv)
     }
 
     /// Visit entries with key `>= start` in order until `f` returns false.
@@ -126,12 +143,42 @@ impl<T: Kind> Tree<T> {
         let Some(root) = &self.root else {
             return Ok(());
         };
-        scan_rec(io, root, self.height - 1, self.owner, start, None, None, f)?;
+        match &self.patch {
+            None => scan_rec(io, root, self.height - 1, self.owner, start, None, None, f)?,
+            Some(p) => {
+                let mut g = |k: &T::K, v: &T::V| {
+                    let mut v = v.clone();
+                    T::patch(&mut v, p);
+                    f(k, &v)
+                };
+                scan_rec(
+                    io,
+                    root,
+                    self.height - 1,
+                    self.owner,
+                    start,
+                    None,
+                    None,
+                    &mut g,
+                )?
+            }
+        };
         Ok(())
     }
 
     /// Insert or replace; returns the previous value.
     pub fn insert(&mut self, io: &NodeIo, k: T::K, v: T::V) -> Result<Option<T::V>> {
+        // The value stored is what readers must see from now on (callers
+        // store values they read through the patch, and `get`, `remove` and
+        // this function return patched values): the patch would otherwise
+        // override it.
+        let before = self.patch.clone();
+        if let Some(p) = self.patch.as_mut() {
+            T::forget_patch(&v, Arc::make_mut(p));
+            if p.is_empty() {
+                self.patch = None;
+            }
+        }
         let payload = io.layout.payload();
         if self.root.is_none() {
             self.root = Some(Child::Mem(Box::new(Node::Leaf(vec![(k, v)]))));
@@ -174,6 +221,10 @@ impl<T: Kind> Tree<T> {
             if self.height as usize > MAX_HEIGHT {
                 return Err(Error::corrupt("tree grew beyond the maximum height"));
             }
+        }
+        let mut old = old;
+        if let (Some(o), Some(p)) = (old.as_mut(), &before) {
+            T::patch(o, p);
         }
         Ok(old)
     }
@@ -219,6 +270,10 @@ impl<T: Kind> Tree<T> {
                 }
                 _ => break,
             }
+        }
+        let mut old = old;
+        if let (Some(o), Some(p)) = (old.as_mut(), &self.patch) {
+            T::patch(o, p);
         }
         Ok(old)
     }

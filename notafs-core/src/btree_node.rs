@@ -24,6 +24,12 @@ pub trait Kind: 'static {
     fn enc_val(v: &Self::V, e: &mut Enc);
     /// Decode and validate a value (pointers against `layout`).
     fn dec_val(d: &mut Dec<'_>, layout: &Layout) -> Result<Self::V>;
+    /// Apply the root slot's inode patches to a value read from the tree
+    /// (inode_patch.rs; only the file table has any).
+    fn patch(_v: &mut Self::V, _p: &crate::inode_patch::PatchMap) {}
+    /// Drop the patch of a value about to be stored in the tree: what is
+    /// stored is then the value readers must see.
+    fn forget_patch(_v: &Self::V, _p: &mut crate::inode_patch::PatchMap) {}
 }
 
 /// A child reference: on disk (immutable) or modified in memory.

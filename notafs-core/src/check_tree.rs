@@ -46,7 +46,7 @@ pub(crate) fn check_generation(
     let nb = layout.node_blocks;
     let bs = layout.block_size as u64;
     let mut claimed = ExtentSet::new();
-    let files = Tree::<Files>::from_disk(slot.files, slot.files_height, 0)?;
+    let files = Tree::<Files>::from_slot(slot)?;
 
     // File table: nodes, key bounds, inodes.
     let mut inodes: Vec<(EntryKey, Inode)> = Vec::new();
@@ -70,7 +70,13 @@ pub(crate) fn check_generation(
             }
         }
         if let Node::Leaf(e) = node {
-            inodes.extend(e.iter().cloned());
+            inodes.extend(e.iter().map(|(k, i)| {
+                let mut i = *i;
+                if let Some(p) = &files.patch {
+                    <Files as crate::btree::Kind>::patch(&mut i, p);
+                }
+                (k.clone(), i)
+            }));
         }
         Ok(())
     })?;
@@ -80,6 +86,23 @@ pub(crate) fn check_generation(
         .map(|(k, i)| (i.ino, (k.parent, k.name.as_str())))
         .collect();
     let path_of = |ino: u64| full_path(&names, ino);
+    // Every inode patch must name a file of the table (a writer only
+    // patches files it wrote to; namespace changes write the table).
+    for p in slot.patches.entries() {
+        if !inodes
+            .iter()
+            .any(|(_, i)| i.ino == p.ino && i.kind == FileType::File)
+        {
+            r.push(
+                Severity::Error,
+                "tree",
+                format!(
+                    "the root slot patches inode {}, which is not a file of the table",
+                    p.ino
+                ),
+            );
+        }
+    }
     let mut seen: HashMap<u64, EntryKey> = HashMap::new();
     let mut dirs: HashSet<u64> = HashSet::from([ROOT_INO]);
     for (k, i) in &inodes {

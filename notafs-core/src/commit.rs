@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use notafs_blockdev::BlockDevice;
 
 use crate::allocator::{self, Allocator};
+use crate::inode_patch::Patches;
 use crate::node::{Layout, Ptr};
 use crate::root_ring::{delta_capacity, log_capacity_with, slot_address, FreeDelta, RootSlot};
 use crate::superblock::{Superblock, INCOMPAT_COMMIT_LOG, INCOMPAT_FREE_DELTA};
@@ -48,6 +49,8 @@ pub(crate) struct NewRoot {
     pub files_height: u8,
     pub next_ino: u64,
     pub inode_count: u64,
+    /// Inode patches against the file table `files` (inode_patch.rs).
+    pub patches: Patches,
 }
 
 /// Protocol breaks the crash harness switches on to prove it notices them
@@ -128,8 +131,9 @@ pub(crate) fn write_generation(
             delta.pop();
         }
         // The log, when this commit can use one, lists the fresh blocks.
-        let log_room = log_capacity_with(sb.block_size, delta.len());
-        let fits = delta.len() <= delta_capacity(sb.block_size)
+        let np = root.patches.entries().len();
+        let log_room = log_capacity_with(sb.block_size, delta.len(), np);
+        let fits = delta.len() <= delta_capacity(sb.block_size, np)
             && (!use_log || alloc.fresh.total() <= log_room as u64);
         if let (true, Some(d)) = (fits, FreeDelta::new(&delta)) {
             let free = alloc.free.total();
@@ -149,6 +153,7 @@ pub(crate) fn write_generation(
                 pending_blocks: pending,
                 log_len: 0,
                 delta: d,
+                patches: root.patches,
             };
             let slot = write_slot(dev, sb, alloc, slot, out, data_crcs, use_log, faults)?;
             return Ok(Written {
@@ -193,6 +198,7 @@ pub(crate) fn write_generation(
         pending_blocks: pending,
         log_len: 0,
         delta: FreeDelta::default(),
+        patches: root.patches,
     };
     let slot = write_slot(dev, sb, alloc, slot, out, data_crcs, use_log, faults)?;
     Ok(Written {
@@ -286,7 +292,11 @@ fn commit_log(
     slot: &RootSlot,
     omit_data: bool,
 ) -> Option<Vec<(u64, u32)>> {
-    let cap = log_capacity_with(sb.block_size, slot.delta.entries().len());
+    let cap = log_capacity_with(
+        sb.block_size,
+        slot.delta.entries().len(),
+        slot.patches.entries().len(),
+    );
     if alloc.fresh.total() > cap as u64 {
         return None;
     }

@@ -14,6 +14,7 @@ static FAULTS: Mutex<Faults> = Mutex::new(Faults {
     log_omits_data: false,
     skip_log_verify: false,
     delta_drops_range: false,
+    patch_drops_inode: false,
 });
 
 /// Switches that break the commit protocol on purpose, for the crash
@@ -36,6 +37,9 @@ pub struct Faults {
     pub skip_log_verify: bool,
     /// Leave the last range out of a root slot's free-space delta.
     pub delta_drops_range: bool,
+    /// Leave the last inode written by a data-only commit out of the root
+    /// slot's inode patches.
+    pub patch_drops_inode: bool,
 }
 
 /// The faults in force (crash-harness use only).

@@ -121,6 +121,16 @@ impl Kind for Files {
         e.u32(v.extents.crc);
         e.u32(gid);
     }
+    fn patch(v: &mut Inode, p: &crate::inode_patch::PatchMap) {
+        if let Some(x) = p.get(&v.ino) {
+            x.apply(v);
+        }
+    }
+
+    fn forget_patch(v: &Inode, p: &mut crate::inode_patch::PatchMap) {
+        p.remove(&v.ino);
+    }
+
     fn dec_val(d: &mut Dec<'_>, layout: &Layout) -> Result<Inode> {
         let ino = d.u64()?;
         let kind = match d.u8()? {
@@ -179,5 +189,17 @@ impl Kind for Files {
             mode,
             owner,
         })
+    }
+}
+
+impl crate::btree::Tree<Files> {
+    /// The file table of the generation `slot` names, with the slot's inode
+    /// patches applied to every inode read through it. Every reader of a
+    /// generation's file table is built here: the table's own copy of a
+    /// patched inode names an extent root that may no longer exist.
+    pub fn from_slot(slot: &crate::root_ring::RootSlot) -> Result<Self> {
+        let mut t = Self::from_disk(slot.files, slot.files_height, 0)?;
+        t.patch = slot.patches.map();
+        Ok(t)
     }
 }

@@ -402,12 +402,19 @@ impl Fs {
         let faults = self.faults();
         t.alloc.reserve = 0;
 
-        // 1. Buffered data, then extent trees into the file table.
+        // 1. Buffered data, then extent trees into the file table, or into
+        // inode patches (inode_patch.rs) when this commit only wrote to
+        // files: the file table then stays as it is.
         let inos: Vec<u64> = t.inodes.keys().copied().collect();
         let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
         for ino in &inos {
             crate::txn::flush_buffer(self, t, *ino, faults.forget_last_extent, true)?;
         }
+        let patching = self.patchable(t, &prev)?;
+        if !patching {
+            Self::materialize_patches(t, &io)?;
+        }
+        let mut new_patches: Vec<crate::inode_patch::InodePatch> = Vec::new();
         for ino in inos {
             let Some(mut st) = t.inodes.remove(&ino) else {
                 continue;
@@ -424,10 +431,40 @@ impl Fs {
             }
             st.inode.extents = ptr;
             st.inode.extent_height = st.ext.height;
-            t.files.insert(&io, st.key.clone(), st.inode)?;
+            if patching {
+                new_patches.push(crate::inode_patch::InodePatch::of(&st.inode));
+            } else {
+                t.files.insert(&io, st.key.clone(), st.inode)?;
+            }
             Self::drain_freed(t, &layout)?;
         }
         t.buffered_bytes = 0;
+        let mut patches = crate::inode_patch::Patches::default();
+        if patching {
+            let mut map: crate::inode_patch::PatchMap =
+                t.files.patch.as_deref().cloned().unwrap_or_default();
+            if faults.patch_drops_inode {
+                new_patches.pop();
+            }
+            for p in new_patches {
+                map.insert(p.ino, p);
+            }
+            let v: Vec<crate::inode_patch::InodePatch> = map.values().copied().collect();
+            match crate::inode_patch::Patches::new(&v)
+                .filter(|_| v.len() <= crate::root_ring::patch_capacity(layout.block_size))
+            {
+                Some(p) => {
+                    patches = p;
+                    t.files.patch = Some(std::sync::Arc::new(map));
+                }
+                None => {
+                    // Too many files written since the table was: write
+                    // them all into it.
+                    t.files.patch = Some(std::sync::Arc::new(map));
+                    Self::materialize_patches(t, &io)?;
+                }
+            }
+        }
         let alloc = &mut t.alloc;
         let files_root = t.files.write(
             &io,
@@ -450,6 +487,7 @@ impl Fs {
                 files_height: t.files.height,
                 next_ino: t.next_ino,
                 inode_count: t.inode_count,
+                patches,
             },
             &mut out,
             (!t.data_crcs_overflow && self.inner.commit_log.load(Ordering::Relaxed))
@@ -505,11 +543,59 @@ impl Fs {
         Ok(generation)
     }
 
+    /// Whether this commit can leave the file table as it is and carry the
+    /// changed inodes as patches: the feature is on, the transaction
+    /// changed no directory entry, inode count or attribute, only the
+    /// extents, size and mtime of existing files.
+    fn patchable(&self, t: &Txn, prev: &crate::root_ring::RootSlot) -> Result<bool> {
+        if self.inner.sb.incompat & crate::superblock::INCOMPAT_INODE_PATCH == 0
+            || t.files.is_dirty()
+            || t.next_ino != prev.next_ino
+            || t.inode_count != prev.inode_count
+        {
+            return Ok(false);
+        }
+        let io = self.io();
+        for st in t.inodes.values() {
+            match t.files.get(io, &st.key)? {
+                Some(i)
+                    if i.ino == st.inode.ino
+                        && i.kind == crate::file_table::FileType::File
+                        && st.inode.kind == i.kind
+                        && st.inode.mode == i.mode
+                        && st.inode.owner == i.owner => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Write the inode patches the file table carries into it (one scan of
+    /// the table finds their entries) and drop them, so that what the
+    /// commit inserts next is what readers see.
+    fn materialize_patches(t: &mut Txn, io: &NodeIo) -> Result<()> {
+        let Some(map) = t.files.patch.clone() else {
+            return Ok(());
+        };
+        let mut found: Vec<(EntryKey, crate::file_table::Inode)> = Vec::new();
+        t.files.scan(io, None, &mut |k, v| {
+            if map.contains_key(&v.ino) {
+                found.push((k.clone(), *v));
+            }
+            Ok(found.len() < map.len())
+        })?;
+        t.files.patch = None;
+        for (k, v) in found {
+            t.files.insert(io, k, v)?;
+        }
+        Ok(())
+    }
+
     /// Drop every change since the last commit.
     pub fn abort(&self) -> Result<()> {
         let mut t = self.txn();
         let slot = self.committed_slot();
-        t.files = Tree::from_disk(slot.files, slot.files_height, 0)?;
+        t.files = Tree::from_slot(&slot)?;
         t.next_ino = slot.next_ino;
         t.inode_count = slot.inode_count;
         t.alloc = t.base_alloc.clone();

@@ -43,6 +43,7 @@ mod faults;
 mod file;
 mod file_table;
 mod fs;
+mod inode_patch;
 mod mount;
 mod namespace;
 mod node;
@@ -79,8 +80,9 @@ pub mod raw {
     pub use crate::checksum::{blake, crc};
     pub use crate::extent_tree::{Extent, Extents};
     pub use crate::file_table::{EntryKey, Files, Inode};
+    pub use crate::inode_patch::{InodePatch, Patches};
     pub use crate::node::{
         Header, Layout, Ptr, KIND_EXTENTS, KIND_FILES, KIND_FREELIST, NODE_HEADER,
     };
-    pub use crate::root_ring::SLOT_LEN;
+    pub use crate::root_ring::{FreeDelta, SLOT_LEN};
 }

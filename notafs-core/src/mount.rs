@@ -68,6 +68,7 @@ impl Fs {
                 files_height: 0,
                 next_ino: ROOT_INO + 1,
                 inode_count: 0,
+                patches: Default::default(),
             },
             &mut Vec::new(),
             None,
@@ -163,7 +164,9 @@ impl Fs {
             version_minor: superblock::VERSION_MINOR,
             compat: superblock::COMPAT_ATTRS,
             ro_compat: 0,
-            incompat: superblock::INCOMPAT_COMMIT_LOG | superblock::INCOMPAT_FREE_DELTA,
+            incompat: superblock::INCOMPAT_COMMIT_LOG
+                | superblock::INCOMPAT_FREE_DELTA
+                | superblock::INCOMPAT_INODE_PATCH,
             uuid,
             block_size: geo.block_size,
             node_size,
@@ -398,7 +401,7 @@ impl Fs {
             .saturating_sub(sb.ring_slots as u64)
             .max(if pick == 0 { oldest_on_ring } else { 0 });
         let _ = alloc.release(upto)?;
-        let files = Tree::<Files>::from_disk(slot.files, slot.files_height, 0)?;
+        let files = Tree::<Files>::from_slot(&slot)?;
         let txn = Txn {
             files,
             next_ino: slot.next_ino,

@@ -183,6 +183,7 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
             files_height: base_slot.files_height,
             next_ino,
             inode_count,
+            patches: base_slot.patches,
         },
         &mut Vec::new(),
         None,
@@ -470,7 +471,7 @@ pub(crate) fn reachable(io: &NodeIo, slot: &RootSlot) -> Result<ExtentSet> {
 pub(crate) fn reachable_counted(io: &NodeIo, slot: &RootSlot) -> Result<(ExtentSet, u64, u64)> {
     let nb = io.layout.node_blocks;
     let mut set = ExtentSet::new();
-    let files = Tree::<Files>::from_disk(slot.files, slot.files_height, 0)?;
+    let files = Tree::<Files>::from_slot(slot)?;
     let mut inodes = Vec::new();
     files.walk(io, &mut |p, _, node, _, _| {
         if let Some(p) = p {
@@ -481,6 +482,12 @@ pub(crate) fn reachable_counted(io: &NodeIo, slot: &RootSlot) -> Result<(ExtentS
         }
         Ok(())
     })?;
+    // The slot's inode patches name the extent trees in use.
+    if let Some(p) = &files.patch {
+        for i in &mut inodes {
+            <Files as crate::btree::Kind>::patch(i, p);
+        }
+    }
     let count = inodes.len() as u64;
     let max_ino = inodes.iter().map(|i| i.ino).max().unwrap_or(ROOT_INO);
     for i in inodes {

@@ -34,9 +34,11 @@
 //!                 the commit-log incompat feature)
 //!    116     4  free-space delta length D, in entries (0 = none; only with
 //!                 the free-delta incompat feature; at most 160)
-//!    120    32  BLAKE2b-256 of the tail, bytes 256..256+12L+24D (zeros
-//!                 when L = D = 0)
-//!    152    72  reserved (0)
+//!    120    32  BLAKE2b-256 of the tail, bytes 256..256+12L+24D+40P
+//!                 (zeros when L = D = P = 0)
+//!    152     4  inode patch count P (0 = none; only with the inode-patch
+//!                 incompat feature; at most 32)
+//!    156    68  reserved (0)
 //!    224    32  BLAKE2b-256 of bytes 0..224
 //!    256   12L  commit log: L entries of
 //!                 0  8  block address
@@ -46,6 +48,7 @@
 //!                 8  8  length in blocks (>= 1)
 //!                16  8  tag: 0 free, g pending (freed by commit g),
 //!                         u64::MAX in use
+//!  ..+24D   40P  inode patches (inode_patch.rs): P entries
 //! ```
 //!
 //! The free-space delta (feature `INCOMPAT_FREE_DELTA`): the free-space list
@@ -73,6 +76,7 @@
 //! than fit in the slot) keep the barrier protocol and an empty log.
 use crate::checksum::blake;
 use crate::codec::{le32, le64};
+use crate::inode_patch::{InodePatch, Patches, PATCH_ENTRY_LEN, PATCH_MAX};
 use crate::node::Ptr;
 use crate::{Error, Result};
 
@@ -82,6 +86,7 @@ pub const SLOT_LEN: usize = 256;
 const LOG_LEN_OFFSET: usize = 112;
 const DELTA_LEN_OFFSET: usize = 116;
 const LOG_DIGEST_OFFSET: usize = 120;
+const PATCH_LEN_OFFSET: usize = 152;
 /// Size of one free-space delta entry, and the most a slot carries.
 pub const DELTA_ENTRY_LEN: usize = 24;
 pub const DELTA_MAX: usize = 160;
@@ -89,14 +94,25 @@ pub const DELTA_MAX: usize = 160;
 pub const LOG_OFFSET: usize = 256;
 pub const LOG_ENTRY_LEN: usize = 12;
 
-/// Commit-log entries that fit beside a free-space delta of `delta` entries.
-pub fn log_capacity_with(block_size: u32, delta: usize) -> usize {
-    (block_size as usize).saturating_sub(LOG_OFFSET + delta * DELTA_ENTRY_LEN) / LOG_ENTRY_LEN
+/// Commit-log entries that fit beside a free-space delta of `delta`
+/// entries and `patches` inode patches.
+pub fn log_capacity_with(block_size: u32, delta: usize, patches: usize) -> usize {
+    (block_size as usize)
+        .saturating_sub(LOG_OFFSET + delta * DELTA_ENTRY_LEN + patches * PATCH_ENTRY_LEN)
+        / LOG_ENTRY_LEN
 }
 
-/// Free-space delta entries a slot of `block_size` bytes can hold.
-pub fn delta_capacity(block_size: u32) -> usize {
-    ((block_size as usize).saturating_sub(LOG_OFFSET) / DELTA_ENTRY_LEN).min(DELTA_MAX)
+/// Inode patches a slot of `block_size` bytes can hold (with nothing else
+/// in its tail).
+pub fn patch_capacity(block_size: u32) -> usize {
+    ((block_size as usize).saturating_sub(LOG_OFFSET) / PATCH_ENTRY_LEN).min(PATCH_MAX)
+}
+
+/// Free-space delta entries a slot of `block_size` bytes can hold beside
+/// `patches` inode patches.
+pub fn delta_capacity(block_size: u32, patches: usize) -> usize {
+    ((block_size as usize).saturating_sub(LOG_OFFSET + patches * PATCH_ENTRY_LEN) / DELTA_ENTRY_LEN)
+        .min(DELTA_MAX)
 }
 
 /// The free-space delta of a root slot (see the module comment): kept
@@ -169,6 +185,9 @@ pub struct RootSlot {
     /// Free-space changes since the base list `freelist` (empty: the list
     /// is this generation's own).
     pub delta: FreeDelta,
+    /// New extent roots, sizes and mtimes of inodes changed since the file
+    /// table `files` was written (inode_patch.rs).
+    pub patches: Patches,
 }
 
 impl RootSlot {
@@ -185,9 +204,16 @@ impl RootSlot {
     /// used when it does).
     pub fn encode_with_log(&self, block_size: u32, log: &[(u64, u32)]) -> Vec<u8> {
         let mut b = vec![0u8; block_size as usize];
-        let delta =
-            &self.delta.entries()[..self.delta.len.min(delta_capacity(block_size) as u16) as usize];
-        let n = log.len().min(log_capacity_with(block_size, delta.len()));
+        let patches =
+            &self.patches.entries()[..self.patches.entries().len().min(patch_capacity(block_size))];
+        let delta = &self.delta.entries()[..self
+            .delta
+            .entries()
+            .len()
+            .min(delta_capacity(block_size, patches.len()))];
+        let n = log
+            .len()
+            .min(log_capacity_with(block_size, delta.len(), patches.len()));
         for (i, (blk, crc)) in log[..n].iter().enumerate() {
             let o = LOG_OFFSET + i * LOG_ENTRY_LEN;
             b[o..o + 8].copy_from_slice(&blk.to_le_bytes());
@@ -200,10 +226,17 @@ impl RootSlot {
             b[o + 8..o + 16].copy_from_slice(&l.to_le_bytes());
             b[o + 16..o + 24].copy_from_slice(&t.to_le_bytes());
         }
+        let p0 = d0 + delta.len() * DELTA_ENTRY_LEN;
+        for (i, p) in patches.iter().enumerate() {
+            let o = p0 + i * PATCH_ENTRY_LEN;
+            p.encode(&mut b[o..o + PATCH_ENTRY_LEN]);
+        }
         b[LOG_LEN_OFFSET..LOG_LEN_OFFSET + 4].copy_from_slice(&(n as u32).to_le_bytes());
         b[DELTA_LEN_OFFSET..DELTA_LEN_OFFSET + 4]
             .copy_from_slice(&(delta.len() as u32).to_le_bytes());
-        let tail_end = d0 + delta.len() * DELTA_ENTRY_LEN;
+        b[PATCH_LEN_OFFSET..PATCH_LEN_OFFSET + 4]
+            .copy_from_slice(&(patches.len() as u32).to_le_bytes());
+        let tail_end = p0 + patches.len() * PATCH_ENTRY_LEN;
         if tail_end > LOG_OFFSET {
             let d = blake(&b[LOG_OFFSET..tail_end]);
             b[LOG_DIGEST_OFFSET..LOG_DIGEST_OFFSET + 32].copy_from_slice(&d);
@@ -268,25 +301,30 @@ impl RootSlot {
             pending_blocks: le64(b, 104),
             log_len: le32(b, LOG_LEN_OFFSET),
             delta: FreeDelta::default(),
+            patches: Patches::default(),
         };
         let mut s = s;
         let d_len = le32(b, DELTA_LEN_OFFSET) as usize;
-        if d_len > delta_capacity(b.len() as u32)
-            || s.log_len as usize > log_capacity_with(b.len() as u32, d_len)
+        let p_len = le32(b, PATCH_LEN_OFFSET) as usize;
+        if p_len > patch_capacity(b.len() as u32)
+            || d_len > delta_capacity(b.len() as u32, p_len)
+            || s.log_len as usize > log_capacity_with(b.len() as u32, d_len, p_len)
         {
             return Err(Error::corrupt(format!(
-                "commit log of {} and free-space delta of {d_len} entries do not fit the slot",
+                "commit log of {}, free-space delta of {d_len} and {p_len} inode patches do not \
+                 fit the slot",
                 s.log_len
             )));
         }
-        if d_len > 0 {
+        if d_len > 0 || p_len > 0 {
             // The delta is part of every reading of this generation (not
             // only of the newest slot, like the log): check the tail here.
             let d0 = LOG_OFFSET + s.log_len as usize * LOG_ENTRY_LEN;
-            let end = d0 + d_len * DELTA_ENTRY_LEN;
+            let p0 = d0 + d_len * DELTA_ENTRY_LEN;
+            let end = p0 + p_len * PATCH_ENTRY_LEN;
             if blake(&b[LOG_OFFSET..end])[..] != b[LOG_DIGEST_OFFSET..LOG_DIGEST_OFFSET + 32] {
                 return Err(Error::corrupt(
-                    "free-space delta digest mismatch (torn or damaged write)",
+                    "slot tail digest mismatch (torn or damaged write)",
                 ));
             }
             let v: Vec<(u64, u64, u64)> = (0..d_len)
@@ -297,6 +335,10 @@ impl RootSlot {
                 .collect();
             s.delta =
                 FreeDelta::new(&v).ok_or_else(|| Error::corrupt("free-space delta too long"))?;
+            let v: Vec<InodePatch> = (0..p_len)
+                .map(|i| InodePatch::decode(&b[p0 + i * PATCH_ENTRY_LEN..]))
+                .collect();
+            s.patches = Patches::new(&v).ok_or_else(|| Error::corrupt("too many inode patches"))?;
         }
         if &s.uuid != uuid {
             return Err(Error::corrupt(
@@ -335,7 +377,9 @@ impl RootSlot {
             return Ok(Vec::new());
         }
         let end = LOG_OFFSET + n * LOG_ENTRY_LEN;
-        let tail_end = end + self.delta.entries().len() * DELTA_ENTRY_LEN;
+        let tail_end = end
+            + self.delta.entries().len() * DELTA_ENTRY_LEN
+            + self.patches.entries().len() * PATCH_ENTRY_LEN;
         if b.len() < tail_end {
             return Err(Error::corrupt("commit log past the end of the slot"));
         }

@@ -134,6 +134,8 @@ impl Fs {
 
     /// Verify the file-table root a slot points to.
     pub(crate) fn verify_files_root(io: &NodeIo, s: &RootSlot) -> Result<()> {
+        // Inode patches are part of the file table of this generation.
+        crate::inode_patch::check_patches(&io.layout, s.patches.entries(), s.next_ino)?;
         if !s.files.is_null() {
             io.read_raw(
                 s.files,

@@ -70,8 +70,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub(crate) fn new(fs: Fs, slot: RootSlot) -> Snapshot {
         fs.pin(slot.generation);
-        let files =
-            Tree::from_disk(slot.files, slot.files_height, 0).unwrap_or_else(|_| Tree::empty(0));
+        let files = Tree::from_slot(&slot).unwrap_or_else(|_| Tree::empty(0));
         Snapshot {
             fs,
             slot,

@@ -97,6 +97,12 @@ pub const INCOMPAT_COMMIT_LOG: u64 = 1 << 0;
 /// delta would take blocks in use for free, so an older reader must refuse.
 pub const INCOMPAT_FREE_DELTA: u64 = 1 << 1;
 
+/// Incompat feature: a root slot may carry inode patches (new extent root,
+/// size, mtime of files written since the file table was), so a small
+/// commit does not rewrite the file table (inode_patch.rs). A reader that
+/// ignored them would follow extent roots that no longer exist.
+pub const INCOMPAT_INODE_PATCH: u64 = 1 << 2;
+
 /// Compat feature: inodes may carry permission bits and an owner in bytes
 /// 10..16 and 44..48 (file_table.rs). Readers that ignore it see default
 /// permissions; it changes nothing else.
@@ -105,7 +111,7 @@ pub const COMPAT_ATTRS: u64 = 1 << 0;
 /// Feature bits known to this version.
 pub const COMPAT_KNOWN: u64 = COMPAT_ATTRS;
 pub const RO_COMPAT_KNOWN: u64 = 0;
-pub const INCOMPAT_KNOWN: u64 = INCOMPAT_COMMIT_LOG | INCOMPAT_FREE_DELTA;
+pub const INCOMPAT_KNOWN: u64 = INCOMPAT_COMMIT_LOG | INCOMPAT_FREE_DELTA | INCOMPAT_INODE_PATCH;
 
 pub const MIN_ROOT_SLOTS: u32 = 2;
 pub const MAX_ROOT_SLOTS: u32 = 64;

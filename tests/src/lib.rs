@@ -18,7 +18,7 @@ pub mod workload;
 use notafs_core::Faults;
 
 /// The fault switches `--inject` accepts.
-pub const INJECTIONS: [&str; 8] = [
+pub const INJECTIONS: [&str; 9] = [
     "skip-barrier",
     "root-before-data",
     "reuse-freed",
@@ -27,6 +27,7 @@ pub const INJECTIONS: [&str; 8] = [
     "log-omits-data",
     "skip-log-verify",
     "delta-drops-range",
+    "patch-drops-inode",
 ];
 
 /// The core's fault switches for an `--inject` name.
@@ -41,6 +42,7 @@ pub fn faults_for(name: &str) -> Option<Faults> {
         "log-omits-data" => f.log_omits_data = true,
         "skip-log-verify" => f.skip_log_verify = true,
         "delta-drops-range" => f.delta_drops_range = true,
+        "patch-drops-inode" => f.patch_drops_inode = true,
         _ => return None,
     }
     Some(f)

@@ -40,6 +40,44 @@ pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
 /// tree has two levels, several generations; the newest commit changes
 /// `a`, `dir/b` and `frag` so their newest nodes are not shared with older
 /// generations (damage to them can be rolled back).
+/// `good_image` plus one data-only commit: its root slot carries inode
+/// patches (and a free-space delta) over generation 5's file table.
+pub fn good_image_patched() -> Vec<u8> {
+    let dev = Arc::new(MemoryDevice::new(BS as u32, BLOCKS).unwrap());
+    dev.write(0, &good_image()).unwrap();
+    let fs = Fs::open(
+        dev.clone(),
+        &OpenOptions {
+            write_behind: None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fs.set_commit_log(false);
+    fs.open_file("a").unwrap().append(&pattern(5, 700)).unwrap();
+    fs.open_file("dir/b")
+        .unwrap()
+        .write_at(0, &pattern(6, 50))
+        .unwrap();
+    fs.commit().unwrap();
+    drop(fs);
+    let (sb, _) = Fs::read_superblock(dev.as_ref()).unwrap();
+    let newest = (0..sb.ring_slots)
+        .filter_map(|i| {
+            let mut b = vec![0u8; BS];
+            dev.read(sb.ring_start + i as u64, &mut b).unwrap();
+            notafs_core::RootSlot::decode(&b, i, sb.ring_slots, &sb.uuid).ok()
+        })
+        .max_by_key(|s| s.generation)
+        .unwrap();
+    assert_eq!(
+        newest.patches.entries().len(),
+        2,
+        "the newest slot patches a and b"
+    );
+    dev.to_vec()
+}
+
 pub fn good_image() -> Vec<u8> {
     let dev = Arc::new(MemoryDevice::new(BS as u32, BLOCKS).unwrap());
     let fs = Fs::format(
@@ -76,6 +114,11 @@ pub fn good_image() -> Vec<u8> {
     a.write_at(10, b"changed in the newest generation").unwrap();
     b.write_at(BS as u64 * 2, &pattern(9, 100)).unwrap();
     f.write_at(0, &pattern(77, 64)).unwrap();
+    // An attribute change, so the newest generation has a file table of its
+    // own (a data-only commit would carry its inodes as patches in the
+    // slot and share the table with generation 4, which the damage cases
+    // rely on not happening).
+    fs.set_attrs("a", Some(0o640), None, None).unwrap();
     fs.commit().unwrap();
     drop((a, b, c, f));
     drop(fs);
