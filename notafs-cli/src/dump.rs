@@ -293,6 +293,20 @@ pub fn dump_device(
     let mut patched = std::collections::HashSet::new();
     for e in &mut entries {
         if let Some(p) = pick.patches.entries().iter().find(|p| p.ino == e.ino.ino) {
+            // A hostile patch is shown, not followed (the core's open
+            // refuses such a slot; dump reads whatever is there).
+            if p.extents.is_null() != (p.extent_height == 0)
+                || p.extent_height as usize > MAX_HEIGHT
+            {
+                wk.line(
+                    1,
+                    format!(
+                        "!! the patch of inode {} has extent root {} with height {}",
+                        p.ino, p.extents.block, p.extent_height
+                    ),
+                );
+                continue;
+            }
             p.apply(&mut e.ino);
             patched.insert(e.ino.ino);
         }

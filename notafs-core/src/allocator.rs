@@ -374,8 +374,29 @@ pub fn read_slot_list(
     let mut list = read_list(io, slot.freelist, slot.freelist_nodes, slot.generation)?;
     let delta = slot.delta.entries();
     if !delta.is_empty() {
+        // The base must be a valid list on its own: a delta could hide
+        // overlapping entries, which the next delta would then treat
+        // differently from this one.
+        let mut all = ExtentSet::new();
+        for &(s, l, _) in &list.base {
+            all.insert(s, l)
+                .map_err(|_| Error::corrupt(format!("free extent {s}+{l} overlaps another")))?;
+        }
         check_delta(&io.layout, delta, slot.generation)?;
         list.entries = apply_delta(&list.base, delta);
+    }
+    // The list's own nodes are in use while a slot names them. (Entries
+    // overlapping each other are reported by `allocator_from` at open and
+    // by the check's accounting, with their own message.)
+    let nb = io.layout.node_blocks;
+    let mut free = ExtentSet::new();
+    for &(s, l, _) in &list.entries {
+        let _ = free.insert(s, l);
+    }
+    if let Some(b) = list.nodes.iter().find(|b| free.overlaps(**b, nb)) {
+        return Err(Error::corrupt(format!(
+            "free-space list node {b} is listed as free"
+        )));
     }
     Ok(list)
 }

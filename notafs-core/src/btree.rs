@@ -225,6 +225,14 @@ impl<T: Kind> Tree<T> {
         let mut old = old;
         if let (Some(o), Some(p)) = (old.as_mut(), &before) {
             T::patch(o, p);
+            // The value replaced (a rename over an existing entry) is gone
+            // from the tree: so is its patch.
+            if let Some(cur) = self.patch.as_mut() {
+                T::forget_patch(o, Arc::make_mut(cur));
+                if cur.is_empty() {
+                    self.patch = None;
+                }
+            }
         }
         Ok(old)
     }
@@ -272,8 +280,16 @@ impl<T: Kind> Tree<T> {
             }
         }
         let mut old = old;
-        if let (Some(o), Some(p)) = (old.as_mut(), &self.patch) {
-            T::patch(o, p);
+        if let Some(p) = self.patch.as_mut() {
+            if let Some(o) = old.as_mut() {
+                T::patch(o, p);
+                // The entry is gone: so is its patch (a rename stores the
+                // patched value again under the new key).
+                T::forget_patch(o, Arc::make_mut(p));
+            }
+            if p.is_empty() {
+                self.patch = None;
+            }
         }
         Ok(old)
     }

@@ -133,8 +133,11 @@ pub(crate) fn write_generation(
         // The log, when this commit can use one, lists the fresh blocks.
         let np = root.patches.entries().len();
         let log_room = log_capacity_with(sb.block_size, delta.len(), np);
-        let fits = delta.len() <= delta_capacity(sb.block_size, np)
-            && (!use_log || alloc.fresh.total() <= log_room as u64);
+        // The delta is kept whenever it fits; the commit log only when it
+        // fits beside it (else this commit takes the barrier protocol, which
+        // needs no log, still without rewriting the list).
+        let fits = delta.len() <= delta_capacity(sb.block_size, np);
+        let use_log = use_log && alloc.fresh.total() <= log_room as u64;
         if let (true, Some(d)) = (fits, FreeDelta::new(&delta)) {
             let free = alloc.free.total();
             let pending = alloc.pending_total();

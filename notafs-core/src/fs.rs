@@ -353,7 +353,10 @@ impl Fs {
             + 8;
         let list_nodes = list_entries.div_ceil(per) + 1;
         let height = t.files.height as u64 + 1;
-        (dirty as u64 + list_nodes + 2 * height + 8 + extra) * l.node_blocks + buffered
+        // Writing the inode patches into the table copies up to one leaf
+        // path per patched inode.
+        let patched = t.files.patch.as_ref().map_or(0, |p| p.len() as u64) * height;
+        (dirty as u64 + list_nodes + 2 * height + patched + 8 + extra) * l.node_blocks + buffered
     }
 
     pub(crate) fn reserve_check_pub(&self, t: &mut Txn, extra_blocks: u64) -> Result<()> {
@@ -377,13 +380,29 @@ impl Fs {
 
     /// Make every change since the last commit durable at once. Returns the
     /// new generation. On a device error the filesystem refuses further
-    /// writes (reopen it: the last commit is intact).
+    /// writes (reopen it: the last commit is intact); on any other error
+    /// (no space for the commit's metadata, damage found on the way) the
+    /// transaction is dropped, as by [`Fs::abort`].
     pub fn commit(&self) -> Result<u64> {
         self.check_writable()?;
         let mut t = self.txn();
         match self.commit_locked(&mut t) {
             Ok(g) => Ok(g),
-            Err(e) => self.fail(e),
+            Err(e @ Error::Device(_)) => self.fail(e),
+            Err(e) => {
+                // A commit that stopped half way (no space, damage found
+                // on the way) has changed the transaction: nodes marked
+                // written that never were, inodes moved into patches or
+                // the table. Nothing may be committed on top of that: the
+                // transaction is dropped (the last committed generation is
+                // what remains), or, if even that fails, writes are
+                // refused until the filesystem is reopened.
+                if let Err(a) = self.abort_locked(&mut t) {
+                    self.inner.failed.store(true, Ordering::SeqCst);
+                    warn!("commit failed ({e}) and its transaction could not be dropped ({a}): refusing further writes until reopened");
+                }
+                Err(e)
+            }
         }
     }
 
@@ -465,6 +484,7 @@ impl Fs {
                 }
             }
         }
+        Self::drain_freed(t, &layout)?;
         let alloc = &mut t.alloc;
         let files_root = t.files.write(
             &io,
@@ -578,22 +598,42 @@ impl Fs {
             return Ok(());
         };
         let mut found: Vec<(EntryKey, crate::file_table::Inode)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         t.files.scan(io, None, &mut |k, v| {
             if map.contains_key(&v.ino) {
+                if !seen.insert(v.ino) {
+                    return Err(Error::corrupt(format!(
+                        "inode {} has two entries in the file table",
+                        v.ino
+                    )));
+                }
                 found.push((k.clone(), *v));
             }
-            Ok(found.len() < map.len())
+            Ok(seen.len() < map.len())
         })?;
+        // Removing an entry drops its inode's patch (btree.rs), so every
+        // patch left names an entry; one that does not is damage, and
+        // dropping it would bring back the table's stale extent root.
+        if let Some(ino) = map.keys().find(|i| !seen.contains(*i)) {
+            return Err(Error::corrupt(format!(
+                "the root slot patches inode {ino}, which is not in the file table"
+            )));
+        }
         t.files.patch = None;
         for (k, v) in found {
             t.files.insert(io, k, v)?;
         }
-        Ok(())
+        // The table nodes those inserts copied are freed by this commit.
+        Self::drain_freed(t, &io.layout)
     }
 
     /// Drop every change since the last commit.
     pub fn abort(&self) -> Result<()> {
         let mut t = self.txn();
+        self.abort_locked(&mut t)
+    }
+
+    fn abort_locked(&self, t: &mut Txn) -> Result<()> {
         let slot = self.committed_slot();
         t.files = Tree::from_slot(&slot)?;
         t.next_ino = slot.next_ino;

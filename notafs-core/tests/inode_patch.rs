@@ -385,3 +385,54 @@ fn hostile_patches_are_refused() {
     let r = check(dev, &CheckOptions::default()).unwrap();
     assert!(r.is_clean(), "{:?}", r.problems);
 }
+
+/// Writing the patches into the file table (more files written than a
+/// slot can patch; a namespace change after data-only commits, in a table
+/// of several levels) frees the table nodes it copies in that same commit:
+/// nothing leaks, checked right after the commit and after a close.
+#[test]
+fn writing_patches_into_the_table_leaks_nothing() {
+    let dev = Arc::new(MemoryDevice::new(4096, 16384).unwrap());
+    drop(Fs::format(dev.clone(), &FormatOptions::default()).unwrap());
+    let fs = Fs::open(dev.clone(), &opts()).unwrap();
+    // Enough entries for a file table of two levels.
+    for i in 0..400 {
+        fs.create(&format!("/file-with-a-longish-name-{i:04}"))
+            .unwrap();
+    }
+    fs.commit().unwrap();
+    let clean = |when: &str| {
+        let r = check(dev.clone(), &CheckOptions::default()).unwrap();
+        assert!(r.is_clean(), "{when}: {:?}", r.problems);
+    };
+    // One file per data-only commit: the 33rd overflows the slot.
+    for i in 0..40 {
+        let f = fs
+            .open_file(&format!("/file-with-a-longish-name-{:04}", i * 10))
+            .unwrap();
+        f.append(&bytes(i, 3000)).unwrap();
+        fs.commit().unwrap();
+        clean(&format!("after data commit {i}"));
+    }
+    // Data-only commits on files in different leaves, then a namespace
+    // change alone (no file written in that transaction).
+    for i in 0..5 {
+        let f = fs
+            .open_file(&format!("/file-with-a-longish-name-{:04}", 399 - i * 70))
+            .unwrap();
+        f.append(&bytes(100 + i, 500)).unwrap();
+        fs.commit().unwrap();
+    }
+    fs.create_dir("/d").unwrap();
+    fs.commit().unwrap();
+    clean("after the namespace commit");
+    fs.close().unwrap();
+    drop(fs);
+    clean("after close");
+    let fs = Fs::open(dev.clone(), &opts()).unwrap();
+    let got = fs
+        .snapshot()
+        .read_to_vec("/file-with-a-longish-name-0399")
+        .unwrap();
+    same(&got, &bytes(100, 500), "file 399");
+}
