@@ -139,25 +139,7 @@ pub(crate) fn write_generation(
         let fits = delta.len() <= delta_capacity(sb.block_size, np);
         let use_log = use_log && alloc.fresh.total() <= log_room as u64;
         if let (true, Some(d)) = (fits, FreeDelta::new(&delta)) {
-            let free = alloc.free.total();
-            let pending = alloc.pending_total();
-            let slot = RootSlot {
-                generation: root.generation,
-                uuid: sb.uuid,
-                time_ns: root.time_ns,
-                files: root.files,
-                files_height: root.files_height,
-                freelist: b.head,
-                freelist_nodes: b.nodes.len() as u32,
-                next_ino: root.next_ino,
-                inode_count: root.inode_count,
-                used_blocks: layout.block_count - free - pending,
-                free_blocks: free,
-                pending_blocks: pending,
-                log_len: 0,
-                delta: d,
-                patches: root.patches,
-            };
+            let slot = new_slot(sb, &layout, alloc, &root, b.head, b.nodes.len(), d);
             let slot = write_slot(dev, sb, alloc, slot, out, data_crcs, use_log, faults)?;
             return Ok(Written {
                 slot,
@@ -184,31 +166,53 @@ pub(crate) fn write_generation(
     }
     let entries = allocator::list_entries(alloc, root.generation);
     let head = allocator::encode_list(&layout, &entries, &list_blocks, root.generation, out)?;
-    let free = alloc.free.total();
-    let pending = alloc.pending_total();
-    let slot = RootSlot {
-        generation: root.generation,
-        uuid: sb.uuid,
-        time_ns: root.time_ns,
-        files: root.files,
-        files_height: root.files_height,
-        freelist: head,
-        freelist_nodes: n_nodes as u32,
-        next_ino: root.next_ino,
-        inode_count: root.inode_count,
-        used_blocks: layout.block_count - free - pending,
-        free_blocks: free,
-        pending_blocks: pending,
-        log_len: 0,
-        delta: FreeDelta::default(),
-        patches: root.patches,
-    };
+    let slot = new_slot(
+        sb,
+        &layout,
+        alloc,
+        &root,
+        head,
+        n_nodes,
+        FreeDelta::default(),
+    );
     let slot = write_slot(dev, sb, alloc, slot, out, data_crcs, use_log, faults)?;
     Ok(Written {
         slot,
         free_list: list_blocks,
         new_base: Some(entries),
     })
+}
+
+/// The root slot of `root`, naming the free-space list at `list` (`nodes`
+/// long) with `delta` on top, and the block counts of `alloc`.
+fn new_slot(
+    sb: &Superblock,
+    layout: &Layout,
+    alloc: &Allocator,
+    root: &NewRoot,
+    list: Ptr,
+    nodes: usize,
+    delta: FreeDelta,
+) -> RootSlot {
+    let free = alloc.free.total();
+    let pending = alloc.pending_total();
+    RootSlot {
+        generation: root.generation,
+        uuid: sb.uuid,
+        time_ns: root.time_ns,
+        files: root.files,
+        files_height: root.files_height,
+        freelist: list,
+        freelist_nodes: nodes as u32,
+        next_ino: root.next_ino,
+        inode_count: root.inode_count,
+        used_blocks: layout.block_count - free - pending,
+        free_blocks: free,
+        pending_blocks: pending,
+        log_len: 0,
+        delta,
+        patches: root.patches,
+    }
 }
 
 /// Write the queued blocks and the root slot by the commit-log protocol
