@@ -1,13 +1,25 @@
 //! Core benchmark (not a test): append a large file in 1 MiB writes with a
-//! commit every 64 MiB, then read it back sequentially, on an image file,
-//! and compare with raw sequential I/O measured by `dd` on the same
-//! filesystem in the same run. Also reports write amplification (device
-//! bytes written / file bytes) and peak RSS.
+//! commit every 64 MiB, then read it back sequentially, and compare with raw
+//! sequential I/O measured by `dd` on the same target in the same round.
+//! Also reports write amplification (device bytes written / file bytes) and
+//! peak RSS.
+//!
+//! Targets (`NOTAFS_BENCH_DEVICE`):
+//! * `file` (default): an image file in NOTAFS_BENCH_DIR, opened by the
+//!   image-file backend; `NOTAFS_BENCH_DIRECT=1` opens it with O_DIRECT and
+//!   gives dd `oflag=direct` / `iflag=direct`.
+//! * `loop`: a loop device (`losetup --direct-io=on --sector-size 4096`) over
+//!   a file in NOTAFS_BENCH_DIR written in full once (so neither contender
+//!   pays for the host filesystem converting unwritten extents), opened by
+//!   the raw block-device backend (always O_DIRECT); dd writes and reads the
+//!   same loop device with `oflag=direct conv=fdatasync` / `iflag=direct`.
+//!   Needs root and losetup; otherwise the bench says SKIPPED and exits.
 //!
 //! Run: `cargo bench -p notafs-core --bench append`
 //! Env: NOTAFS_BENCH_MB (default 1024), NOTAFS_BENCH_DIR (default /var/tmp),
-//! NOTAFS_BENCH_DIRECT=1 (O_DIRECT for both notafs and dd).
-use std::process::Command;
+//! NOTAFS_BENCH_ROUNDS (3), NOTAFS_BENCH_COMMIT_MB (64),
+//! NOTAFS_BENCH_WRITE_BEHIND (bytes, 8 MiB; 0 = off).
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +29,82 @@ mod common;
 use common::{drop_caches, peak_rss_mb, preallocate, Counting};
 use notafs_blockdev::BlockDevice;
 use notafs_core::{FormatOptions, Fs, OpenOptions};
+
+/// Where a round runs.
+enum Target {
+    /// An image file per contender, buffered or O_DIRECT.
+    File { dir: String, direct: bool },
+    /// One loop device shared by the contenders (raw dd first, then notafs
+    /// formats over what dd wrote).
+    Loop(LoopDev),
+}
+
+/// A loop device over a backing file; detached and the file removed on drop,
+/// also when the bench panics half way.
+struct LoopDev {
+    dev: String,
+    backing: String,
+}
+
+impl LoopDev {
+    /// A loop device with O_DIRECT to the backing file and 4 KiB sectors over
+    /// a new `bytes`-byte file in `dir`, written in full first (a partition
+    /// or LV has its blocks; a preallocated but unwritten file would make the
+    /// first write of each block also an extent conversion on the host).
+    fn setup(dir: &str, bytes: u64) -> Result<LoopDev, String> {
+        if let Some(why) = common::peers::loop_unavailable() {
+            return Err(why);
+        }
+        // The name lets `sweep_stale` remove it if this process is killed.
+        let backing = format!("{dir}/notafs-peer-append-{}.img", std::process::id());
+        preallocate(&backing, bytes);
+        let mut guard = LoopDev {
+            dev: String::new(),
+            backing,
+        };
+        let of = format!("of={}", guard.backing);
+        let count = format!("count={}", bytes >> 20);
+        let st = Command::new("dd")
+            .args(["if=/dev/zero", &of, "bs=1M", &count, "oflag=direct"])
+            .args(["conv=fdatasync,notrunc", "status=none"])
+            .status()
+            .map_err(|e| format!("dd: {e}"))?;
+        if !st.success() {
+            return Err(format!("dd to {} failed", guard.backing));
+        }
+        let out = Command::new("losetup")
+            .args(["-f", "--show", "--direct-io=on", "--sector-size", "4096"])
+            .arg(&guard.backing)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("losetup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "losetup failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        guard.dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let name = guard.dev.trim_start_matches("/dev/");
+        let dio = std::fs::read_to_string(format!("/sys/block/{name}/loop/dio"))
+            .unwrap_or_default();
+        if dio.trim() != "1" {
+            // The host filesystem refused direct I/O to the backing file: the
+            // loop device would go through the host page cache.
+            return Err(format!("{} has no direct I/O to {}", guard.dev, guard.backing));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        if !self.dev.is_empty() {
+            let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        }
+        let _ = std::fs::remove_file(&self.backing);
+    }
+}
 
 fn dd(args: &[&str]) -> f64 {
     let t = Instant::now();
@@ -38,21 +126,75 @@ struct Round {
     cold: bool,
 }
 
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() {
-    let rounds: usize = std::env::var("NOTAFS_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let rounds = env_u64("NOTAFS_BENCH_ROUNDS", 3).max(1) as usize;
     let direct = std::env::var("NOTAFS_BENCH_DIRECT").is_ok_and(|v| v == "1");
-    let mb: u64 = std::env::var("NOTAFS_BENCH_MB")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1024);
+    let mb = env_u64("NOTAFS_BENCH_MB", 1024);
     let dir = std::env::var("NOTAFS_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
+    let device = std::env::var("NOTAFS_BENCH_DEVICE").unwrap_or_else(|_| "file".into());
+    let target = match device.as_str() {
+        "file" => Target::File {
+            dir: dir.clone(),
+            direct,
+        },
+        "loop" => {
+            common::peers::sweep_stale(&dir);
+            // notafs gets twice the file size (as on an image), plus room
+            // for metadata.
+            match LoopDev::setup(&dir, (mb * 2 + 64) << 20) {
+                Ok(l) => Target::Loop(l),
+                Err(why) => {
+                    println!("append benchmark on a loop device SKIPPED: {why}");
+                    return;
+                }
+            }
+        }
+        other => {
+            eprintln!("NOTAFS_BENCH_DEVICE={other:?}: expected file or loop");
+            std::process::exit(2);
+        }
+    };
+    let what = match &target {
+        Target::File { direct, .. } => format!("image file in {dir}, O_DIRECT: {direct}"),
+        Target::Loop(l) => format!(
+            "loop device {} (direct-io, 4 KiB sectors) over {}, raw backend (O_DIRECT)",
+            l.dev, l.backing
+        ),
+    };
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    println!("notafs-core append/read benchmark, {mb} MiB, {what}");
+    println!("load before: {}", load());
+    let mbs = |s: f64| mb as f64 / s;
     // The disk here is virtual with a host cache and neighbours: take the
     // best of several rounds for every contender (each round runs all of
-    // them), which estimates what each can do, not the noise.
-    let all: Vec<Round> = (0..rounds).map(|_| round(mb, &dir, direct)).collect();
+    // them), which estimates what each can do, not the noise. Odd rounds
+    // run notafs first, so neither side always follows the other's writes.
+    let mut all = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        let r = round(mb, &target, i % 2 == 1);
+        println!(
+            "round {}: raw write {:7.1}  notafs append {:7.1}  raw read {:7.1}  notafs read {:7.1} MiB/s  (load {})",
+            i + 1,
+            mbs(r.raw_w),
+            mbs(r.nf_w),
+            mbs(r.raw_r),
+            mbs(r.nf_r),
+            load()
+        );
+        all.push(r);
+    }
     let best = |f: &dyn Fn(&Round) -> f64| all.iter().map(f).fold(f64::INFINITY, f64::min);
     let (raw_w, raw_r, nf_w, nf_r) = (
         best(&|r| r.raw_w),
@@ -62,8 +204,7 @@ fn main() {
     );
     let written = all[0].written;
     let cold = all.iter().all(|r| r.cold);
-    let mbs = |s: f64| mb as f64 / s;
-    println!("notafs-core append/read benchmark, best of {rounds} rounds, {mb} MiB, dir {dir}, O_DIRECT: {direct}, page cache dropped: {cold}");
+    println!("best of {rounds} rounds, page cache dropped before reads: {cold}");
     println!(
         "raw dd write (1 MiB, fdatasync):   {:8.1} MiB/s",
         mbs(raw_w)
@@ -93,27 +234,27 @@ fn main() {
         peak_rss_mb(),
         notafs_core::DEFAULT_CACHE_BYTES >> 20
     );
+    println!("load after: {}", load());
 }
 
-fn round(mb: u64, dir: &str, direct: bool) -> Round {
-    let commit_every: u64 = std::env::var("NOTAFS_BENCH_COMMIT_MB")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
-    let raw = format!("{dir}/notafs-bench-raw.img");
-    let img = format!("{dir}/notafs-bench.img");
-    let _ = std::fs::remove_file(&raw);
-    let _ = std::fs::remove_file(&img);
-
-    // Raw limit: the same amount, 1 MiB writes, buffered + fdatasync (the
-    // image-file backend's mode), then a cold sequential read.
+/// Raw limit: `mb` MiB in 1 MiB writes ending with fdatasync, then a cold
+/// sequential read in 1 MiB requests; (write seconds, read seconds, cold).
+fn raw_round(mb: u64, target: &Target) -> (f64, f64, bool) {
     let count = format!("count={mb}");
-    let of = format!("of={raw}");
-    let inf = format!("if={raw}");
-    // Both targets are preallocated, as a partition or LV would be: the
-    // comparison is then about notafs, not about the host filesystem
-    // allocating blocks under a sparse image.
-    preallocate(&raw, mb * 1048576);
+    let (path, direct, scratch) = match target {
+        Target::File { dir, direct } => {
+            let raw = format!("{dir}/notafs-bench-raw.img");
+            let _ = std::fs::remove_file(&raw);
+            // Preallocated, as a partition or LV would be: the comparison
+            // is then about notafs, not about the host filesystem
+            // allocating blocks under a sparse image.
+            preallocate(&raw, mb * 1048576);
+            (raw, *direct, true)
+        }
+        Target::Loop(l) => (l.dev.clone(), true, false),
+    };
+    let of = format!("of={path}");
+    let inf = format!("if={path}");
     let mut wargs = vec![
         "if=/dev/zero",
         of.as_str(),
@@ -121,7 +262,7 @@ fn round(mb: u64, dir: &str, direct: bool) -> Round {
         count.as_str(),
         "conv=fdatasync,notrunc",
     ];
-    let mut rargs = vec![inf.as_str(), "of=/dev/null", "bs=1M"];
+    let mut rargs = vec![inf.as_str(), "of=/dev/null", "bs=1M", count.as_str()];
     if direct {
         wargs.push("oflag=direct");
         rargs.push("iflag=direct");
@@ -129,20 +270,69 @@ fn round(mb: u64, dir: &str, direct: bool) -> Round {
     let raw_w = dd(&wargs);
     let cold = drop_caches();
     let raw_r = dd(&rargs);
-    let _ = std::fs::remove_file(&raw);
+    if scratch {
+        let _ = std::fs::remove_file(&path);
+    }
+    (raw_w, raw_r, cold)
+}
 
-    // notafs on an image file of twice the size.
-    preallocate(&img, mb * 2 * 1048576 + 64 * 1048576);
-    let dev =
-        notafs_blockdev::open(&img, &notafs_blockdev::OpenOptions::default()).expect("open image");
+fn round(mb: u64, target: &Target, notafs_first: bool) -> Round {
+    if notafs_first {
+        let (nf_w, nf_r, written) = notafs_round(mb, target);
+        let (raw_w, raw_r, cold) = raw_round(mb, target);
+        Round {
+            raw_w,
+            raw_r,
+            nf_w,
+            nf_r,
+            written,
+            cold,
+        }
+    } else {
+        let (raw_w, raw_r, cold) = raw_round(mb, target);
+        let (nf_w, nf_r, written) = notafs_round(mb, target);
+        Round {
+            raw_w,
+            raw_r,
+            nf_w,
+            nf_r,
+            written,
+            cold,
+        }
+    }
+}
+
+/// notafs: format, append `mb` MiB, drop caches, read it back; (append
+/// seconds, read seconds, device bytes written by the appends and commits).
+fn notafs_round(mb: u64, target: &Target) -> (f64, f64, u64) {
+    let commit_every = env_u64("NOTAFS_BENCH_COMMIT_MB", 64).max(1);
+    let (spec, opts, scratch) = match target {
+        Target::File { dir, direct } => {
+            // An image file of twice the size.
+            let img = format!("{dir}/notafs-bench.img");
+            let _ = std::fs::remove_file(&img);
+            preallocate(&img, mb * 2 * 1048576 + 64 * 1048576);
+            let o = notafs_blockdev::OpenOptions {
+                direct: *direct,
+                ..Default::default()
+            };
+            (img, o, true)
+        }
+        Target::Loop(l) => {
+            let o = notafs_blockdev::OpenOptions {
+                block_size: Some(4096),
+                ..Default::default()
+            };
+            (l.dev.clone(), o, false)
+        }
+    };
+    let dev = notafs_blockdev::open(&spec, &opts).expect("open the notafs target");
+    println!("  notafs on {}", dev.describe());
     let dev: Arc<Counting<Box<dyn BlockDevice>>> = Arc::new(Counting::new(dev));
     Fs::format(dev.clone(), &FormatOptions::default()).unwrap();
     // Write-behind (background flushes every 8 MiB) as the CLI uses it;
     // NOTAFS_BENCH_WRITE_BEHIND=0 turns it off.
-    let wb: u64 = std::env::var("NOTAFS_BENCH_WRITE_BEHIND")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(8 << 20);
+    let wb = env_u64("NOTAFS_BENCH_WRITE_BEHIND", 8 << 20);
     let fs = Fs::open(
         dev.clone(),
         &OpenOptions {
@@ -188,15 +378,13 @@ fn round(mb: u64, dir: &str, direct: bool) -> Round {
         off += n as u64;
     }
     let nf_r = t.elapsed().as_secs_f64();
-    assert_eq!(off, mb * 1048576);
-    let _ = std::fs::remove_file(&img);
-
-    Round {
-        raw_w,
-        raw_r,
-        nf_w,
-        nf_r,
-        written,
-        cold,
+    assert_eq!(off, mb * 1048576, "read back the whole file");
+    drop(f);
+    drop(snap);
+    drop(fs);
+    drop(dev);
+    if scratch {
+        let _ = std::fs::remove_file(&spec);
     }
+    (nf_w, nf_r, written)
 }
