@@ -141,6 +141,14 @@ impl ExtentSet {
         out
     }
 
+    /// The first extent of at least `n` blocks.
+    fn find_at_least(&self, n: u64) -> Option<(u64, u64)> {
+        self.map
+            .iter()
+            .find(|(_, l)| **l >= n)
+            .map(|(s, l)| (*s, *l))
+    }
+
     /// The first extent of at least `n` blocks, else the largest one.
     fn find(&self, n: u64) -> Option<(u64, u64)> {
         let mut best: Option<(u64, u64)> = None;
@@ -169,7 +177,17 @@ pub struct Allocator {
     pub freed: ExtentSet,
     /// Blocks only a commit's metadata may use.
     pub reserve: u64,
+    /// Where the last data allocation without a usable hint ended: the
+    /// next one continues there (in memory only; 0 = none yet).
+    pub data_cursor: u64,
 }
+
+/// Data allocations without a usable hint prefer free extents of at least
+/// this many blocks over smaller holes (which tree nodes, allocated first
+/// fit, reuse). So the blocks one commit writes form a few long runs, not
+/// one run per hole: one write request per run, and a commit log of runs
+/// that fits in the root slot (root_ring.rs), hence one flush per commit.
+pub const DATA_RUN_PREF: u64 = 64;
 
 impl Allocator {
     /// An allocator with nothing free (read-only opens whose free list did
@@ -181,6 +199,7 @@ impl Allocator {
             fresh: ExtentSet::new(),
             freed: ExtentSet::new(),
             reserve: 0,
+            data_cursor: 0,
         }
     }
 
@@ -205,8 +224,10 @@ impl Allocator {
     }
 
     /// Allocate up to `n` blocks, preferring to start at `hint` (so appends
-    /// continue their last extent), else the first extent that holds all `n`,
-    /// else the largest. `metadata` may dip into the commit reserve.
+    /// continue their last extent), else where the last such allocation
+    /// ended, else the first extent of at least `max(n, DATA_RUN_PREF)`
+    /// blocks, else the first that holds all `n`, else the largest.
+    /// `metadata` may dip into the commit reserve.
     pub fn alloc(&mut self, n: u64, hint: Option<u64>, metadata: bool) -> Result<(u64, u64)> {
         let avail = if metadata {
             self.free.total()
@@ -228,8 +249,24 @@ impl Allocator {
         let (start, len) = match pick {
             Some(p) => p,
             None => {
-                let (s, l) = self.free.find(want).ok_or(Error::NoSpace)?;
-                (s, want.min(l))
+                let c = self.data_cursor;
+                let at_cursor = self
+                    .free
+                    .map
+                    .range(..=c)
+                    .next_back()
+                    .map(|(s, l)| (*s, *l))
+                    .filter(|(s, l)| c > 0 && s + l > c);
+                let (s, l) = match at_cursor {
+                    Some((s, l)) => (c, s + l - c),
+                    None => match self.free.find_at_least(want.max(DATA_RUN_PREF)) {
+                        Some(e) => e,
+                        None => self.free.find(want).ok_or(Error::NoSpace)?,
+                    },
+                };
+                let got = want.min(l);
+                self.data_cursor = s + got;
+                (s, got)
             }
         };
         self.free.remove(start, len)?;
@@ -589,11 +626,8 @@ pub fn check_delta(layout: &Layout, delta: &[(u64, u64, u64)], generation: u64) 
 /// Build an allocator from a list's entries (validating overlaps).
 pub fn allocator_from(list: &FreeList, reserve: u64) -> Result<Allocator> {
     let mut a = Allocator {
-        free: ExtentSet::new(),
-        pending: BTreeMap::new(),
-        fresh: ExtentSet::new(),
-        freed: ExtentSet::new(),
         reserve,
+        ..Allocator::empty()
     };
     let mut all = ExtentSet::new();
     for &(s, l, t) in &list.entries {
@@ -614,7 +648,40 @@ mod tests {
     //! on remove, overlaps refused, totals exact.
     use std::collections::BTreeSet;
 
-    use super::ExtentSet;
+    use super::{Allocator, ExtentSet, DATA_RUN_PREF};
+
+    /// Scattered single-block data writes (random overwrites, no usable
+    /// hint) land in one run when a long free extent exists, not one per
+    /// small hole below it; with only small holes left they still succeed.
+    #[test]
+    fn data_without_hint_goes_to_long_runs() {
+        let mut a = Allocator::empty();
+        for h in 0..500u64 {
+            a.free.insert(100 + 2 * h, 1).unwrap();
+        }
+        a.free.insert(5000, 4000).unwrap();
+        for _ in 0..256 {
+            let (_, got) = a.alloc(1, None, false).unwrap();
+            assert_eq!(got, 1);
+        }
+        assert_eq!(a.fresh.total(), 256);
+        let runs: Vec<(u64, u64)> = a.fresh.iter().collect();
+        assert_eq!(runs, vec![(5000, 256)], "one run in the long extent");
+        // A hint that is free still wins (appends continue their extent).
+        let (s, _) = a.alloc(1, Some(100), false).unwrap();
+        assert_eq!(s, 100);
+        // Only holes shorter than DATA_RUN_PREF left: they are used.
+        let mut b = Allocator::empty();
+        for h in 0..300u64 {
+            b.free.insert(10 * h, DATA_RUN_PREF / 8).unwrap();
+        }
+        let before = b.free.total();
+        for _ in 0..100 {
+            b.alloc(1, None, false).unwrap();
+        }
+        assert_eq!(b.free.total(), before - 100);
+        assert_eq!(b.fresh.total(), 100);
+    }
 
     /// Per-block tags (None = in use) as list entries: maximal runs.
     fn runs(tags: &[Option<u64>]) -> Vec<(u64, u64, u64)> {

@@ -35,8 +35,11 @@ use notafs_blockdev::BlockDevice;
 use crate::allocator::{self, Allocator};
 use crate::inode_patch::Patches;
 use crate::node::{Layout, Ptr};
-use crate::root_ring::{delta_capacity, log_capacity_with, slot_address, FreeDelta, RootSlot};
-use crate::superblock::{Superblock, INCOMPAT_COMMIT_LOG, INCOMPAT_FREE_DELTA};
+use crate::root_ring::{
+    delta_capacity, log_capacity_with, run_check, slot_address, FreeDelta, LogRun, RootSlot,
+    LOG_BYTES_MAX, RUN_MAX_BLOCKS, RUN_START_BITS,
+};
+use crate::superblock::{Superblock, INCOMPAT_COMMIT_LOG, INCOMPAT_FREE_DELTA, INCOMPAT_LOG_RUNS};
 use crate::Result;
 
 /// What the new root names, apart from the free space `write_generation`
@@ -64,6 +67,8 @@ pub(crate) struct CommitFaults {
     pub log_omits_data: bool,
     /// Leave the last range out of the free-space delta.
     pub delta_drops_range: bool,
+    /// Check each log run by its first block only (writer and open).
+    pub log_run_first_block_only: bool,
 }
 
 /// The free-space list the last generation names (its base list, when it
@@ -130,14 +135,11 @@ pub(crate) fn write_generation(
         if faults.delta_drops_range {
             delta.pop();
         }
-        // The log, when this commit can use one, lists the fresh blocks.
         let np = root.patches.entries().len();
-        let log_room = log_capacity_with(sb.block_size, delta.len(), np);
         // The delta is kept whenever it fits; the commit log only when it
-        // fits beside it (else this commit takes the barrier protocol, which
+        // fits beside it (commit_log decides) (else this commit takes the barrier protocol, which
         // needs no log, still without rewriting the list).
         let fits = delta.len() <= delta_capacity(sb.block_size, np);
-        let use_log = use_log && alloc.fresh.total() <= log_room as u64;
         if let (true, Some(d)) = (fits, FreeDelta::new(&delta)) {
             let slot = new_slot(sb, &layout, alloc, &root, b.head, b.nodes.len(), d);
             let slot = write_slot(dev, sb, alloc, slot, out, data_crcs, use_log, faults)?;
@@ -231,7 +233,7 @@ fn write_slot(
 ) -> Result<RootSlot> {
     let slot_block = slot_address(sb, slot.generation);
     let log = match data_crcs {
-        Some(d) if use_log => commit_log(alloc, out, d, sb, &slot, faults.log_omits_data),
+        Some(d) if use_log => commit_log(alloc, out, d, sb, &slot, faults),
         _ => None,
     };
     if let Some(log) = log {
@@ -289,22 +291,29 @@ pub(crate) fn write_seal(
 
 /// The commit log of a commit: every block the new root references that
 /// this transaction wrote (`alloc.fresh`), with its CRC-32C, taken from the
-/// node buffers in `out` or from `data_crcs`. None when it does not fit the
-/// slot or a block's CRC is unknown (then the barrier protocol is used).
+/// node buffers in `out` or from `data_crcs`; with log runs, contiguous
+/// blocks as one entry (root_ring.rs). None when it does not fit the slot,
+/// lists more than `LOG_BYTES_MAX`, or a block's CRC is unknown (then the
+/// barrier protocol is used).
 fn commit_log(
     alloc: &Allocator,
     out: &[(u64, Vec<u8>)],
     data_crcs: &HashMap<u64, u32>,
     sb: &Superblock,
     slot: &RootSlot,
-    omit_data: bool,
-) -> Option<Vec<(u64, u32)>> {
+    faults: CommitFaults,
+) -> Option<Vec<LogRun>> {
     let cap = log_capacity_with(
         sb.block_size,
         slot.delta.entries().len(),
         slot.patches.entries().len(),
-    );
-    if alloc.fresh.total() > cap as u64 {
+    ) as u64;
+    let runs = sb.incompat & INCOMPAT_LOG_RUNS != 0;
+    let fresh = alloc.fresh.total();
+    if fresh > LOG_BYTES_MAX / sb.block_size as u64
+        || (!runs && fresh > cap)
+        || (runs && alloc.fresh.iter().count() as u64 > cap)
+    {
         return None;
     }
     let bs = sb.block_size as usize;
@@ -314,18 +323,56 @@ fn commit_log(
             node_crcs.insert(b + i as u64, crate::checksum::crc(chunk));
         }
     }
-    let mut log = Vec::with_capacity(alloc.fresh.total() as usize);
+    // (run, the CRC-32Cs of its blocks)
+    let mut log: Vec<(LogRun, Vec<u32>)> = Vec::new();
     for (s, l) in alloc.fresh.iter() {
         for b in s..s + l {
-            match (node_crcs.get(&b), data_crcs.get(&b)) {
-                (Some(c), _) => log.push((b, *c)),
-                (None, Some(_)) if omit_data => {}
-                (None, Some(c)) => log.push((b, *c)),
+            let crc = match (node_crcs.get(&b), data_crcs.get(&b)) {
+                (Some(c), _) => *c,
+                (None, Some(_)) if faults.log_omits_data => continue,
+                (None, Some(c)) => *c,
                 (None, None) => return None,
+            };
+            match log.last_mut() {
+                Some((r, crcs)) if runs && r.start + r.count == b && r.count < RUN_MAX_BLOCKS => {
+                    r.count += 1;
+                    crcs.push(crc);
+                }
+                _ => {
+                    if runs && b >> RUN_START_BITS != 0 {
+                        return None;
+                    }
+                    log.push((
+                        LogRun {
+                            start: b,
+                            count: 1,
+                            check: crc,
+                        },
+                        vec![crc],
+                    ))
+                }
             }
         }
     }
-    Some(log)
+    if log.len() as u64 > cap {
+        return None;
+    }
+    Some(
+        log.into_iter()
+            .map(|(mut r, crcs)| {
+                if runs {
+                    // The broken protocol the crash harness must catch: a
+                    // run checked by its first block alone.
+                    r.check = if faults.log_run_first_block_only {
+                        run_check(crcs.into_iter().take(1))
+                    } else {
+                        run_check(crcs)
+                    };
+                }
+                r
+            })
+            .collect(),
+    )
 }
 
 /// Write `(block, bytes)` pairs, merging runs of adjacent blocks into one

@@ -15,6 +15,7 @@ static FAULTS: Mutex<Faults> = Mutex::new(Faults {
     skip_log_verify: false,
     delta_drops_range: false,
     patch_drops_inode: false,
+    log_run_first_block_only: false,
 });
 
 /// Switches that break the commit protocol on purpose, for the crash
@@ -40,6 +41,9 @@ pub struct Faults {
     /// Leave the last inode written by a data-only commit out of the root
     /// slot's inode patches.
     pub patch_drops_inode: bool,
+    /// Check each commit-log run by its first block only (when writing the
+    /// log and when verifying it at open).
+    pub log_run_first_block_only: bool,
 }
 
 /// The faults in force (crash-harness use only).

@@ -522,6 +522,7 @@ impl Fs {
                 root_before_data: faults.root_before_data,
                 reuse_freed_immediately: faults.reuse_freed_immediately,
                 log_omits_data: faults.log_omits_data,
+                log_run_first_block_only: faults.log_run_first_block_only,
                 delta_drops_range: faults.delta_drops_range,
             },
         )?;

@@ -166,7 +166,8 @@ impl Fs {
             ro_compat: 0,
             incompat: superblock::INCOMPAT_COMMIT_LOG
                 | superblock::INCOMPAT_FREE_DELTA
-                | superblock::INCOMPAT_INODE_PATCH,
+                | superblock::INCOMPAT_INODE_PATCH
+                | superblock::INCOMPAT_LOG_RUNS,
             uuid,
             block_size: geo.block_size,
             node_size,

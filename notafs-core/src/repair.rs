@@ -10,7 +10,6 @@
 //! list, counts) are rebuilt from the trees; damaged data blocks cost those
 //! blocks only; rolling back is the last resort, and `-p` never loses
 //! anything (see [`RepairPolicy`]).
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use notafs_blockdev::BlockDevice;
@@ -121,13 +120,7 @@ pub fn rebuild_from(dev: Arc<dyn BlockDevice>, base: u64) -> Result<RepairReport
             }
         }
     }
-    let mut alloc = Allocator {
-        free: ExtentSet::new(),
-        pending: BTreeMap::new(),
-        fresh: ExtentSet::new(),
-        freed: ExtentSet::new(),
-        reserve: 0,
-    };
+    let mut alloc = Allocator::empty();
     let mut cursor = layout.data_start;
     let mut taken = ExtentSet::new();
     for (s, l) in used.iter().chain(held.iter()) {

@@ -41,8 +41,12 @@
 //!    156    68  reserved (0)
 //!    224    32  BLAKE2b-256 of bytes 0..224
 //!    256   12L  commit log: L entries of
-//!                 0  8  block address
-//!                 8  4  CRC-32C of that block's bytes
+//!                 0  8  block address; with the log-runs incompat
+//!                         feature, a run: bits 0..40 first block,
+//!                         bits 40..64 blocks in the run minus 1
+//!                 8  4  CRC-32C of that block's bytes; with log runs,
+//!                         CRC-32C of the run's per-block CRC-32Cs
+//!                         (each 4 bytes little-endian, in block order)
 //!  256+12L 24D  free-space delta: D entries of
 //!                 0  8  first block
 //!                 8  8  length in blocks (>= 1)
@@ -74,6 +78,21 @@
 //! allocator's `fresh` set at commit), so no later write can change a
 //! listed block while the slot is the newest. Large commits (more blocks
 //! than fit in the slot) keep the barrier protocol and an empty log.
+//!
+//! Log runs (feature `INCOMPAT_LOG_RUNS`): an entry names a run of
+//! contiguous blocks instead of one block, so a commit whose blocks are
+//! scattered over many tree nodes but allocated in a few runs (random
+//! overwrites: hundreds of data blocks and extent leaves) still fits in one
+//! slot and takes one flush. The run's check value is the CRC-32C of the
+//! CRC-32Cs of its blocks: open reads every block of the run, as for
+//! single-block entries, so a block that missed the flush fails it exactly
+//! as it failed its own entry (a differing block changes its CRC-32C, and a
+//! CRC-32C over 4-byte values detects any single changed value). A log
+//! lists at most [`LOG_BYTES_MAX`] of blocks, which bounds what open reads
+//! to verify it; larger commits keep the barrier protocol. An entry whose
+//! first block would not fit in 40 bits is never written as a run (such
+//! commits keep the barrier protocol); without the feature the whole 8
+//! bytes are the block address, and every entry is one block.
 use crate::checksum::blake;
 use crate::codec::{le32, le64};
 use crate::inode_patch::{InodePatch, Patches, PATCH_ENTRY_LEN, PATCH_MAX};
@@ -93,6 +112,29 @@ pub const DELTA_MAX: usize = 160;
 /// Where the commit log starts, and the size of one entry.
 pub const LOG_OFFSET: usize = 256;
 pub const LOG_ENTRY_LEN: usize = 12;
+/// Log runs: bits of the first block, and the most blocks in one run.
+pub const RUN_START_BITS: u32 = 40;
+pub const RUN_MAX_BLOCKS: u64 = 1 << 24;
+/// The most bytes of blocks one commit log lists (what open reads to
+/// verify the newest slot).
+pub const LOG_BYTES_MAX: u64 = 16 << 20;
+
+/// One commit-log entry: `count` contiguous blocks from `start` and their
+/// check value (the block's CRC-32C when `count` is 1 without log runs;
+/// with log runs, [`run_check`] of the blocks' CRC-32Cs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogRun {
+    pub start: u64,
+    pub count: u64,
+    pub check: u32,
+}
+
+/// The check value of a log run: CRC-32C over the run's per-block
+/// CRC-32Cs, each as 4 little-endian bytes, in block order.
+pub fn run_check(crcs: impl IntoIterator<Item = u32>) -> u32 {
+    crcs.into_iter()
+        .fold(0, |acc, c| crc32c::crc32c_append(acc, &c.to_le_bytes()))
+}
 
 /// Commit-log entries that fit beside a free-space delta of `delta`
 /// entries and `patches` inode patches.
@@ -198,11 +240,12 @@ impl RootSlot {
         s.encode_with_log(block_size, &[])
     }
 
-    /// Encode with the commit log `log` (block, CRC-32C of its bytes) and
-    /// the slot's free-space delta; the caller keeps `log.len()` within
-    /// [`log_capacity_with`] the delta (the delta always fits: it is only
-    /// used when it does).
-    pub fn encode_with_log(&self, block_size: u32, log: &[(u64, u32)]) -> Vec<u8> {
+    /// Encode with the commit log `log` and the slot's free-space delta;
+    /// the caller keeps `log.len()` within [`log_capacity_with`] the delta
+    /// (the delta always fits: it is only used when it does), and writes
+    /// runs longer than one block only on filesystems with log runs, with
+    /// `start` below 2^40.
+    pub fn encode_with_log(&self, block_size: u32, log: &[LogRun]) -> Vec<u8> {
         let mut b = vec![0u8; block_size as usize];
         let patches =
             &self.patches.entries()[..self.patches.entries().len().min(patch_capacity(block_size))];
@@ -214,10 +257,15 @@ impl RootSlot {
         let n = log
             .len()
             .min(log_capacity_with(block_size, delta.len(), patches.len()));
-        for (i, (blk, crc)) in log[..n].iter().enumerate() {
+        for (i, r) in log[..n].iter().enumerate() {
             let o = LOG_OFFSET + i * LOG_ENTRY_LEN;
-            b[o..o + 8].copy_from_slice(&blk.to_le_bytes());
-            b[o + 8..o + 12].copy_from_slice(&crc.to_le_bytes());
+            debug_assert!(r.count >= 1 && r.count <= RUN_MAX_BLOCKS);
+            debug_assert!(r.count == 1 || r.start >> RUN_START_BITS == 0);
+            // A one-block run is encoded as its bare address: the entry of
+            // a filesystem without log runs.
+            let packed = r.start | (r.count - 1) << RUN_START_BITS;
+            b[o..o + 8].copy_from_slice(&packed.to_le_bytes());
+            b[o + 8..o + 12].copy_from_slice(&r.check.to_le_bytes());
         }
         let d0 = LOG_OFFSET + n * LOG_ENTRY_LEN;
         for (i, (s, l, t)) in delta.iter().enumerate() {
@@ -370,8 +418,9 @@ impl RootSlot {
     }
 
     /// The commit log of a slot decoded from `b` (checked against its
-    /// digest; `Err` means the slot's log is damaged).
-    pub fn decode_log(&self, b: &[u8]) -> Result<Vec<(u64, u32)>> {
+    /// digest; `Err` means the slot's log is damaged). `runs`: the
+    /// filesystem has log runs (else every entry is one block).
+    pub fn decode_log(&self, b: &[u8], runs: bool) -> Result<Vec<LogRun>> {
         let n = self.log_len as usize;
         if n == 0 {
             return Ok(Vec::new());
@@ -389,7 +438,21 @@ impl RootSlot {
         Ok((0..n)
             .map(|i| {
                 let o = LOG_OFFSET + i * LOG_ENTRY_LEN;
-                (le64(b, o), le32(b, o + 8))
+                let packed = le64(b, o);
+                let check = le32(b, o + 8);
+                if runs {
+                    LogRun {
+                        start: packed & ((1 << RUN_START_BITS) - 1),
+                        count: (packed >> RUN_START_BITS) + 1,
+                        check,
+                    }
+                } else {
+                    LogRun {
+                        start: packed,
+                        count: 1,
+                        check,
+                    }
+                }
             })
             .collect())
     }

@@ -49,7 +49,8 @@ impl Fs {
         {
             let raw = &ring[i * bs..(i + 1) * bs];
             let slot = states[i].clone().map_err(Error::Corrupt)?;
-            match Self::verify_commit_log(io, &slot, raw) {
+            let runs = sb.incompat & crate::superblock::INCOMPAT_LOG_RUNS != 0;
+            match Self::verify_commit_log(io, &slot, raw, runs) {
                 Ok(()) => {}
                 Err(e) if e.is_io() => return Err(e),
                 Err(e) => states[i] = Err(format!("{RESIDUE}: {e}")),
@@ -90,42 +91,100 @@ impl Fs {
     /// Check the commit log of the newest slot: every block it lists must
     /// hold what the commit wrote. A mismatch means the commit's flush never
     /// completed: the slot is crash residue, not damage.
-    pub(crate) fn verify_commit_log(io: &NodeIo, slot: &RootSlot, raw: &[u8]) -> Result<()> {
+    /// `runs`: the filesystem has log runs (root_ring.rs).
+    pub(crate) fn verify_commit_log(
+        io: &NodeIo,
+        slot: &RootSlot,
+        raw: &[u8],
+        runs: bool,
+    ) -> Result<()> {
         let f = crate::faults::current_faults();
         if slot.log_len == 0 || f.skip_log_verify || f.skip_verify {
             return Ok(());
         }
+        let g = slot.generation;
         let log = slot
-            .decode_log(raw)
-            .map_err(|e| Error::corrupt(format!("generation {}: {e}", slot.generation)))?;
-        let bs = io.layout.block_size as usize;
-        let mut bufs: Vec<Vec<u8>> = log.iter().map(|_| vec![0u8; bs]).collect();
-        for (b, _) in &log {
-            if !(io.layout.data_start..io.layout.data_end).contains(b) {
+            .decode_log(raw, runs)
+            .map_err(|e| Error::corrupt(format!("generation {g}: {e}")))?;
+        let bs = io.layout.block_size as u64;
+        // Validate every entry before reading anything: a hostile slot must
+        // not make open read outside the data area or more than a commit
+        // ever lists.
+        let mut total = 0u64;
+        for r in &log {
+            if !io.layout.run_in_range(r.start, r.count) {
                 return Err(Error::corrupt(format!(
-                    "generation {}: commit log names block {b} outside the data area",
-                    slot.generation
+                    "generation {g}: commit log names blocks {}+{} outside the data area",
+                    r.start, r.count
                 )));
             }
+            total += r.count;
         }
-        {
-            let mut reqs: Vec<(u64, &mut [u8])> = log
+        if total > crate::root_ring::LOG_BYTES_MAX / bs {
+            return Err(Error::corrupt(format!(
+                "generation {g}: commit log lists {total} blocks, more than a commit log may"
+            )));
+        }
+        // Read in batches of at most LOG_READ_BATCH bytes (bounded memory),
+        // each run in pieces; per-block CRC-32Cs kept per entry.
+        const LOG_READ_BATCH: u64 = 4 << 20;
+        let per_batch = (LOG_READ_BATCH / bs).max(1);
+        // (entry index, first block, blocks) of every piece, in log order.
+        let mut pieces: Vec<(usize, u64, u64)> = Vec::new();
+        for (i, r) in log.iter().enumerate() {
+            let mut b = r.start;
+            let end = r.start + r.count;
+            if f.log_run_first_block_only {
+                pieces.push((i, b, 1));
+                continue;
+            }
+            while b < end {
+                let n = (end - b).min(per_batch);
+                pieces.push((i, b, n));
+                b += n;
+            }
+        }
+        let mut crcs: Vec<Vec<u32>> = vec![Vec::new(); log.len()];
+        let mut k = 0;
+        while k < pieces.len() {
+            let mut j = k;
+            let mut blocks = 0;
+            while j < pieces.len() && (j == k || blocks + pieces[j].2 <= per_batch) {
+                blocks += pieces[j].2;
+                j += 1;
+            }
+            let mut bufs: Vec<Vec<u8>> = pieces[k..j]
                 .iter()
-                .zip(bufs.iter_mut())
-                .map(|((b, _), buf)| (*b, buf.as_mut_slice()))
+                .map(|p| vec![0u8; (p.2 * bs) as usize])
                 .collect();
-            io.dev.read_batch(&mut reqs).map_err(|source| Error::Io {
-                what: "commit log block",
-                block: log[0].0,
-                source,
-            })?;
+            {
+                let mut reqs: Vec<(u64, &mut [u8])> = pieces[k..j]
+                    .iter()
+                    .zip(bufs.iter_mut())
+                    .map(|(p, buf)| (p.1, buf.as_mut_slice()))
+                    .collect();
+                io.dev.read_batch(&mut reqs).map_err(|source| Error::Io {
+                    what: "commit log block",
+                    block: pieces[k].1,
+                    source,
+                })?;
+            }
+            for (p, buf) in pieces[k..j].iter().zip(&bufs) {
+                crcs[p.0].extend(buf.chunks(bs as usize).map(crate::checksum::crc));
+            }
+            k = j;
         }
-        for ((b, crc), buf) in log.iter().zip(&bufs) {
-            if crate::checksum::crc(buf) != *crc {
+        for (r, c) in log.iter().zip(crcs) {
+            let ok = if runs {
+                crate::root_ring::run_check(c) == r.check
+            } else {
+                c.first() == Some(&r.check)
+            };
+            if !ok {
                 return Err(Error::corrupt(format!(
-                    "generation {}: block {b} of its commit log does not hold what the \
+                    "generation {g}: blocks {}+{} of its commit log do not hold what the \
                      commit wrote (the commit did not complete before a power cut)",
-                    slot.generation
+                    r.start, r.count
                 )));
             }
         }

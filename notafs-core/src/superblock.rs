@@ -103,6 +103,14 @@ pub const INCOMPAT_FREE_DELTA: u64 = 1 << 1;
 /// ignored them would follow extent roots that no longer exist.
 pub const INCOMPAT_INODE_PATCH: u64 = 1 << 2;
 
+/// Incompat feature: a commit-log entry may name a run of contiguous
+/// blocks, checked by the CRC-32C of their CRC-32Cs (root_ring.rs, "Log
+/// runs"), so commits of many blocks still take one flush. A reader that
+/// took a run for one block would verify only its first block and accept a
+/// commit whose other blocks never reached the disk, so an older reader
+/// must refuse.
+pub const INCOMPAT_LOG_RUNS: u64 = 1 << 3;
+
 /// Compat feature: inodes may carry permission bits and an owner in bytes
 /// 10..16 and 44..48 (file_table.rs). Readers that ignore it see default
 /// permissions; it changes nothing else.
@@ -111,7 +119,8 @@ pub const COMPAT_ATTRS: u64 = 1 << 0;
 /// Feature bits known to this version.
 pub const COMPAT_KNOWN: u64 = COMPAT_ATTRS;
 pub const RO_COMPAT_KNOWN: u64 = 0;
-pub const INCOMPAT_KNOWN: u64 = INCOMPAT_COMMIT_LOG | INCOMPAT_FREE_DELTA | INCOMPAT_INODE_PATCH;
+pub const INCOMPAT_KNOWN: u64 =
+    INCOMPAT_COMMIT_LOG | INCOMPAT_FREE_DELTA | INCOMPAT_INODE_PATCH | INCOMPAT_LOG_RUNS;
 
 pub const MIN_ROOT_SLOTS: u32 = 2;
 pub const MAX_ROOT_SLOTS: u32 = 64;

@@ -18,7 +18,7 @@ pub mod workload;
 use notafs_core::Faults;
 
 /// The fault switches `--inject` accepts.
-pub const INJECTIONS: [&str; 9] = [
+pub const INJECTIONS: [&str; 10] = [
     "skip-barrier",
     "root-before-data",
     "reuse-freed",
@@ -28,6 +28,7 @@ pub const INJECTIONS: [&str; 9] = [
     "skip-log-verify",
     "delta-drops-range",
     "patch-drops-inode",
+    "log-run-first-block",
 ];
 
 /// The core's fault switches for an `--inject` name.
@@ -43,6 +44,7 @@ pub fn faults_for(name: &str) -> Option<Faults> {
         "skip-log-verify" => f.skip_log_verify = true,
         "delta-drops-range" => f.delta_drops_range = true,
         "patch-drops-inode" => f.patch_drops_inode = true,
+        "log-run-first-block" => f.log_run_first_block_only = true,
         _ => return None,
     }
     Some(f)

@@ -30,7 +30,7 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// Break the commit protocol on purpose: skip-barrier, root-before-data,
-    /// reuse-freed, skip-verify, forget-last-extent, log-omits-data, skip-log-verify, delta-drops-range, patch-drops-inode. The run must then fail.
+    /// reuse-freed, skip-verify, forget-last-extent, log-omits-data, skip-log-verify, delta-drops-range, patch-drops-inode, log-run-first-block. The run must then fail.
     #[arg(long)]
     inject: Option<String>,
     /// Only these workload kinds (comma separated): exhaustive, random,
