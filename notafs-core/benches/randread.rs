@@ -7,7 +7,9 @@
 //!
 //! Env: NOTAFS_BENCH_MB (file size, 1024), NOTAFS_BENCH_ROUNDS (3),
 //! NOTAFS_BENCH_DIR (/var/tmp), NOTAFS_BENCH_READS (reads per reader per
-//! round, 20000), NOTAFS_BENCH_HOT_MB (hot set, 4).
+//! round, 20000), NOTAFS_BENCH_HOT_MB (hot set, 4), NOTAFS_BENCH_THREADS
+//! (reader counts, comma-separated, "1,4,16"), NOTAFS_BENCH_ONLY (`raw` or
+//! `notafs`: run one contender alone, for profiling it with perf/strace).
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +18,9 @@ use notafs_blockdev::file::{FileDevice, FileOptions};
 use notafs_core::{FormatOptions, Fs, OpenOptions};
 
 mod common;
+
+/// First 8 bytes of every block of the benchmark file.
+const STAMP: u64 = 0x6e6f_7461_6673_5244;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -70,10 +75,25 @@ fn main() {
     let rounds = env("NOTAFS_BENCH_ROUNDS", 3);
     let reads = env("NOTAFS_BENCH_READS", 20000);
     let hot_mb = env("NOTAFS_BENCH_HOT_MB", 4);
+    let thread_counts: Vec<usize> = std::env::var("NOTAFS_BENCH_THREADS")
+        .unwrap_or_else(|_| "1,4,16".into())
+        .split(',')
+        .filter_map(|t| t.trim().parse().ok())
+        .collect();
+    let only = std::env::var("NOTAFS_BENCH_ONLY").unwrap_or_default();
+    let (do_raw, do_fs) = (only != "notafs", only != "raw");
     let dir = std::env::var("NOTAFS_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
-    let path = format!("{dir}/notafs-randread-{}.img", std::process::id());
+    // NOTAFS_BENCH_IMAGE: keep the image at this path and reuse it when it
+    // exists (profiling the reads without the write phase).
+    let keep = std::env::var("NOTAFS_BENCH_IMAGE").ok();
+    let path = keep
+        .clone()
+        .unwrap_or_else(|| format!("{dir}/notafs-randread-{}.img", std::process::id()));
     let size = mb << 20;
-    common::preallocate(&path, size + (size / 4) + (64 << 20));
+    let reuse = keep.is_some() && std::path::Path::new(&path).exists();
+    if !reuse {
+        common::preallocate(&path, size + (size / 4) + (64 << 20));
+    }
     let open = || {
         Arc::new(
             FileDevice::open(
@@ -86,12 +106,18 @@ fn main() {
             .expect("open image"),
         )
     };
-    {
+    if !reuse {
         let fs = Fs::format(open(), &FormatOptions::default()).expect("format");
         let f = fs.create("data").expect("create");
-        let chunk: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let mut chunk: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 251) as u8).collect();
         let mut off = 0;
         while off < size {
+            // Every block starts with a stamp (magic, file block number), so
+            // that the raw contender can find where the file lies.
+            for (i, b) in chunk.chunks_mut(4096).enumerate() {
+                b[..8].copy_from_slice(&STAMP.to_le_bytes());
+                b[8..16].copy_from_slice(&(off / 4096 + i as u64).to_le_bytes());
+            }
             f.write_at(off, &chunk).expect("write");
             off += chunk.len() as u64;
         }
@@ -102,6 +128,36 @@ fn main() {
         .custom_flags(libc::O_DIRECT)
         .open(&path)
         .expect("open raw");
+    // Raw reads go to the very blocks notafs reads: the file is written in
+    // 8 MiB pieces on an empty filesystem, so it lies contiguously from the
+    // block stamped 0 (checked on a sample of blocks below).
+    let base = {
+        let mut buf = AlignedBuf::new();
+        let mut at = 0u64;
+        loop {
+            raw.read_exact_at(buf.as_mut(), at).expect("scan image");
+            let b = buf.as_mut();
+            if b[..8] == STAMP.to_le_bytes() && b[8..16] == 0u64.to_le_bytes() {
+                break at;
+            }
+            at += 4096;
+            assert!(at < (256 << 20), "file block 0 not found in the image");
+        }
+    };
+    {
+        let mut buf = AlignedBuf::new();
+        let mut s = 7u64;
+        for _ in 0..64 {
+            let blk = next(&mut s) % (size / 4096);
+            raw.read_exact_at(buf.as_mut(), base + blk * 4096)
+                .expect("pread");
+            assert_eq!(
+                buf.as_mut()[8..16],
+                blk.to_le_bytes(),
+                "file not contiguous"
+            );
+        }
+    }
     let fs = Fs::open(
         open(),
         &OpenOptions {
@@ -112,10 +168,8 @@ fn main() {
     .expect("open fs");
     let snap = fs.snapshot();
     let file = snap.open("data").expect("open file");
-    // Raw reads land on the data area of the image: the same device region
-    // notafs reads from (its file is laid out contiguously after format).
     let raw_read = |off: u64, b: &mut [u8]| {
-        raw.read_exact_at(b, off + (16 << 20)).expect("pread");
+        raw.read_exact_at(b, off + base).expect("pread");
     };
     let fs_read = |off: u64, b: &mut [u8]| {
         assert_eq!(file.read_at(off, b).expect("read"), b.len());
@@ -128,17 +182,59 @@ fn main() {
         "{:<34} {:>10} {:>10} {:>7}",
         "workload", "raw IOPS", "notafs", "ratio"
     );
-    for (label, span) in [("whole file", size), ("hot set", hot_mb << 20)] {
-        for threads in [1usize, 4, 16] {
+    if std::env::var("NOTAFS_BENCH_LAT").is_ok() {
+        // One reader, raw and notafs reads interleaved one by one (same
+        // device state for both): per-read latency percentiles.
+        let mut a = AlignedBuf::new();
+        let mut b = AlignedBuf::new();
+        let mut s = 0x1234_5678_9abc_def1u64;
+        let (mut lr, mut lf) = (Vec::new(), Vec::new());
+        for _ in 0..reads {
+            let off = (next(&mut s) % (size / 4096)) * 4096;
+            let t = Instant::now();
+            raw_read(off, a.as_mut());
+            let r = t.elapsed();
+            let t = Instant::now();
+            fs_read(off, b.as_mut());
+            let f = t.elapsed();
+            lr.push(r.as_nanos() as u64);
+            lf.push(f.as_nanos() as u64);
+        }
+        lr.sort_unstable();
+        lf.sort_unstable();
+        let p = |v: &Vec<u64>, q: f64| v[((v.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+        println!(
+            "raw    p10 {:.1} p50 {:.1} p90 {:.1} p99 {:.1} us",
+            p(&lr, 0.1),
+            p(&lr, 0.5),
+            p(&lr, 0.9),
+            p(&lr, 0.99)
+        );
+        println!(
+            "notafs p10 {:.1} p50 {:.1} p90 {:.1} p99 {:.1} us",
+            p(&lf, 0.1),
+            p(&lf, 0.5),
+            p(&lf, 0.9),
+            p(&lf, 0.99)
+        );
+    }
+    let mut workloads = vec![("whole file", size), ("hot set", hot_mb << 20)];
+    if std::env::var("NOTAFS_BENCH_LAT").is_ok() {
+        workloads.clear();
+    }
+    // NOTAFS_BENCH_HOT_MB=0: no hot-set rows.
+    workloads.retain(|w| w.1 > 0);
+    for (label, span) in workloads {
+        for &threads in &thread_counts {
             let (mut best_raw, mut best_fs) = (0f64, 0f64);
             for r in 0..rounds {
                 // Alternate who goes first (the machine is shared).
-                if r % 2 == 0 {
-                    best_raw = best_raw.max(run(threads, reads, span, &raw_read));
-                    best_fs = best_fs.max(run(threads, reads, span, &fs_read));
-                } else {
-                    best_fs = best_fs.max(run(threads, reads, span, &fs_read));
-                    best_raw = best_raw.max(run(threads, reads, span, &raw_read));
+                for who in if r % 2 == 0 { [0, 1] } else { [1, 0] } {
+                    if who == 0 && do_raw {
+                        best_raw = best_raw.max(run(threads, reads, span, &raw_read));
+                    } else if who == 1 && do_fs {
+                        best_fs = best_fs.max(run(threads, reads, span, &fs_read));
+                    }
                 }
             }
             println!(
@@ -153,5 +249,7 @@ fn main() {
     drop(file);
     drop(snap);
     drop(fs);
-    let _ = std::fs::remove_file(&path);
+    if keep.is_none() {
+        let _ = std::fs::remove_file(&path);
+    }
 }

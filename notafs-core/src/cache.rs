@@ -8,7 +8,37 @@
 //! Eviction is CLOCK (second chance): O(1) per access, no allocation per hit,
 //! and the memory bound is exact: `capacity` nodes.
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
+
+/// Hashes block numbers for the cache maps: one multiply-xorshift round
+/// instead of SipHash (profiled: SipHash was a visible part of each 4 KiB
+/// read, which does several lookups). Keys are block numbers of the
+/// device; a crafted image can at worst make one shard's lookups slower,
+/// and a shard holds a bounded number of entries.
+#[derive(Default)]
+struct BlockHasher(u64);
+
+impl Hasher for BlockHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // splitmix64's finaliser: every input bit reaches the top bits
+        // (the map's control bytes) and the bottom ones (its buckets).
+        let mut z = n ^ self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        self.0 = z ^ (z >> 31);
+    }
+}
+
+type BlockMap = HashMap<u64, usize, BuildHasherDefault<BlockHasher>>;
 
 struct Entry<V> {
     block: u64,
@@ -18,7 +48,7 @@ struct Entry<V> {
 }
 
 struct Inner<V> {
-    map: HashMap<u64, usize>,
+    map: BlockMap,
     slots: Vec<Entry<V>>,
     hand: usize,
     hits: u64,
@@ -67,7 +97,7 @@ impl<V: Clone> BlockCache<V> {
 
     /// Remember `data` (verified to have checksum `crc`) for `block`.
     pub fn put(&self, block: u64, crc: u32, data: V) {
-        self.shard(block).put(block, crc, data)
+        self.shard(block).put_with(block, crc, |_| false, || data)
     }
 
     /// (hits, misses) since creation.
@@ -99,6 +129,27 @@ impl<V: Clone> BlockCache<V> {
 /// Raw node (or data block) bytes.
 pub type NodeCache = BlockCache<Arc<[u8]>>;
 
+impl BlockCache<Arc<[u8]>> {
+    /// Remember a copy of `bytes` (verified to have checksum `crc`) for
+    /// `block`. Once the cache is full, the buffer of the entry it replaces
+    /// is overwritten in place when no reader still holds it: a stream of
+    /// misses then costs a copy per block, not an allocation and a free.
+    pub fn put_copy(&self, block: u64, crc: u32, bytes: &[u8]) {
+        self.shard(block).put_with(
+            block,
+            crc,
+            |old| match Arc::get_mut(old) {
+                Some(b) if b.len() == bytes.len() => {
+                    b.copy_from_slice(bytes);
+                    true
+                }
+                _ => false,
+            },
+            || Arc::from(bytes),
+        )
+    }
+}
+
 /// Decoded nodes (`Arc<Node<T>>` of whichever tree kind), so that a node
 /// read again is neither re-verified nor re-decoded.
 pub type DecodedCache = BlockCache<Arc<dyn std::any::Any + Send + Sync>>;
@@ -111,7 +162,7 @@ impl<V: Clone> Shard<V> {
             inner: Mutex::new(Inner {
                 // Grown on demand: `capacity` comes from the caller's byte
                 // budget and may be far more than will ever be used.
-                map: HashMap::new(),
+                map: BlockMap::default(),
                 slots: Vec::new(),
                 hand: 0,
                 hits: 0,
@@ -140,45 +191,60 @@ impl<V: Clone> Shard<V> {
         }
     }
 
-    fn put(&self, block: u64, crc: u32, data: V) {
+    /// Store a value for `block` under `crc`: `reuse` may overwrite the
+    /// value of the slot it goes to (the same block's old value, or the one
+    /// it evicts) and return true; otherwise `make` builds a new one.
+    fn put_with(
+        &self,
+        block: u64,
+        crc: u32,
+        reuse: impl FnOnce(&mut V) -> bool,
+        make: impl FnOnce() -> V,
+    ) {
         let mut g = self.lock();
-        if let Some(&i) = g.map.get(&block) {
-            g.slots[i] = Entry {
-                block,
-                crc,
-                data,
-                referenced: true,
-            };
-            return;
-        }
-        if g.slots.len() < self.capacity {
-            let i = g.slots.len();
-            g.slots.push(Entry {
-                block,
-                crc,
-                data,
-                referenced: false,
-            });
-            g.map.insert(block, i);
-            return;
-        }
-        loop {
-            let h = g.hand;
-            g.hand = (h + 1) % self.capacity;
-            if g.slots[h].referenced {
-                g.slots[h].referenced = false;
-                continue;
+        let i = match g.map.get(&block) {
+            Some(&i) => i,
+            None if g.slots.len() < self.capacity => {
+                let i = g.slots.len();
+                g.slots.push(Entry {
+                    block,
+                    crc,
+                    data: make(),
+                    referenced: false,
+                });
+                g.map.insert(block, i);
+                return;
             }
-            let old = g.slots[h].block;
-            g.map.remove(&old);
-            g.slots[h] = Entry {
-                block,
-                crc,
-                data,
-                referenced: false,
-            };
-            g.map.insert(block, h);
-            return;
+            None => {
+                // CLOCK: the first slot not referenced since the hand last
+                // passed it.
+                let h = loop {
+                    let h = g.hand;
+                    g.hand = (h + 1) % self.capacity;
+                    if !g.slots[h].referenced {
+                        break h;
+                    }
+                    g.slots[h].referenced = false;
+                };
+                let old = g.slots[h].block;
+                g.map.remove(&old);
+                g.map.insert(block, h);
+                // A new entry earns its reference bit by being hit.
+                g.slots[h].referenced = false;
+                h
+            }
+        };
+        let replacing = g.slots[i].block == block;
+        let slot = &mut g.slots[i];
+        if !reuse(&mut slot.data) {
+            slot.data = make();
+        }
+        slot.block = block;
+        slot.crc = crc;
+        if replacing {
+            // The same block again (a newer generation's bytes): keep it
+            // around as if it had been hit.
+            slot.referenced = true;
         }
     }
 
@@ -233,5 +299,37 @@ mod tests {
             c.clear();
             assert!(c.is_empty());
         }
+    }
+
+    #[test]
+    fn put_copy_reuses_the_evicted_buffer_unless_a_reader_holds_it() {
+        let c = NodeCache::new(16);
+        let block = |i: u64| vec![i as u8; 4096];
+        for i in 0..16 {
+            c.put_copy(i, i as u32, &block(i));
+        }
+        let ptrs: Vec<*const u8> = (0..16)
+            .map(|i| c.get(i, i as u32).unwrap().as_ptr())
+            .collect();
+        // Full: the next block takes a slot and, nobody holding its old
+        // buffer, its memory.
+        c.put_copy(100, 7, &block(100));
+        let got = c.get(100, 7).unwrap();
+        assert_eq!(&got[..], &block(100)[..]);
+        assert!(ptrs.contains(&got.as_ptr()), "a fresh buffer was allocated");
+        assert_eq!(c.len(), 16);
+        // A reader holding every old buffer: the next insert must not write
+        // into any of them.
+        let held: Vec<Arc<[u8]>> = (0..16).filter_map(|i| c.get(i, i as u32)).collect();
+        let before: Vec<Vec<u8>> = held.iter().map(|b| b.to_vec()).collect();
+        c.put_copy(101, 8, &block(101));
+        assert_eq!(&c.get(101, 8).unwrap()[..], &block(101)[..]);
+        for (h, b) in held.iter().zip(&before) {
+            assert_eq!(&h[..], &b[..], "a held buffer was overwritten");
+        }
+        // Same block, new CRC: replaced in place, the old key misses.
+        c.put_copy(101, 9, &block(5));
+        assert_eq!(c.get(101, 8), None);
+        assert_eq!(&c.get(101, 9).unwrap()[..], &block(5)[..]);
     }
 }
