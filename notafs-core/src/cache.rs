@@ -9,7 +9,8 @@
 //! and the memory bound is exact: `capacity` nodes.
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Hashes block numbers for the cache maps: one multiply-xorshift round
 /// instead of SipHash (profiled: SipHash was a visible part of each 4 KiB
@@ -44,21 +45,25 @@ struct Entry<V> {
     block: u64,
     crc: u32,
     data: V,
-    referenced: bool,
+    /// Set by hits under the shared lock; CLOCK clears it.
+    referenced: AtomicBool,
 }
 
 struct Inner<V> {
     map: BlockMap,
     slots: Vec<Entry<V>>,
     hand: usize,
-    hits: u64,
-    misses: u64,
 }
 
-/// One CLOCK over a part of the keys.
+/// One CLOCK over a part of the keys. Lookups share the lock (a hit only
+/// sets its entry's reference bit), so concurrent readers of the same hot
+/// nodes (every read of a file goes through its extent-tree root) do not
+/// queue; inserts take it exclusively.
 struct Shard<V> {
     capacity: usize,
-    inner: Mutex<Inner<V>>,
+    inner: RwLock<Inner<V>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 /// A cache of verified blocks: at most `capacity` values of type `V`,
@@ -70,7 +75,7 @@ pub struct BlockCache<V> {
 }
 
 /// Most shards of one cache (each keeps at least 16 entries).
-const MAX_SHARDS: usize = 16;
+const MAX_SHARDS: usize = 64;
 
 impl<V: Clone> BlockCache<V> {
     /// A cache holding at most `capacity` values (at least 16).
@@ -117,7 +122,7 @@ impl<V: Clone> BlockCache<V> {
 
     /// Entries held now (at most the capacity).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().slots.len()).sum()
+        self.shards.iter().map(|s| s.read().slots.len()).sum()
     }
 
     /// Whether nothing is cached.
@@ -159,33 +164,40 @@ impl<V: Clone> Shard<V> {
         let capacity = capacity.max(1);
         Shard {
             capacity,
-            inner: Mutex::new(Inner {
+            inner: RwLock::new(Inner {
                 // Grown on demand: `capacity` comes from the caller's byte
                 // budget and may be far more than will ever be used.
                 map: BlockMap::default(),
                 slots: Vec::new(),
                 hand: 0,
-                hits: 0,
-                misses: 0,
             }),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<V>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, Inner<V>> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner<V>> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get(&self, block: u64, crc: u32) -> Option<V> {
-        let mut g = self.lock();
-        let idx = g.map.get(&block).copied();
-        match idx {
-            Some(i) if g.slots[i].crc == crc => {
-                g.slots[i].referenced = true;
-                g.hits += 1;
-                Some(g.slots[i].data.clone())
+        let g = self.read();
+        match g.map.get(&block).map(|&i| &g.slots[i]) {
+            Some(e) if e.crc == crc => {
+                // Only written when clear: a hot entry's line is not
+                // written by every reader.
+                if !e.referenced.load(Ordering::Relaxed) {
+                    e.referenced.store(true, Ordering::Relaxed);
+                }
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(e.data.clone())
             }
             _ => {
-                g.misses += 1;
+                self.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
         }
@@ -201,7 +213,7 @@ impl<V: Clone> Shard<V> {
         reuse: impl FnOnce(&mut V) -> bool,
         make: impl FnOnce() -> V,
     ) {
-        let mut g = self.lock();
+        let mut g = self.write();
         let i = match g.map.get(&block) {
             Some(&i) => i,
             None if g.slots.len() < self.capacity => {
@@ -210,7 +222,7 @@ impl<V: Clone> Shard<V> {
                     block,
                     crc,
                     data: make(),
-                    referenced: false,
+                    referenced: AtomicBool::new(false),
                 });
                 g.map.insert(block, i);
                 return;
@@ -221,16 +233,16 @@ impl<V: Clone> Shard<V> {
                 let h = loop {
                     let h = g.hand;
                     g.hand = (h + 1) % self.capacity;
-                    if !g.slots[h].referenced {
+                    if !*g.slots[h].referenced.get_mut() {
                         break h;
                     }
-                    g.slots[h].referenced = false;
+                    *g.slots[h].referenced.get_mut() = false;
                 };
                 let old = g.slots[h].block;
                 g.map.remove(&old);
                 g.map.insert(block, h);
                 // A new entry earns its reference bit by being hit.
-                g.slots[h].referenced = false;
+                *g.slots[h].referenced.get_mut() = false;
                 h
             }
         };
@@ -244,17 +256,19 @@ impl<V: Clone> Shard<V> {
         if replacing {
             // The same block again (a newer generation's bytes): keep it
             // around as if it had been hit.
-            slot.referenced = true;
+            *slot.referenced.get_mut() = true;
         }
     }
 
     fn stats(&self) -> (u64, u64) {
-        let g = self.lock();
-        (g.hits, g.misses)
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     fn clear(&self) {
-        let mut g = self.lock();
+        let mut g = self.write();
         g.map.clear();
         g.slots.clear();
         g.hand = 0;
@@ -331,5 +345,22 @@ mod tests {
         c.put_copy(101, 9, &block(5));
         assert_eq!(c.get(101, 8), None);
         assert_eq!(&c.get(101, 9).unwrap()[..], &block(5)[..]);
+    }
+
+    #[test]
+    fn lookups_do_not_exclude_each_other() {
+        let c: BlockCache<u64> = BlockCache::new(16);
+        c.put(3, 1, 33);
+        // A lookup in progress elsewhere (its guard held) must not stop
+        // another thread's lookup of the same block: every read of a file
+        // looks up its extent-tree root.
+        let held = c.shard(3).read();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| tx.send(c.get(3, 1)).unwrap());
+            let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+            drop(held);
+            assert_eq!(got, Ok(Some(33)), "a lookup waited for another one");
+        });
     }
 }
