@@ -79,6 +79,17 @@ const MAX_GROUP_OPS: usize = 1024;
 /// io_uring instances kept for reuse (one per concurrent batch, up to this).
 const RINGS_MAX: usize = 4;
 
+/// A single O_DIRECT read or write from an unaligned caller buffer of at
+/// least this many bytes goes through the bounce buffer in pieces of this
+/// size on io_uring, so that copying overlaps the device: a write's first
+/// piece is on its way while the next is copied in; a read's pieces are all
+/// in flight and each is copied out as soon as it arrives. Done serially (the
+/// former path) the copy of 1 MiB sits between device requests, ~5-10 % of
+/// the time of a 1 MiB request on a disk doing 0.5-2 GiB/s. 256 KiB pieces
+/// submitted together are merged by the block layer's plugging into the
+/// requests the device would have got for the whole buffer.
+const PIPE_PIECE: usize = 256 << 10;
+
 // ---------------------------------------------------------------------------
 // Aligned buffers
 
@@ -252,26 +263,34 @@ impl PosIo {
         self.engine.store(e as u8, Ordering::Relaxed);
     }
 
+    /// A ring from the pool, or a new one.
+    fn take_ring(&self) -> io::Result<Ring> {
+        self.rings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .map(Ok)
+            .unwrap_or_else(Ring::new)
+    }
+
+    /// Return a ring (with nothing in flight) to the pool.
+    fn give_ring(&self, ring: Ring) {
+        let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
+        if rings.len() < RINGS_MAX {
+            rings.push(ring);
+        }
+    }
+
     /// Run `ops`, in flight together on io_uring when enabled.
     fn execute(&self, ops: &mut [Op<'_>]) {
         use std::os::fd::AsFd;
         let fd = self.file.as_fd();
         let engine = self.engine();
         if engine == IoEngine::Uring {
-            let ring = self
-                .rings
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop()
-                .map(Ok)
-                .unwrap_or_else(Ring::new);
-            match ring {
+            match self.take_ring() {
                 Ok(mut ring) => match ring.run(fd, ops) {
                     Ok(()) => {
-                        let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
-                        if rings.len() < RINGS_MAX {
-                            rings.push(ring);
-                        }
+                        self.give_ring(ring);
                         return;
                     }
                     Err(e) => {
@@ -488,6 +507,12 @@ impl PosIo {
         }
     }
 
+    /// Whether an unaligned single transfer of `len` bytes is pipelined
+    /// through the bounce buffer (see [`PIPE_PIECE`]).
+    fn pipelined(&self, len: usize) -> bool {
+        self.direct && len >= 2 * PIPE_PIECE && self.engine() == IoEngine::Uring
+    }
+
     /// Read exactly `buf.len()` bytes at `off`.
     pub(crate) fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
         if self.aligned(buf.as_ptr()) {
@@ -500,14 +525,51 @@ impl PosIo {
             while done < buf.len() {
                 let n = (buf.len() - done).min(CHUNK);
                 bounce.set_len(n);
-                self.file.read_exact_at(&mut bounce, off + done as u64)?;
-                buf[done..done + n].copy_from_slice(&bounce);
+                let dst = &mut buf[done..done + n];
+                let at = off + done as u64;
+                if !(self.pipelined(n) && self.read_pieces(at, &mut bounce, dst)?) {
+                    self.file.read_exact_at(&mut bounce, at)?;
+                    dst.copy_from_slice(&bounce);
+                }
                 done += n;
             }
             Ok(())
         })();
         self.give_bounce(bounce);
         res
+    }
+
+    /// Read `dst.len()` bytes at `off` through `bounce` (as long as `dst`)
+    /// in pieces in flight together on io_uring, copying each piece out as
+    /// soon as it arrives. `Ok(false)`: no ring could be had or io_uring
+    /// itself failed; the caller then reads the range the ordinary way.
+    fn read_pieces(&self, off: u64, bounce: &mut [u8], dst: &mut [u8]) -> io::Result<bool> {
+        use std::os::fd::AsFd;
+        let Ok(mut ring) = self.take_ring() else {
+            return Ok(false);
+        };
+        let mut ops: Vec<Op<'_>> = bounce
+            .chunks_mut(PIPE_PIECE)
+            .enumerate()
+            .map(|(k, piece)| Op::read(off + (k * PIPE_PIECE) as u64, vec![piece]))
+            .collect();
+        let mut copy_out = |op: &Op<'_>| {
+            if let Some(data) = op.finished_data() {
+                let at = (op.offset() - off) as usize;
+                dst[at..at + data.len()].copy_from_slice(data);
+            }
+        };
+        match ring.run_hooked(self.file.as_fd(), &mut ops, None, Some(&mut copy_out)) {
+            Ok(()) => self.give_ring(ring),
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring submission failed; reading with pread");
+                return Ok(false);
+            }
+        }
+        for op in &mut ops {
+            op.take_result()?;
+        }
+        Ok(true)
     }
 
     /// Write all of `data` at `off`.
@@ -521,14 +583,51 @@ impl PosIo {
             while done < data.len() {
                 let n = (data.len() - done).min(CHUNK);
                 bounce.set_len(n);
-                bounce.copy_from_slice(&data[done..done + n]);
-                self.file.write_all_at(&bounce, off + done as u64)?;
+                let src = &data[done..done + n];
+                let at = off + done as u64;
+                if !(self.pipelined(n) && self.write_pieces(at, &mut bounce, src)?) {
+                    bounce.copy_from_slice(src);
+                    self.file.write_all_at(&bounce, at)?;
+                }
                 done += n;
             }
             Ok(())
         })();
         self.give_bounce(bounce);
         res
+    }
+
+    /// Write `src` at `off` through `bounce` (as long as `src`) in pieces on
+    /// io_uring: each piece is copied in just before it is submitted, while
+    /// the pieces before it are in flight. `Ok(false)` as for
+    /// [`read_pieces`](Self::read_pieces): the caller then writes the whole
+    /// range the ordinary way (rewriting pieces already written is harmless).
+    fn write_pieces(&self, off: u64, bounce: &mut [u8], src: &[u8]) -> io::Result<bool> {
+        use std::os::fd::AsFd;
+        let Ok(mut ring) = self.take_ring() else {
+            return Ok(false);
+        };
+        let mut ops: Vec<Op<'_>> = bounce
+            .chunks_mut(PIPE_PIECE)
+            .enumerate()
+            .map(|(k, piece)| Op::write_fill(off + (k * PIPE_PIECE) as u64, piece))
+            .collect();
+        let mut copy_in = |op: &mut Op<'_>| -> io::Result<()> {
+            let at = (op.offset() - off) as usize;
+            let len = PIPE_PIECE.min(src.len() - at);
+            op.fill(&src[at..at + len])
+        };
+        match ring.run_hooked(self.file.as_fd(), &mut ops, Some(&mut copy_in), None) {
+            Ok(()) => self.give_ring(ring),
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring submission failed; writing with pwrite");
+                return Ok(false);
+            }
+        }
+        for op in &mut ops {
+            op.take_result()?;
+        }
+        Ok(true)
     }
 
     /// Write `len` zero bytes at `off` with ordinary writes, ≤ 1 MiB at a time.
@@ -972,5 +1071,61 @@ impl BlockDevice for FileDevice {
             self.path.display(),
             if self.direct { " (O_DIRECT)" } else { "" }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A large unaligned O_DIRECT transfer on io_uring takes the piece path
+    /// (not the one-request fallback) and moves exactly the caller's bytes,
+    /// the last piece shorter than the others included.
+    #[test]
+    fn large_unaligned_direct_transfers_go_in_pieces() {
+        if !uring::available() {
+            println!("SKIPPED: io_uring unavailable");
+            return;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("notafs-pipe")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let path = dir.path().join("img");
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                println!("SKIPPED: O_DIRECT refused: {e}");
+                return;
+            }
+        };
+        file.set_len(4 << 20).unwrap();
+        let io = PosIo::new(file, true, DIRECT_ALIGN);
+        io.set_engine(IoEngine::Uring);
+        assert!(io.pipelined(1 << 20));
+        assert!(io.pipelined(2 * PIPE_PIECE));
+        assert!(!io.pipelined(2 * PIPE_PIECE - 4096));
+        let len = 3 * PIPE_PIECE + 12 * 1024;
+        let src: Vec<u8> = (0..len as u32 + 8)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
+        let src = &src[8..]; // not 4096-aligned whatever the allocator did
+        let mut bounce = AlignedBuf::zeroed(len, DIRECT_ALIGN).unwrap();
+        assert!(io.write_pieces(8192, &mut bounce, src).unwrap());
+        let mut back = vec![0u8; len + 8];
+        let dst = &mut back[8..];
+        assert!(io.read_pieces(8192, &mut bounce, dst).unwrap());
+        assert!(dst == src);
+        // And through the public entry points, which route here.
+        let mut again = vec![0u8; len + 8];
+        io.read_at(8192, &mut again[8..]).unwrap();
+        assert!(&again[8..] == src);
     }
 }

@@ -59,6 +59,12 @@ pub(crate) struct Op<'a> {
     /// the resubmitted request is in flight).
     rest: Vec<libc::iovec>,
     result: Option<io::Result<()>>,
+    /// Set once the op has been handed to the kernel: its memory may then be
+    /// accessed by the kernel until `result` is set.
+    submitted: bool,
+    /// Created by [`Op::write_fill`]: the memory is borrowed exclusively, so
+    /// [`Op::fill`] may write it before submission.
+    fillable: bool,
     _mem: PhantomData<&'a mut [u8]>,
 }
 
@@ -92,6 +98,51 @@ impl<'a> Op<'a> {
         Self::new(off, true, iov)
     }
 
+    /// Write `buf` at byte `off`, its content to be provided by [`Op::fill`]
+    /// just before submission (see [`Ring::run_hooked`]), so that copying
+    /// it overlaps the ops already in flight.
+    pub(crate) fn write_fill(off: u64, buf: &'a mut [u8]) -> Self {
+        let iov = vec![libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        let mut op = Self::new(off, true, iov);
+        op.fillable = true;
+        op
+    }
+
+    /// The byte offset of the op.
+    pub(crate) fn offset(&self) -> u64 {
+        self.off
+    }
+
+    /// Copy `src` (exactly the op's length) into the memory of an op made by
+    /// [`Op::write_fill`] that has not been submitted yet.
+    pub(crate) fn fill(&mut self, src: &[u8]) -> io::Result<()> {
+        if !self.fillable || self.submitted || self.iov.len() != 1 || src.len() != self.len {
+            return Err(io::Error::other("fill: op not fillable"));
+        }
+        // SAFETY: the op borrows this memory exclusively for 'a (write_fill
+        // took a `&'a mut [u8]`), and it has not been submitted, so the
+        // kernel does not access it; iov[0] describes exactly `len` bytes.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(self.iov[0].iov_base.cast::<u8>(), self.len) };
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    /// The memory of a finished, successful single-segment op (for a read:
+    /// the bytes read); None while it may still be in flight or if it failed.
+    pub(crate) fn finished_data(&self) -> Option<&[u8]> {
+        if !matches!(self.result, Some(Ok(()))) || self.iov.len() != 1 {
+            return None;
+        }
+        // SAFETY: the op has its outcome, so the kernel no longer accesses
+        // the memory; the op borrows it for 'a, and the returned slice is
+        // tied to `&self`, so no `&mut` to it exists meanwhile.
+        Some(unsafe { std::slice::from_raw_parts(self.iov[0].iov_base.cast::<u8>(), self.len) })
+    }
+
     fn new(off: u64, write: bool, iov: Vec<libc::iovec>) -> Self {
         let len = iov.iter().map(|v| v.iov_len).sum();
         Op {
@@ -102,6 +153,8 @@ impl<'a> Op<'a> {
             done: 0,
             rest: Vec::new(),
             result: None,
+            submitted: false,
+            fillable: false,
             _mem: PhantomData,
         }
     }
@@ -256,6 +309,22 @@ impl Ring {
     /// flight is returned: the ops not yet finished have no result then and
     /// the caller can run them another way.
     pub(crate) fn run(&mut self, fd: BorrowedFd<'_>, ops: &mut [Op<'_>]) -> io::Result<()> {
+        self.run_hooked(fd, ops, None, None)
+    }
+
+    /// As [`run`](Self::run), with two hooks: `prepare(op)` runs just before
+    /// an op is submitted for the first time, and each op is then submitted
+    /// on its own (so `prepare` of the next overlaps the I/O of this one);
+    /// `finished(op)` runs as soon as an op has its outcome, while the later
+    /// ops may still be in flight. A `prepare` error becomes that op's
+    /// outcome (it is not submitted).
+    pub(crate) fn run_hooked(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        ops: &mut [Op<'_>],
+        mut prepare: Option<&mut dyn FnMut(&mut Op<'_>) -> io::Result<()>>,
+        mut finished: Option<&mut dyn FnMut(&Op<'_>)>,
+    ) -> io::Result<()> {
         let mut in_flight = InFlight {
             ring: &mut self.ring,
             count: 0,
@@ -274,6 +343,17 @@ impl Ring {
                     None => break,
                 };
                 let op = &mut ops[i];
+                if !op.submitted {
+                    if let Some(p) = prepare.as_mut() {
+                        if let Err(e) = p(op) {
+                            op.result = Some(Err(e));
+                            if let Some(f) = finished.as_mut() {
+                                f(op);
+                            }
+                            continue;
+                        }
+                    }
+                }
                 let (iov, n) = op.remaining_iov();
                 let off = op.off + op.done as u64;
                 let fd = types::Fd(fd.as_raw_fd());
@@ -298,6 +378,11 @@ impl Ring {
                     break;
                 }
                 in_flight.count += 1;
+                op.submitted = true;
+                if prepare.is_some() {
+                    // Hand it to the kernel now, before preparing the next.
+                    in_flight.submit();
+                }
             }
             if in_flight.count == 0 {
                 return Ok(());
@@ -314,6 +399,8 @@ impl Ring {
                 let i = i as usize;
                 if !ops[i].complete(res) {
                     retry.push(i);
+                } else if let Some(f) = finished.as_mut() {
+                    f(&ops[i]);
                 }
             }
         }
@@ -329,6 +416,17 @@ struct InFlight<'r> {
 }
 
 impl InFlight<'_> {
+    /// Submit what is queued without waiting. On an error the entries stay
+    /// in the submission queue and go with the next `submit_and_wait`, which
+    /// deals with errors (nothing is lost, `count` stays true).
+    fn submit(&mut self) {
+        while let Err(e) = self.ring.submit() {
+            if e.raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+    }
+
     /// Submit what is queued and wait for at least one completion. Retries
     /// interruptions. On a persistent error with operations in flight it
     /// cannot return (their memory could be reused while the kernel uses

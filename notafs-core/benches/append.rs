@@ -122,8 +122,29 @@ struct Round {
     raw_r: f64,
     nf_w: f64,
     nf_r: f64,
+    /// CPU seconds (user + system, all threads of this process) notafs spent
+    /// appending and reading: on a shared machine the CPU that sits between
+    /// two device requests is what waits for a core, while dd needs almost
+    /// none.
+    cpu_w: f64,
+    cpu_r: f64,
     written: u64,
     cold: bool,
+}
+
+/// CPU seconds used so far by this process (all threads; not the dd
+/// children, which are waited for separately).
+fn cpu_seconds() -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: ru points to writable memory of the size getrusage fills.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+    if rc != 0 {
+        return 0.0;
+    }
+    // SAFETY: getrusage succeeded and filled the (zeroed) struct.
+    let ru = unsafe { ru.assume_init() };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -185,12 +206,14 @@ fn main() {
     for i in 0..rounds {
         let r = round(mb, &target, i % 2 == 1);
         println!(
-            "round {}: raw write {:7.1}  notafs append {:7.1}  raw read {:7.1}  notafs read {:7.1} MiB/s  (load {})",
+            "round {}: raw write {:7.1}  notafs append {:7.1}  raw read {:7.1}  notafs read {:7.1} MiB/s  notafs CPU {:.2}/{:.2} ms per MiB  (load {})",
             i + 1,
             mbs(r.raw_w),
             mbs(r.nf_w),
             mbs(r.raw_r),
             mbs(r.nf_r),
+            r.cpu_w * 1e3 / mb as f64,
+            r.cpu_r * 1e3 / mb as f64,
             load()
         );
         all.push(r);
@@ -278,24 +301,28 @@ fn raw_round(mb: u64, target: &Target) -> (f64, f64, bool) {
 
 fn round(mb: u64, target: &Target, notafs_first: bool) -> Round {
     if notafs_first {
-        let (nf_w, nf_r, written) = notafs_round(mb, target);
+        let (nf_w, nf_r, cpu_w, cpu_r, written) = notafs_round(mb, target);
         let (raw_w, raw_r, cold) = raw_round(mb, target);
         Round {
             raw_w,
             raw_r,
             nf_w,
             nf_r,
+            cpu_w,
+            cpu_r,
             written,
             cold,
         }
     } else {
         let (raw_w, raw_r, cold) = raw_round(mb, target);
-        let (nf_w, nf_r, written) = notafs_round(mb, target);
+        let (nf_w, nf_r, cpu_w, cpu_r, written) = notafs_round(mb, target);
         Round {
             raw_w,
             raw_r,
             nf_w,
             nf_r,
+            cpu_w,
+            cpu_r,
             written,
             cold,
         }
@@ -303,8 +330,9 @@ fn round(mb: u64, target: &Target, notafs_first: bool) -> Round {
 }
 
 /// notafs: format, append `mb` MiB, drop caches, read it back; (append
-/// seconds, read seconds, device bytes written by the appends and commits).
-fn notafs_round(mb: u64, target: &Target) -> (f64, f64, u64) {
+/// seconds, read seconds, their CPU seconds, device bytes written by the
+/// appends and commits).
+fn notafs_round(mb: u64, target: &Target) -> (f64, f64, f64, f64, u64) {
     let commit_every = env_u64("NOTAFS_BENCH_COMMIT_MB", 64).max(1);
     let (spec, opts, scratch) = match target {
         Target::File { dir, direct } => {
@@ -345,6 +373,7 @@ fn notafs_round(mb: u64, target: &Target) -> (f64, f64, u64) {
     let chunk: Vec<u8> = (0..1048576u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
+    let c = cpu_seconds();
     let t = Instant::now();
     let file = fs.create("store.0.suffix").unwrap();
     for i in 0..mb {
@@ -355,6 +384,7 @@ fn notafs_round(mb: u64, target: &Target) -> (f64, f64, u64) {
     }
     fs.commit().unwrap();
     let nf_w = t.elapsed().as_secs_f64();
+    let cpu_w = cpu_seconds() - c;
     let written = dev.written.load(Ordering::Relaxed) - before;
     drop(file);
     drop(fs);
@@ -371,6 +401,7 @@ fn notafs_round(mb: u64, target: &Target) -> (f64, f64, u64) {
     let snap = fs.snapshot();
     let f = snap.open("store.0.suffix").unwrap();
     let mut buf = vec![0u8; 1048576];
+    let c = cpu_seconds();
     let t = Instant::now();
     let mut off = 0;
     while off < f.len() {
@@ -378,6 +409,7 @@ fn notafs_round(mb: u64, target: &Target) -> (f64, f64, u64) {
         off += n as u64;
     }
     let nf_r = t.elapsed().as_secs_f64();
+    let cpu_r = cpu_seconds() - c;
     assert_eq!(off, mb * 1048576, "read back the whole file");
     drop(f);
     drop(snap);
@@ -386,5 +418,5 @@ fn notafs_round(mb: u64, target: &Target) -> (f64, f64, u64) {
     if scratch {
         let _ = std::fs::remove_file(&spec);
     }
-    (nf_w, nf_r, written)
+    (nf_w, nf_r, cpu_w, cpu_r, written)
 }
