@@ -1572,11 +1572,25 @@ fn commits_use_fua_for_the_slot_and_stay_durable() {
     let dev: Arc<dyn BlockDevice> =
         Arc::new(NbdDevice::open_uri(&fake.uri(), &opts_fast()).unwrap());
     assert!(dev.has_fua());
-    let fs = Fs::format(dev, &FormatOptions::default()).unwrap();
+    Fs::format(dev.clone(), &FormatOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    // No write-behind: its background flushes would land in the counted
+    // windows whenever the scheduler lets them.
+    let fs = Fs::open(
+        dev,
+        &notafs_core::OpenOptions {
+            write_behind: None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
 
     // A large commit: the barrier protocol (barrier = flush on NBD, then
-    // the slot with FUA, nothing after it).
-    let big: Vec<u8> = (0..768).flat_map(|b| pattern(11, b, 4096)).collect();
+    // the slot with FUA, nothing after it). Large means more than a commit
+    // log lists (16 MiB of blocks with log runs): 18 MiB of data.
+    let big: Vec<u8> = (0..18 * 256).flat_map(|b| pattern(11, b, 4096)).collect();
     fs.create("f").unwrap().write_at(0, &big).unwrap();
     let m = mark();
     let g1 = fs.commit().unwrap();
