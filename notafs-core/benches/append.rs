@@ -86,12 +86,15 @@ impl LoopDev {
         }
         guard.dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let name = guard.dev.trim_start_matches("/dev/");
-        let dio = std::fs::read_to_string(format!("/sys/block/{name}/loop/dio"))
-            .unwrap_or_default();
+        let dio =
+            std::fs::read_to_string(format!("/sys/block/{name}/loop/dio")).unwrap_or_default();
         if dio.trim() != "1" {
             // The host filesystem refused direct I/O to the backing file: the
             // loop device would go through the host page cache.
-            return Err(format!("{} has no direct I/O to {}", guard.dev, guard.backing));
+            return Err(format!(
+                "{} has no direct I/O to {}",
+                guard.dev, guard.backing
+            ));
         }
         Ok(guard)
     }

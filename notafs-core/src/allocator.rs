@@ -141,10 +141,17 @@ impl ExtentSet {
         out
     }
 
-    /// The first extent of at least `n` blocks.
-    fn find_at_least(&self, n: u64) -> Option<(u64, u64)> {
+    /// An extent of at least `n` blocks among the first `FIND_SCAN`
+    /// extents from `from`, else among the first `FIND_SCAN` of the set: a
+    /// bounded look, so that free space made of millions of small holes
+    /// costs each allocation a few microseconds, not a scan of all of them
+    /// (the caller falls back to first fit).
+    fn find_at_least(&self, n: u64, from: u64) -> Option<(u64, u64)> {
+        const FIND_SCAN: usize = 1024;
         self.map
-            .iter()
+            .range(from..)
+            .take(FIND_SCAN)
+            .chain(self.map.iter().take(FIND_SCAN))
             .find(|(_, l)| **l >= n)
             .map(|(s, l)| (*s, *l))
     }
@@ -256,10 +263,10 @@ impl Allocator {
                     .range(..=c)
                     .next_back()
                     .map(|(s, l)| (*s, *l))
-                    .filter(|(s, l)| c > 0 && s + l > c);
+                    .filter(|(s, l)| c > 0 && s + l >= c + want.min(DATA_RUN_PREF));
                 let (s, l) = match at_cursor {
                     Some((s, l)) => (c, s + l - c),
-                    None => match self.free.find_at_least(want.max(DATA_RUN_PREF)) {
+                    None => match self.free.find_at_least(want.max(DATA_RUN_PREF), c) {
                         Some(e) => e,
                         None => self.free.find(want).ok_or(Error::NoSpace)?,
                     },

@@ -20,6 +20,12 @@ use crate::{Error, Result};
 /// Largest file size: offsets must fit an i64 (as for POSIX `off_t`).
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
+/// Whole-block writes at least this long go straight to the device; shorter
+/// ones are buffered like partial blocks, so scattered small writes reach
+/// the device at the commit (or when the buffer fills) as one batch of
+/// contiguous blocks instead of one synchronous request each.
+const DIRECT_WRITE_MIN: u64 = 64 << 10;
+
 /// A handle to a file in the current transaction. Reads see uncommitted
 /// writes; a handle survives commits and renames of its file.
 pub struct File {
@@ -216,8 +222,8 @@ impl File {
         while pos < end {
             let lb = pos / bs;
             let in_block = pos % bs;
-            if in_block == 0 && end - pos >= bs {
-                // A run of whole blocks: straight to the device.
+            if in_block == 0 && end - pos >= bs.max(DIRECT_WRITE_MIN) {
+                // A long run of whole blocks: straight to the device.
                 let nblocks = (end - pos) / bs;
                 let src = &data[(pos - off) as usize..(pos - off + nblocks * bs) as usize];
                 let removed = {
@@ -242,9 +248,15 @@ impl File {
                     // honour: refuse it now rather than fail the commit.
                     self.fs.reserve_check_pub(t, 1)?;
                 }
-                let mut block = load_block(&self.fs, t, self.ino, lb)?;
-                block[in_block as usize..(in_block + take) as usize]
-                    .copy_from_slice(&data[(pos - off) as usize..(pos - off + take) as usize]);
+                let src = &data[(pos - off) as usize..(pos - off + take) as usize];
+                // A whole block needs no old content.
+                let block = if take == bs {
+                    src.to_vec()
+                } else {
+                    let mut block = load_block(&self.fs, t, self.ino, lb)?;
+                    block[in_block as usize..(in_block + take) as usize].copy_from_slice(src);
+                    block
+                };
                 let st = state(t, &io, self.ino)?;
                 if st.buf.insert(lb, block).is_none() {
                     t.buffered_bytes += bs as usize;

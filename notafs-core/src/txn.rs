@@ -234,38 +234,89 @@ pub(crate) fn write_blocks<E: TxnEnv>(
     done: &mut u64,
     committing: bool,
 ) -> Result<()> {
+    let r = write_runs(env, t, ino, &[(lb, data)], committing);
+    *done = r.1;
+    r.0
+}
+
+/// Write runs of whole blocks `(file block, bytes)` of `ino` to newly
+/// allocated device blocks and map them: every chunk is allocated first,
+/// then all go to the device as one batch (adjacent device blocks merged
+/// into one request: data allocated without a hint is contiguous, see
+/// `allocator::DATA_RUN_PREF`, so 256 scattered 4 KiB blocks are one 1 MiB
+/// write), then mapped. A failure to allocate writes and maps what was
+/// allocated before it and returns the error; the old mapping of what was
+/// not written stays. Returns the blocks of the first run written (for a
+/// short write) with the result.
+fn write_runs<E: TxnEnv>(
+    env: &E,
+    t: &mut Txn,
+    ino: u64,
+    runs: &[(u64, &[u8])],
+    committing: bool,
+) -> (Result<()>, u64) {
     let io = env.io().clone();
     let bs = io.layout.block_size as usize;
-    let n = (data.len() / bs) as u64;
-    // Continue the previous extent on disk when possible.
-    let mut hint = None;
-    if lb > 0 {
-        let st = state(t, &io, ino)?;
-        if let Some((k, e)) = st.ext.floor(&io, &(lb - 1))? {
-            if k + e.len() == lb {
-                hint = Some(e.pblock + e.len());
+    // (run index, file block, device block, blocks, offset in the run)
+    let mut plan: Vec<(usize, u64, u64, u64, usize)> = Vec::new();
+    let mut failed = None;
+    'runs: for (ri, (lb, data)) in runs.iter().enumerate() {
+        let (lb, n) = (*lb, (data.len() / bs) as u64);
+        // Continue the previous extent on disk when possible.
+        let mut hint = None;
+        if lb > 0 {
+            let floor = match state(t, &io, ino).and_then(|st| st.ext.floor(&io, &(lb - 1))) {
+                Ok(f) => f,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            if let Some((k, e)) = floor {
+                if k + e.len() == lb {
+                    hint = Some(e.pblock + e.len());
+                }
             }
+        }
+        let mut done = 0;
+        while done < n {
+            let got = (|| {
+                if committing {
+                    t.alloc.reserve = 0;
+                } else {
+                    env.reserve_for_data(t)?;
+                }
+                match t.alloc.alloc(n - done, hint, committing) {
+                    Err(Error::NoSpace) if !committing && env.reclaim(t)? => {
+                        env.reserve_for_data(t)?;
+                        t.alloc.alloc(n - done, hint, committing)
+                    }
+                    r => r,
+                }
+            })();
+            let (pb, got) = match got {
+                Ok(x) => x,
+                Err(e) => {
+                    failed = Some(e);
+                    break 'runs;
+                }
+            };
+            plan.push((ri, lb + done, pb, got, done as usize * bs));
+            hint = Some(pb + got);
+            done += got;
         }
     }
-    *done = 0;
-    while *done < n {
-        if committing {
-            t.alloc.reserve = 0;
-        } else {
-            env.reserve_for_data(t)?;
-        }
-        let (pb, got) = match t.alloc.alloc(n - *done, hint, committing) {
-            Err(Error::NoSpace) if !committing && env.reclaim(t)? => {
-                env.reserve_for_data(t)?;
-                t.alloc.alloc(n - *done, hint, committing)?
-            }
-            r => r?,
-        };
-        let chunk = &data[(*done as usize) * bs..((*done + got) as usize) * bs];
-        if let Err(e) = io.dev.write(pb, chunk) {
-            return env.fail_write(e.into());
-        }
-        env.note_written(chunk.len() as u64);
+    let chunks: Vec<(u64, &[u8])> = plan
+        .iter()
+        .map(|&(ri, _, pb, got, o)| (pb, &runs[ri].1[o..o + got as usize * bs]))
+        .collect();
+    if let Err(e) = write_chunks(io.dev.as_ref(), chunks) {
+        return (env.fail_write(e), 0);
+    }
+    env.note_written(plan.iter().map(|p| p.3 * bs as u64).sum());
+    let mut first = 0;
+    for &(ri, flb, pb, got, o) in &plan {
+        let chunk = &runs[ri].1[o..o + got as usize * bs];
         let crcs: Vec<u32> = chunk.chunks(bs).map(crate::checksum::crc).collect();
         // Small writes are read back soon (a pack store reads what it just
         // appended): keep them in the data cache, as data.rs would after
@@ -277,13 +328,85 @@ pub(crate) fn write_blocks<E: TxnEnv>(
             }
         }
         t.note_data(pb, &crcs);
-        unmap(t, &io, ino, lb + *done, got)?;
-        map(t, &io, ino, lb + *done, pb, &crcs)?;
-        hint = Some(pb + got);
-        *done += got;
+        if let Err(e) = unmap(t, &io, ino, flb, got).and_then(|_| map(t, &io, ino, flb, pb, &crcs))
+        {
+            return (Err(e), first);
+        }
+        if ri == 0 {
+            first += got;
+        }
+    }
+    if let Some(e) = failed {
+        return (Err(e), first);
     }
     if !committing {
-        spill_metadata(env, t, ino)?;
+        if let Err(e) = spill_metadata(env, t, ino) {
+            return (Err(e), first);
+        }
+    }
+    (Ok(()), first)
+}
+
+/// Write `(device block, bytes)` chunks as batches in device order, runs
+/// of adjacent small chunks merged into one request (copied, at most
+/// `MERGE_MAX` bytes per batch so memory stays bounded); a large chunk goes
+/// out as it is.
+fn write_chunks(
+    dev: &dyn notafs_blockdev::BlockDevice,
+    mut chunks: Vec<(u64, &[u8])>,
+) -> Result<()> {
+    const MERGE_MAX: usize = 8 << 20;
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let bs = dev.geometry().block_size as u64;
+    chunks.sort_unstable_by_key(|c| c.0);
+    let mut i = 0;
+    while i < chunks.len() {
+        // Groups of adjacent chunks, until MERGE_MAX bytes were copied.
+        let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut copied = 0;
+        while i < chunks.len() && copied < MERGE_MAX {
+            let s = i;
+            let mut len = chunks[i].1.len();
+            i += 1;
+            while i < chunks.len()
+                && chunks[i - 1].0 + chunks[i - 1].1.len() as u64 / bs == chunks[i].0
+                && len + chunks[i].1.len() <= MERGE_MAX
+            {
+                len += chunks[i].1.len();
+                i += 1;
+            }
+            if i - s > 1 {
+                copied += len;
+            }
+            groups.push(s..i);
+        }
+        let merged: Vec<Vec<u8>> = groups
+            .iter()
+            .filter(|g| g.len() > 1)
+            .map(|g| {
+                let mut v = Vec::new();
+                for c in &chunks[g.clone()] {
+                    v.extend_from_slice(c.1);
+                }
+                v
+            })
+            .collect();
+        let mut m = merged.iter();
+        let mut reqs: Vec<notafs_blockdev::WriteReq<'_>> = Vec::with_capacity(groups.len());
+        for g in &groups {
+            let data: &[u8] = if g.len() > 1 {
+                m.next().map(|v| v.as_slice()).unwrap_or_default()
+            } else {
+                chunks[g.start].1
+            };
+            reqs.push(notafs_blockdev::WriteReq {
+                block: chunks[g.start].0,
+                data,
+            });
+        }
+        dev.write_batch(&reqs)?;
     }
     Ok(())
 }
@@ -358,11 +481,8 @@ pub(crate) fn flush_buffer<E: TxnEnv>(
     if forget_last {
         runs.pop();
     }
-    for (lb, data) in runs {
-        let mut done = 0;
-        write_blocks(env, t, ino, lb, &data, &mut done, committing)?;
-    }
-    Ok(())
+    let runs: Vec<(u64, &[u8])> = runs.iter().map(|(lb, d)| (*lb, d.as_slice())).collect();
+    write_runs(env, t, ino, &runs, committing).0
 }
 
 /// Current content of file block `lb` (for a read-modify-write).

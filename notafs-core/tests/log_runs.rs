@@ -16,6 +16,8 @@ struct Counting {
     inner: MemoryDevice,
     flushes: AtomicU64,
     read: AtomicU64,
+    /// Write requests (a batch counts each of its requests).
+    requests: AtomicU64,
 }
 
 impl BlockDevice for Counting {
@@ -27,9 +29,11 @@ impl BlockDevice for Counting {
         self.inner.read(b, buf)
     }
     fn write(&self, b: u64, d: &[u8]) -> notafs_blockdev::Result<()> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
         self.inner.write(b, d)
     }
     fn write_batch(&self, w: &[WriteReq<'_>]) -> notafs_blockdev::Result<()> {
+        self.requests.fetch_add(w.len() as u64, Ordering::SeqCst);
         self.inner.write_batch(w)
     }
     fn write_zeroes(&self, b: u64, c: u64) -> notafs_blockdev::Result<()> {
@@ -49,6 +53,7 @@ fn device(blocks: u64) -> Arc<Counting> {
         inner: MemoryDevice::new(4096, blocks).unwrap(),
         flushes: AtomicU64::new(0),
         read: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
     })
 }
 
@@ -93,10 +98,10 @@ fn newest_slot(dev: &dyn BlockDevice) -> (Vec<u8>, RootSlot, u64) {
 }
 
 /// 40 commits of 256 random 4 KiB overwrites into a 32 MiB file; returns
-/// flushes per commit over the last 20 (after the ring's pending blocks
-/// were reused) and the log length of the last slot. Reads everything back
+/// flushes and write requests per commit over the last 20 (after the
+/// ring's pending blocks were reused) and the log length of the last slot. Reads everything back
 /// after a reopen and checks the image.
-fn overwrite_rounds(dev: &Arc<Counting>) -> (f64, u32) {
+fn overwrite_rounds(dev: &Arc<Counting>) -> (f64, f64, u32) {
     let fs = Fs::open(dev.clone(), &opts()).unwrap();
     let f = fs.create("/data").unwrap();
     let blocks = 8192u64;
@@ -108,10 +113,11 @@ fn overwrite_rounds(dev: &Arc<Counting>) -> (f64, u32) {
     f.write_at(0, &all).unwrap();
     fs.commit().unwrap();
     let mut s = 0x2545_F491_4F6C_DD1Du64;
-    let mut before = 0;
+    let (mut before, mut req_before) = (0, 0);
     for round in 0..40 {
         if round == 20 {
             before = dev.flushes.load(Ordering::SeqCst);
+            req_before = dev.requests.load(Ordering::SeqCst);
         }
         for _ in 0..256 {
             s ^= s << 13;
@@ -125,6 +131,7 @@ fn overwrite_rounds(dev: &Arc<Counting>) -> (f64, u32) {
         fs.commit().unwrap();
     }
     let per = (dev.flushes.load(Ordering::SeqCst) - before) as f64 / 20.0;
+    let reqs = (dev.requests.load(Ordering::SeqCst) - req_before) as f64 / 20.0;
     // Before the handle seals its last log commit on close.
     let log_len = newest_slot(dev.as_ref()).1.log_len;
     drop(f);
@@ -140,7 +147,7 @@ fn overwrite_rounds(dev: &Arc<Counting>) -> (f64, u32) {
     drop(fs);
     let r = check(dev.clone(), &CheckOptions::default()).unwrap();
     assert!(r.is_clean(), "{:?}", r.problems);
-    (per, log_len)
+    (per, reqs, log_len)
 }
 
 /// 256 scattered overwrites dirty ~150 extent leaves and write ~420
@@ -150,10 +157,16 @@ fn overwrite_rounds(dev: &Arc<Counting>) -> (f64, u32) {
 fn scattered_overwrites_take_one_flush() {
     let dev = device(65536);
     drop(Fs::format(dev.clone(), &FormatOptions::default()).unwrap());
-    let (per, log_len) = overwrite_rounds(&dev);
-    eprintln!("log runs: {per:.2} flushes per commit, last log {log_len} entries");
+    let (per, reqs, log_len) = overwrite_rounds(&dev);
+    eprintln!(
+        "log runs: {per:.2} flushes and {reqs:.1} write requests per commit, last log \
+         {log_len} entries"
+    );
     assert!(log_len > 0, "the last commit used the commit log");
     assert!(per <= 1.05, "{per:.2} flushes per commit");
+    // The 256 data blocks go out as one contiguous batch at the commit,
+    // not one request per write; what remains is the copied tree nodes.
+    assert!(reqs < 200.0, "{reqs:.1} write requests per commit");
 }
 
 /// An image without the feature writes one block per entry, so the same
@@ -164,7 +177,7 @@ fn without_the_feature_entries_are_blocks() {
     let dev = device(65536);
     drop(Fs::format(dev.clone(), &FormatOptions::default()).unwrap());
     clear_incompat(dev.as_ref(), notafs_core::superblock::INCOMPAT_LOG_RUNS);
-    let (per, log_len) = overwrite_rounds(&dev);
+    let (per, _, log_len) = overwrite_rounds(&dev);
     eprintln!("one block per entry: {per:.2} flushes per commit");
     assert_eq!(log_len, 0, "too many blocks for one-block entries");
     assert!(per >= 1.9, "{per:.2} flushes per commit");
