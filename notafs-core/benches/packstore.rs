@@ -35,7 +35,9 @@
 //! NOTAFS_BENCH_READ_RATIO (0.25), NOTAFS_BENCH_COLD_READS (20000),
 //! NOTAFS_BENCH_COMMIT_KB (4096), NOTAFS_BENCH_INDEX_KB (256),
 //! NOTAFS_BENCH_APPEND_BUF (bytes, 1048576; 0 = one write per record),
-//! NOTAFS_BENCH_WRITE_BEHIND (bytes, 8 MiB; 0 = off).
+//! NOTAFS_BENCH_WRITE_BEHIND (bytes, 8 MiB; 0 = off), NOTAFS_BENCH_CACHE_MB
+//! (notafs `cache_bytes` in MiB; default the library's), NOTAFS_BENCH_ONLY
+//! (contenders to run, comma-separated among `peer`, `buffered`, `direct`).
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -127,7 +129,7 @@ struct NotafsB {
 }
 
 impl NotafsB {
-    fn new(img: &str, direct: bool, image_bytes: u64, wb: u64) -> NotafsB {
+    fn new(img: &str, direct: bool, image_bytes: u64, wb: u64, cache: Option<usize>) -> NotafsB {
         let _ = std::fs::remove_file(img);
         preallocate(img, image_bytes);
         let dev = notafs_blockdev::open(
@@ -144,6 +146,7 @@ impl NotafsB {
             dev.clone(),
             &OpenOptions {
                 write_behind: (wb > 0).then_some(wb),
+                cache_bytes: cache.unwrap_or(OpenOptions::default().cache_bytes),
                 ..Default::default()
             },
         )
@@ -586,7 +589,21 @@ fn main() {
     let peer_dir = PathBuf::from(format!("{dir}/notafs-bench-pack-peer"));
     let image_bytes = (cfg.mb * 2 + 512) << 20;
 
-    let who = [Who::Peer, Who::NotafsBuffered, Who::NotafsDirect];
+    let cache: Option<usize> = std::env::var("NOTAFS_BENCH_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map(|m| m << 20);
+    let only = std::env::var("NOTAFS_BENCH_ONLY").unwrap_or_else(|_| "peer,buffered,direct".into());
+    let who: Vec<Who> = [
+        (Who::Peer, "peer"),
+        (Who::NotafsBuffered, "buffered"),
+        (Who::NotafsDirect, "direct"),
+    ]
+    .into_iter()
+    .filter(|(_, n)| only.split(',').any(|o| o.trim() == *n))
+    .map(|(w, _)| w)
+    .collect();
+    assert!(!who.is_empty(), "NOTAFS_BENCH_ONLY names no contender");
     let mut res: Vec<Vec<Stats>> = vec![Vec::new(); 3];
     let mut dd_b = f64::INFINITY;
     let mut dd_d = f64::INFINITY;
@@ -607,7 +624,7 @@ fn main() {
                     st
                 }
                 Who::NotafsBuffered | Who::NotafsDirect => {
-                    let mut n = NotafsB::new(&img, w == Who::NotafsDirect, image_bytes, wb);
+                    let mut n = NotafsB::new(&img, w == Who::NotafsDirect, image_bytes, wb, cache);
                     let mut st = run(&mut n, &cfg, &pool);
                     st.device_written = n.dev.written.load(Ordering::Relaxed);
                     assert_eq!(n.commits, st.commits);
@@ -636,9 +653,11 @@ fn main() {
     let mib = |b: u64| b as f64 / 1048576.0;
     let best =
         |v: &[Stats], f: &dyn Fn(&Stats) -> f64| v.iter().map(f).fold(f64::INFINITY, f64::min);
-    let s0 = &res[0][0];
+    let Some(s0) = res.iter().find_map(|r| r.first()) else {
+        return;
+    };
     println!(
-        "notafs-core pack-store benchmark, best of {rounds} rounds, dir {dir}, seed {}, records {} MiB (+dict {:.2} MiB), payload {:.1} MiB, {} durable commits, warm reads {}/round, cold reads {}, append buffer {} B, index {} KiB, write-behind {} B, page cache dropped: {cold_ok}",
+        "notafs-core pack-store benchmark, best of {rounds} rounds, dir {dir}, seed {}, records {} MiB (+dict {:.2} MiB), payload {:.1} MiB, {} durable commits, warm reads {}/round, cold reads {}, append buffer {} B, index {} KiB, write-behind {} B, notafs cache_bytes {} MiB, page cache dropped: {cold_ok}",
         cfg.seed,
         cfg.mb,
         mib(s0.appended) - cfg.mb as f64,
@@ -648,7 +667,8 @@ fn main() {
         cfg.cold_reads,
         cfg.append_buf,
         cfg.index_bytes >> 10,
-        wb
+        wb,
+        cache.unwrap_or(OpenOptions::default().cache_bytes) >> 20
     );
     println!(
         "{:<24} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
@@ -668,7 +688,12 @@ fn main() {
         "{:<24} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
         "", "MiB/s", "MiB/s", "", "µs", "µs", "µs", "µs", "MiB", "", ""
     );
-    let peer_t = best(&res[Who::Peer as usize], &|s| s.write_s);
+    // Without the peer in this run, "vs peer" is NaN.
+    let peer_t = if res[Who::Peer as usize].is_empty() {
+        f64::NAN
+    } else {
+        best(&res[Who::Peer as usize], &|s| s.write_s)
+    };
     // The raw limit is the faster dd mode of the run: a buffered dd of more
     // than the kernel's dirty limit is throttled by writeback.
     let raw_t = dd_b.min(dd_d);
@@ -678,6 +703,9 @@ fn main() {
         (Who::NotafsDirect, "notafs O_DIRECT"),
     ] {
         let v = &res[w as usize];
+        if v.is_empty() {
+            continue;
+        }
         let t = best(v, &|s| s.write_s);
         let lat = |cold: bool, p: f64| {
             best(v, &|s| {
@@ -716,7 +744,9 @@ fn main() {
         (Who::NotafsBuffered, "buffered"),
         (Who::NotafsDirect, "O_DIRECT"),
     ] {
-        let s = &res[w as usize][0];
+        let Some(s) = res[w as usize].first() else {
+            continue;
+        };
         println!(
             "notafs {name} write amplification: {:.4} (device bytes {} / payload bytes {})",
             s.device_written as f64 / s.payload as f64,

@@ -70,6 +70,53 @@ impl AlignedBuf {
     }
 }
 
+/// NOTAFS_BENCH_CPU=1: the CPU notafs adds per 4 KiB read, without the
+/// kernel or a disk: a file on a memory device read through notafs, against
+/// reads of random blocks of the same memory device (a 4 KiB copy from
+/// memory that is not in the CPU caches, like a DMA'd block).
+fn cpu_only(size: u64, reads: u64, rounds: u64) {
+    use notafs_blockdev::memory::MemoryDevice;
+    use notafs_blockdev::BlockDevice;
+    let blocks = size / 4096 + size / 4096 / 4 + 16384;
+    let dev = Arc::new(MemoryDevice::new(4096, blocks).expect("memory device"));
+    {
+        let fs = Fs::format(dev.clone(), &FormatOptions::default()).expect("format");
+        let f = fs.create("data").expect("create");
+        let chunk: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let mut off = 0;
+        while off < size {
+            f.write_at(off, &chunk).expect("write");
+            off += chunk.len() as u64;
+        }
+        fs.commit().expect("commit");
+    }
+    let fs = Fs::open(dev.clone(), &OpenOptions::default()).expect("open fs");
+    let snap = fs.snapshot();
+    let file = snap.open("data").expect("open file");
+    let mut buf = AlignedBuf::new();
+    let (mut best_dev, mut best_fs) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..rounds {
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let t = Instant::now();
+        for _ in 0..reads {
+            let b = next(&mut s) % (size / 4096);
+            dev.read(16384 + b, buf.as_mut()).expect("read");
+        }
+        best_dev = best_dev.min(t.elapsed().as_nanos() as f64 / reads as f64);
+        let t = Instant::now();
+        for _ in 0..reads {
+            let off = (next(&mut s) % (size / 4096)) * 4096;
+            assert_eq!(file.read_at(off, buf.as_mut()).expect("read"), 4096);
+        }
+        best_fs = best_fs.min(t.elapsed().as_nanos() as f64 / reads as f64);
+    }
+    println!(
+        "memory device, {} MiB file: device read {best_dev:.0} ns, notafs read {best_fs:.0} ns, notafs adds {:.0} ns per 4 KiB read",
+        size >> 20,
+        best_fs - best_dev
+    );
+}
+
 fn main() {
     let mb = env("NOTAFS_BENCH_MB", 1024);
     let rounds = env("NOTAFS_BENCH_ROUNDS", 3);
@@ -83,6 +130,10 @@ fn main() {
     let only = std::env::var("NOTAFS_BENCH_ONLY").unwrap_or_default();
     let (do_raw, do_fs) = (only != "notafs", only != "raw");
     let dir = std::env::var("NOTAFS_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
+    if std::env::var("NOTAFS_BENCH_CPU").is_ok() {
+        cpu_only(mb << 20, reads, rounds);
+        return;
+    }
     // NOTAFS_BENCH_IMAGE: keep the image at this path and reuse it when it
     // exists (profiling the reads without the write phase).
     let keep = std::env::var("NOTAFS_BENCH_IMAGE").ok();

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Hashes block numbers for the cache maps: one multiply-xorshift round
 /// instead of SipHash (profiled: SipHash was a visible part of each 4 KiB
@@ -72,7 +72,30 @@ struct Shard<V> {
 /// readers on one lock reached 0.59x raw O_DIRECT IOPS).
 pub struct BlockCache<V> {
     shards: Vec<Shard<V>>,
+    admission: Admission,
 }
+
+/// Admission of blocks that were just missed (see [`BlockCache::admit`]).
+#[derive(Default)]
+struct Admission {
+    /// Calls to `admit` so far.
+    calls: AtomicU64,
+    /// (lookups, hits) at the last review.
+    seen: Mutex<(u64, u64)>,
+    /// Admit only one miss in `SAMPLE`.
+    sampling: AtomicBool,
+}
+
+/// `admit` reviews the hit rate every this many calls.
+const REVIEW_EVERY: u64 = 1024;
+/// Below one hit in this many lookups since the last review, misses are
+/// sampled. Uniform random reads over N times the cache's size hit 1/N of
+/// the time whichever blocks it holds, so sampling loses them no hits; a
+/// skewed workload still gets its hot blocks in (each miss of one has its
+/// chance) and stops being sampled once they are hit.
+const LOW_HIT_RATE: u64 = 8;
+/// While sampling, one miss in this many is admitted.
+const SAMPLE: u64 = 8;
 
 /// Most shards of one cache (each keeps at least 16 entries).
 const MAX_SHARDS: usize = 64;
@@ -86,7 +109,34 @@ impl<V: Clone> BlockCache<V> {
             shards: (0..n)
                 .map(|i| Shard::new(capacity / n + usize::from(i < capacity % n)))
                 .collect(),
+            admission: Admission::default(),
         }
+    }
+
+    /// Whether a block just missed should be inserted. Normally yes. When
+    /// the cache has been hit less than once in [`LOW_HIT_RATE`] lookups
+    /// since the last review (random reads over far more data than it
+    /// holds), only one miss in [`SAMPLE`] is: inserting every one would
+    /// cost a 4 KiB copy and an eviction per read (profiled: a third of
+    /// the CPU notafs adds to a random 4 KiB read) for entries evicted
+    /// before any reuse. Blocks read again still get in (each re-read has
+    /// its chance), hits then raise the rate and every miss is admitted
+    /// again at the next review.
+    pub fn admit(&self) -> bool {
+        let a = &self.admission;
+        let n = a.calls.fetch_add(1, Ordering::Relaxed);
+        if n % REVIEW_EVERY == REVIEW_EVERY - 1 {
+            let (hits, misses) = self.stats();
+            let lookups = hits + misses;
+            let mut seen = a.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let (dl, dh) = (lookups.saturating_sub(seen.0), hits.saturating_sub(seen.1));
+            *seen = (lookups, hits);
+            a.sampling.store(
+                dl >= REVIEW_EVERY && dh * LOW_HIT_RATE < dl,
+                Ordering::Relaxed,
+            );
+        }
+        !a.sampling.load(Ordering::Relaxed) || n.is_multiple_of(SAMPLE)
     }
 
     fn shard(&self, block: u64) -> &Shard<V> {
@@ -362,5 +412,51 @@ mod tests {
             drop(held);
             assert_eq!(got, Ok(Some(33)), "a lookup waited for another one");
         });
+    }
+
+    #[test]
+    fn misses_are_sampled_while_the_cache_is_not_hit() {
+        let c: BlockCache<u64> = BlockCache::new(64);
+        // A fresh cache admits every miss.
+        assert!((0..100).all(|_| c.admit()));
+        // Random reads over far more blocks than it holds: a long run of
+        // misses, each admitted block evicted before it is read again.
+        let mut admitted = 0;
+        for b in 0..20_000u64 {
+            assert_eq!(c.get(1_000_000 + b, 0), None);
+            if c.admit() {
+                admitted += 1;
+                c.put(1_000_000 + b, 0, b);
+            }
+        }
+        assert!(
+            admitted < 20_000 / 4,
+            "{admitted} of 20000 misses inserted while nothing was hit"
+        );
+        // A hot set read over and over gets in and, once hit, turns full
+        // admission back on.
+        for round in 0..200u64 {
+            for b in 0..32u64 {
+                if c.get(b, 0).is_none() && c.admit() {
+                    c.put(b, 0, round);
+                }
+            }
+        }
+        assert!(
+            (0..32u64).all(|b| c.get(b, 0).is_some()),
+            "hot set not cached"
+        );
+        // Misses amid those hits: the next review sees the hits and admits
+        // every miss again.
+        for b in 0..2 * REVIEW_EVERY {
+            if c.get(b % 32, 0).is_none() && c.admit() {
+                c.put(b % 32, 0, b);
+            }
+            if c.get(5_000_000 + b, 0).is_none() && c.admit() {
+                c.put(5_000_000 + b, 0, b);
+            }
+        }
+        assert!(!c.admission.sampling.load(Ordering::Relaxed));
+        assert!(c.admit());
     }
 }

@@ -308,8 +308,9 @@ pub(crate) fn read_at(
         }
         check_all(&work, bs as usize)?;
     }
-    if use_cache {
-        // Everything read was verified above: remember it.
+    // Everything read was verified above: remember it (unless the cache,
+    // not being hit, samples what it admits).
+    if use_cache && io.data_cache.admit() {
         let bsz = bs as usize;
         for r in &inplace {
             let crcs = &all_crcs[r.crc.clone()];
