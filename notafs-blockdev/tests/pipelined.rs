@@ -69,7 +69,10 @@ fn exercise(dev: &dyn BlockDevice, seed: u64) {
             dev.write(start, w.get()).unwrap();
             let mut aligned = AlignedBuf::zeroed(len, 4096).unwrap();
             dev.read(start, &mut aligned).unwrap();
-            assert!(aligned[..] == want[..], "aligned read-back of {len} at {start}");
+            assert!(
+                aligned[..] == want[..],
+                "aligned read-back of {len} at {start}"
+            );
             let mut r = Unaligned::new(len);
             dev.read(start, r.get_mut()).unwrap();
             assert!(r.get() == &want[..], "unaligned read of {len} at {start}");
@@ -185,6 +188,9 @@ fn a_failing_piece_fails_the_read() {
         // A read wholly before the end still works, with the right bytes.
         let mut r = Unaligned::new(1 << 20);
         dev.read(64, r.get_mut()).unwrap();
-        assert!(r.get() == &want[256 * KIB..256 * KIB + (1 << 20)], "{engine:?}");
+        assert!(
+            r.get() == &want[256 * KIB..256 * KIB + (1 << 20)],
+            "{engine:?}"
+        );
     }
 }

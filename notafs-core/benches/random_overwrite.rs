@@ -7,6 +7,9 @@
 //!
 //! * raw: pwrite on a preallocated, written file + fdatasync every 256;
 //! * notafs: `File::write_at` + `Fs::commit` on a 1 GiB image file;
+//! * notafs on loop: the same on a loop device over a preallocated 1 GiB
+//!   file, through the raw backend (O_DIRECT on the block device), set up
+//!   as the peers' loop devices are;
 //! * ext4, xfs, btrfs, FAT32 on a loop device over a preallocated 1 GiB file
 //!   (pwrite + fdatasync every 256);
 //! * littlefs (littlefs-python) on a 1 GiB image file (lfs_file_seek +
@@ -29,7 +32,8 @@
 //! Env: NOTAFS_BENCH_WRITES (16384), NOTAFS_BENCH_ROUNDS (3),
 //! NOTAFS_BENCH_SLICE (256), NOTAFS_BENCH_SEED (1), NOTAFS_BENCH_DIR
 //! (/var/tmp), NOTAFS_BENCH_BUDGET (10), NOTAFS_BENCH_PEERS (comma list
-//! of raw, notafs, ext4, xfs, btrfs, fat, littlefs; default all). Peers
+//! of raw, raw-loop, notafs, notafs-loop, ext4, xfs, btrfs, fat, littlefs; default
+//! all). Peers
 //! need root and their mkfs tools; a peer that cannot run is printed as
 //! SKIPPED with the reason.
 use std::time::Instant;
@@ -64,7 +68,7 @@ fn main() {
     let budget = env("NOTAFS_BENCH_BUDGET", 10.0);
     let direct = std::env::var("NOTAFS_BENCH_DIRECT").is_ok_and(|v| v == "1");
     let dir = std::env::var("NOTAFS_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
-    let all = "raw,notafs,ext4,xfs,btrfs,fat,littlefs";
+    let all = "raw,raw-loop,notafs,notafs-loop,ext4,xfs,btrfs,fat,littlefs";
     let which = std::env::var("NOTAFS_BENCH_PEERS").unwrap_or_else(|_| all.into());
     let names: Vec<&str> = all
         .split(',')
@@ -93,6 +97,10 @@ fn main() {
                     }
                     "notafs" => Notafs::new(&img, DEV, w, direct, true)
                         .map(|c| Box::new(c) as Box<dyn Contender>),
+                    "raw-loop" => Raw::on_loop(&dir, DEV, w, direct)
+                        .map(|c| Box::new(c) as Box<dyn Contender>),
+                    "notafs-loop" => Notafs::on_loop(&dir, DEV, w, direct)
+                        .map(|c| Box::new(c) as Box<dyn Contender>),
                     "littlefs" if direct => Err(LFS_DIRECT.into()),
                     "littlefs" if round > 0 => Err(LFS_ONCE.into()),
                     "littlefs" => Littlefs::new(&img, DEV, w, direct)
@@ -106,6 +114,8 @@ fn main() {
                 let label = match &c {
                     Ok(c) => c.label(),
                     Err(_) if *name == "littlefs" => "littlefs".into(),
+                    Err(_) if *name == "notafs-loop" => "notafs on loop (raw backend)".into(),
+                    Err(_) if *name == "raw-loop" => "raw (loop device)".into(),
                     Err(_) => format!("{name} on loop"),
                 };
                 (label, c)

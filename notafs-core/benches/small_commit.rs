@@ -6,7 +6,9 @@
 //! against peer filesystems on the same device with the same durability:
 //! ext4, xfs, btrfs and FAT32 on a loop device over a preallocated file in
 //! the same directory (4 KiB append to one file + fdatasync), and littlefs
-//! on an image file there (append + lfs_file_sync).
+//! on an image file there (append + lfs_file_sync). `notafs-loop`: notafs
+//! (commit log) on a loop device set up as the peers' are, through the raw
+//! backend.
 //!
 //! Per round every contender is set up fresh, then all run their commits
 //! interleaved in slices (NOTAFS_BENCH_SLICE commits, order rotating), so
@@ -23,8 +25,8 @@
 //! NOTAFS_BENCH_SLICE (20), NOTAFS_BENCH_DIR (/var/tmp),
 //! NOTAFS_BENCH_BUDGET (seconds per contender per round, 10: a slower one
 //! stops there and is reported with the commits it did),
-//! NOTAFS_BENCH_PEERS (comma list of raw, log, barrier, ext4, xfs, btrfs,
-//! fat, littlefs; default all). Peers need root and their mkfs tools; a
+//! NOTAFS_BENCH_PEERS (comma list of raw, raw-loop, log, barrier, notafs-loop, ext4,
+//! xfs, btrfs, fat, littlefs; default all). Peers need root and their mkfs tools; a
 //! peer that cannot run is printed as SKIPPED with the reason.
 use std::time::Instant;
 
@@ -52,7 +54,7 @@ fn main() {
     let budget = env("NOTAFS_BENCH_BUDGET", 10) as f64;
     let direct = std::env::var("NOTAFS_BENCH_DIRECT").is_ok_and(|v| v == "1");
     let dir = std::env::var("NOTAFS_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
-    let all = "raw,log,barrier,ext4,xfs,btrfs,fat,littlefs";
+    let all = "raw,raw-loop,log,barrier,notafs-loop,ext4,xfs,btrfs,fat,littlefs";
     let which = std::env::var("NOTAFS_BENCH_PEERS").unwrap_or_else(|_| all.into());
     let names: Vec<&str> = all
         .split(',')
@@ -79,6 +81,10 @@ fn main() {
                         .map(|c| Box::new(c) as Box<dyn Contender>),
                     "barrier" => Notafs::new(&img, IMAGE, w, direct, false)
                         .map(|c| Box::new(c) as Box<dyn Contender>),
+                    "raw-loop" => Raw::on_loop(&dir, PEER_DEV, w, direct)
+                        .map(|c| Box::new(c) as Box<dyn Contender>),
+                    "notafs-loop" => Notafs::on_loop(&dir, PEER_DEV, w, direct)
+                        .map(|c| Box::new(c) as Box<dyn Contender>),
                     "littlefs" => Littlefs::new(&img, IMAGE, w, direct)
                         .map(|c| Box::new(c) as Box<dyn Contender>),
                     name => {
@@ -90,6 +96,8 @@ fn main() {
                 let label = match &c {
                     Ok(c) => c.label(),
                     Err(_) if *name == "littlefs" => "littlefs".into(),
+                    Err(_) if *name == "notafs-loop" => "notafs on loop (raw backend)".into(),
+                    Err(_) if *name == "raw-loop" => "raw (loop device)".into(),
                     Err(_) => format!("{name} on loop"),
                 };
                 (label, c)

@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use notafs_blockdev::file::{FileDevice, FileOptions};
+use notafs_blockdev::raw::{RawDevice, RawOptions};
+use notafs_blockdev::BlockDevice;
 use notafs_core::{FormatOptions, Fs, OpenOptions as NOpenOptions};
 
 use super::Counting;
@@ -516,6 +518,8 @@ pub struct Raw {
     buf: Aligned,
     bytes: u64,
     syncs: u64,
+    /// The loop device written to (`on_loop`), detached after `f` closes.
+    lo: Option<LoopDev>,
 }
 
 impl Raw {
@@ -525,14 +529,42 @@ impl Raw {
             format!("raw file {path}: {e}")
         })
     }
+
+    /// The raw limit of a loop device set up as the peers' are: pwrite +
+    /// fdatasync on the block device itself (O_DIRECT when `direct`, and
+    /// the loop device `--direct-io=on` then).
+    pub fn on_loop(dir: &str, size: u64, w: Workload, direct: bool) -> Result<Raw, String> {
+        if let Some(why) = loop_unavailable() {
+            return Err(why);
+        }
+        let path = format!("{dir}/notafs-peer-raw-{}.img", std::process::id());
+        Self::make_on(&path, size, w, direct, true).map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            format!("raw loop device over {path}: {e}")
+        })
+    }
     fn make(path: &str, size: u64, w: Workload, direct: bool) -> io::Result<Raw> {
+        Self::make_on(path, size, w, direct, false)
+    }
+    fn make_on(path: &str, size: u64, w: Workload, direct: bool, on_loop: bool) -> io::Result<Raw> {
         super::preallocate(path, size);
+        let lo = if on_loop {
+            let sector = SECTOR.to_string();
+            let mut la = vec!["-f", "--show", "--sector-size", &sector];
+            if direct {
+                la.push("--direct-io=on");
+            }
+            la.push(path);
+            Some(LoopDev(run("losetup", &la).map_err(io::Error::other)?))
+        } else {
+            None
+        };
         let mut o = std::fs::OpenOptions::new();
         o.write(true);
         if direct {
             o.custom_flags(libc::O_DIRECT);
         }
-        let f = o.open(path)?;
+        let f = o.open(lo.as_ref().map_or(path, |l| l.0.as_str()))?;
         let first = Aligned::new(4096, 1);
         match w {
             Workload::Append => f.write_at(first.get(), 0).map(|_| ())?,
@@ -546,15 +578,23 @@ impl Raw {
             buf: Aligned::new(4096, 0x5a),
             bytes: 0,
             syncs: 0,
+            lo,
         })
     }
 }
 
 impl Contender for Raw {
     fn label(&self) -> String {
+        let on = if self.lo.is_some() {
+            " (loop device)"
+        } else {
+            ""
+        };
         match self.ops.w {
-            Workload::Append => "raw 4 KiB pwrite + fdatasync".into(),
-            Workload::Random { every, .. } => format!("raw 4 KiB pwrite, fdatasync every {every}"),
+            Workload::Append => format!("raw 4 KiB pwrite + fdatasync{on}"),
+            Workload::Random { every, .. } => {
+                format!("raw 4 KiB pwrite, fdatasync every {every}{on}")
+            }
         }
     }
     fn run(&mut self, k: usize, deadline: Instant) -> io::Result<usize> {
@@ -595,11 +635,23 @@ pub struct Notafs {
     // The file handle goes before the filesystem (field drop order).
     f: notafs_core::File,
     fs: Fs,
-    dev: Arc<Counting<FileDevice>>,
+    dev: Arc<Counting<Box<dyn BlockDevice>>>,
     path: String,
     ops: Ops,
     buf: Aligned,
     label: String,
+    /// The loop device notafs runs on (`on_loop`), detached after the
+    /// filesystem above is dropped (last field).
+    _loop: Option<LoopDev>,
+}
+
+/// A loop device, detached on drop.
+struct LoopDev(String);
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = run("losetup", &["-d", &self.0]);
+    }
 }
 
 impl Notafs {
@@ -611,9 +663,23 @@ impl Notafs {
         direct: bool,
         log: bool,
     ) -> Result<Notafs, String> {
-        Self::make(path, size, w, direct, log).map_err(|e| {
+        Self::make(path, size, w, direct, log, false).map_err(|e| {
             let _ = std::fs::remove_file(path);
             format!("notafs on {path}: {e}")
+        })
+    }
+
+    /// notafs on a loop device (`--sector-size 4096`, `--direct-io=on` when
+    /// `direct`) over a new preallocated file in `dir`, through the raw
+    /// backend (O_DIRECT on the block device), as the peers on loop run.
+    pub fn on_loop(dir: &str, size: u64, w: Workload, direct: bool) -> Result<Notafs, String> {
+        if let Some(why) = loop_unavailable() {
+            return Err(why);
+        }
+        let path = format!("{dir}/notafs-peer-notafs-{}.img", std::process::id());
+        Self::make(&path, size, w, direct, true, true).map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            format!("notafs on a loop device over {path}: {e}")
         })
     }
     fn make(
@@ -622,15 +688,29 @@ impl Notafs {
         w: Workload,
         direct: bool,
         log: bool,
+        on_loop: bool,
     ) -> Result<Notafs, Box<dyn std::error::Error>> {
         super::preallocate(path, size);
-        let dev = FileDevice::open(
-            Path::new(path),
-            &FileOptions {
-                direct,
-                ..Default::default()
-            },
-        )?;
+        let (dev, lo): (Box<dyn BlockDevice>, _) = if on_loop {
+            let sector = SECTOR.to_string();
+            let mut la = vec!["-f", "--show", "--sector-size", &sector];
+            if direct {
+                la.push("--direct-io=on");
+            }
+            la.push(path);
+            let lo = LoopDev(run("losetup", &la)?);
+            let raw = RawDevice::open(&lo.0, &RawOptions::default())?;
+            (Box::new(raw), Some(lo))
+        } else {
+            let dev = FileDevice::open(
+                Path::new(path),
+                &FileOptions {
+                    direct,
+                    ..Default::default()
+                },
+            )?;
+            (Box::new(dev), None)
+        };
         let dev = Arc::new(Counting::new(dev));
         drop(Fs::format(dev.clone(), &FormatOptions::default())?);
         let fs = Fs::open(dev.clone(), &NOpenOptions::default())?;
@@ -648,11 +728,12 @@ impl Notafs {
             }
         }
         fs.commit()?;
-        let label = match (w, log) {
-            (Workload::Append, true) => "notafs, commit log (default)",
-            (Workload::Append, false) => "notafs, barrier protocol",
-            (_, true) => "notafs",
-            (_, false) => "notafs, barrier protocol",
+        let label = match (w, log, on_loop) {
+            (_, _, true) => "notafs on loop (raw backend)",
+            (Workload::Append, true, _) => "notafs, commit log (default)",
+            (Workload::Append, false, _) => "notafs, barrier protocol",
+            (_, true, _) => "notafs",
+            (_, false, _) => "notafs, barrier protocol",
         };
         Ok(Notafs {
             fs,
@@ -662,6 +743,7 @@ impl Notafs {
             ops: Ops::new(w),
             buf: Aligned::new(4096, 0x5a),
             label: label.into(),
+            _loop: lo,
         })
     }
 }
