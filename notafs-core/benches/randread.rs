@@ -38,14 +38,26 @@ fn next(s: &mut u64) -> u64 {
 }
 
 /// IOPS of `threads` readers each doing `reads` reads of 4 KiB at random
-/// block-aligned offsets below `span` bytes.
-fn run(threads: usize, reads: u64, span: u64, read: &(dyn Fn(u64, &mut [u8]) + Sync)) -> f64 {
+/// block-aligned offsets below `span` bytes, from sequence `seq`. Every run
+/// gets its own sequence: the contender going second must not read the very
+/// blocks the first one just read (the host may still hold them).
+fn run(
+    threads: usize,
+    reads: u64,
+    span: u64,
+    seq: u64,
+    read: &(dyn Fn(u64, &mut [u8]) + Sync),
+) -> f64 {
     let t0 = Instant::now();
     std::thread::scope(|sc| {
         for t in 0..threads {
             sc.spawn(move || {
                 let mut buf = AlignedBuf::new();
-                let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1);
+                let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1) ^ (seq << 32);
+                // Mix the seed in before the first offset.
+                for _ in 0..4 {
+                    next(&mut s);
+                }
                 for _ in 0..reads {
                     let off = (next(&mut s) % (span / 4096)) * 4096;
                     read(off, buf.as_mut());
@@ -235,16 +247,24 @@ fn main() {
     );
     if std::env::var("NOTAFS_BENCH_LAT").is_ok() {
         // One reader, raw and notafs reads interleaved one by one (same
-        // device state for both): per-read latency percentiles.
+        // device state for both), each at its own random offsets:
+        // per-read latency percentiles.
         let mut a = AlignedBuf::new();
         let mut b = AlignedBuf::new();
         let mut s = 0x1234_5678_9abc_def1u64;
+        let mut s2 = 0x0fed_cba9_8765_4321u64;
         let (mut lr, mut lf) = (Vec::new(), Vec::new());
+        // Warm up first: caches full, allocator arenas grown.
+        for _ in 0..reads {
+            let off = (next(&mut s2) % (size / 4096)) * 4096;
+            fs_read(off, b.as_mut());
+        }
         for _ in 0..reads {
             let off = (next(&mut s) % (size / 4096)) * 4096;
             let t = Instant::now();
             raw_read(off, a.as_mut());
             let r = t.elapsed();
+            let off = (next(&mut s2) % (size / 4096)) * 4096;
             let t = Instant::now();
             fs_read(off, b.as_mut());
             let f = t.elapsed();
@@ -282,9 +302,9 @@ fn main() {
                 // Alternate who goes first (the machine is shared).
                 for who in if r % 2 == 0 { [0, 1] } else { [1, 0] } {
                     if who == 0 && do_raw {
-                        best_raw = best_raw.max(run(threads, reads, span, &raw_read));
+                        best_raw = best_raw.max(run(threads, reads, span, 2 * r + 1, &raw_read));
                     } else if who == 1 && do_fs {
-                        best_fs = best_fs.max(run(threads, reads, span, &fs_read));
+                        best_fs = best_fs.max(run(threads, reads, span, 2 * r + 2, &fs_read));
                     }
                 }
             }
