@@ -78,15 +78,13 @@ pub struct BlockCache<V> {
 /// Admission of blocks that were just missed (see [`BlockCache::admit`]).
 #[derive(Default)]
 struct Admission {
-    /// Calls to `admit` so far.
-    calls: AtomicU64,
     /// (lookups, hits) at the last review.
     seen: Mutex<(u64, u64)>,
     /// Admit only one miss in `SAMPLE`.
     sampling: AtomicBool,
 }
 
-/// `admit` reviews the hit rate every this many calls.
+/// `admit` reviews the hit rate every this many calls (of one thread).
 const REVIEW_EVERY: u64 = 1024;
 /// Below one hit in this many lookups since the last review, misses are
 /// sampled. Uniform random reads over N times the cache's size hit 1/N of
@@ -123,18 +121,27 @@ impl<V: Clone> BlockCache<V> {
     /// its chance), hits then raise the rate and every miss is admitted
     /// again at the next review.
     pub fn admit(&self) -> bool {
+        thread_local! {
+            // Counted per thread: one shared counter would be a cache line
+            // every reader writes on every miss.
+            static CALLS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        }
+        let n = CALLS.with(|c| {
+            let n = c.get();
+            c.set(n.wrapping_add(1));
+            n
+        });
         let a = &self.admission;
-        let n = a.calls.fetch_add(1, Ordering::Relaxed);
         if n % REVIEW_EVERY == REVIEW_EVERY - 1 {
             let (hits, misses) = self.stats();
             let lookups = hits + misses;
             let mut seen = a.seen.lock().unwrap_or_else(|e| e.into_inner());
             let (dl, dh) = (lookups.saturating_sub(seen.0), hits.saturating_sub(seen.1));
-            *seen = (lookups, hits);
-            a.sampling.store(
-                dl >= REVIEW_EVERY && dh * LOW_HIT_RATE < dl,
-                Ordering::Relaxed,
-            );
+            // Too few lookups since another thread's review to judge.
+            if dl >= REVIEW_EVERY {
+                *seen = (lookups, hits);
+                a.sampling.store(dh * LOW_HIT_RATE < dl, Ordering::Relaxed);
+            }
         }
         !a.sampling.load(Ordering::Relaxed) || n.is_multiple_of(SAMPLE)
     }
