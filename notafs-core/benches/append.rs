@@ -15,6 +15,11 @@
 //!   same loop device with `oflag=direct conv=fdatasync` / `iflag=direct`.
 //!   Needs root and losetup; otherwise the bench says SKIPPED and exits.
 //!
+//! notafs appends from and reads into a 1 MiB `Vec` (with O_DIRECT the
+//! backend copies through an aligned bounce buffer);
+//! `NOTAFS_BENCH_BUF=aligned` uses a 4096-aligned buffer instead (no copy,
+//! as dd).
+//!
 //! Run: `cargo bench -p notafs-core --bench append`
 //! Env: NOTAFS_BENCH_MB (default 1024), NOTAFS_BENCH_DIR (default /var/tmp),
 //! NOTAFS_BENCH_ROUNDS (3), NOTAFS_BENCH_COMMIT_MB (64),
@@ -120,6 +125,48 @@ fn dd(args: &[&str]) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// A 1 MiB I/O buffer: a `Vec` (what most callers have: with O_DIRECT the
+/// backend then copies through an aligned bounce buffer), or with
+/// `NOTAFS_BENCH_BUF=aligned` a 4096-aligned buffer, which O_DIRECT takes
+/// as it is, as dd's own buffers are.
+enum Buf {
+    Vec(Vec<u8>),
+    Aligned(notafs_blockdev::file::AlignedBuf),
+}
+
+impl Buf {
+    fn new(aligned: bool) -> Buf {
+        if aligned {
+            Buf::Aligned(notafs_blockdev::file::AlignedBuf::zeroed(1 << 20, 4096).expect("alloc"))
+        } else {
+            Buf::Vec(vec![0u8; 1 << 20])
+        }
+    }
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Buf::Vec(v) => v,
+            Buf::Aligned(a) => a,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Buf::Vec(v) => v,
+            Buf::Aligned(a) => a,
+        }
+    }
+}
+
+fn aligned_buffers() -> bool {
+    std::env::var("NOTAFS_BENCH_BUF").is_ok_and(|v| v == "aligned")
+}
+
 struct Round {
     raw_w: f64,
     raw_r: f64,
@@ -198,7 +245,12 @@ fn main() {
             .trim()
             .to_string()
     };
-    println!("notafs-core append/read benchmark, {mb} MiB, {what}");
+    let bufs = if aligned_buffers() {
+        "4096-aligned buffers"
+    } else {
+        "Vec buffers"
+    };
+    println!("notafs-core append/read benchmark, {mb} MiB, {what}, notafs I/O from {bufs}");
     println!("load before: {}", load());
     let mbs = |s: f64| mb as f64 / s;
     // The disk here is virtual with a host cache and neighbours: take the
@@ -373,9 +425,11 @@ fn notafs_round(mb: u64, target: &Target) -> (f64, f64, f64, f64, u64) {
     )
     .unwrap();
     let before = dev.written.load(Ordering::Relaxed);
-    let chunk: Vec<u8> = (0..1048576u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let aligned = aligned_buffers();
+    let mut chunk = Buf::new(aligned);
+    for (i, b) in chunk.iter_mut().enumerate() {
+        *b = ((i as u32).wrapping_mul(2654435761) >> 13) as u8;
+    }
     let c = cpu_seconds();
     let t = Instant::now();
     let file = fs.create("store.0.suffix").unwrap();
@@ -403,7 +457,7 @@ fn notafs_round(mb: u64, target: &Target) -> (f64, f64, f64, f64, u64) {
     .unwrap();
     let snap = fs.snapshot();
     let f = snap.open("store.0.suffix").unwrap();
-    let mut buf = vec![0u8; 1048576];
+    let mut buf = Buf::new(aligned);
     let c = cpu_seconds();
     let t = Instant::now();
     let mut off = 0;
