@@ -131,18 +131,6 @@ impl<'a> Op<'a> {
         Ok(())
     }
 
-    /// The memory of a finished, successful single-segment op (for a read:
-    /// the bytes read); None while it may still be in flight or if it failed.
-    pub(crate) fn finished_data(&self) -> Option<&[u8]> {
-        if !matches!(self.result, Some(Ok(()))) || self.iov.len() != 1 {
-            return None;
-        }
-        // SAFETY: the op has its outcome, so the kernel no longer accesses
-        // the memory; the op borrows it for 'a, and the returned slice is
-        // tied to `&self`, so no `&mut` to it exists meanwhile.
-        Some(unsafe { std::slice::from_raw_parts(self.iov[0].iov_base.cast::<u8>(), self.len) })
-    }
-
     fn new(off: u64, write: bool, iov: Vec<libc::iovec>) -> Self {
         let len = iov.iter().map(|v| v.iov_len).sum();
         Op {
@@ -309,21 +297,18 @@ impl Ring {
     /// flight is returned: the ops not yet finished have no result then and
     /// the caller can run them another way.
     pub(crate) fn run(&mut self, fd: BorrowedFd<'_>, ops: &mut [Op<'_>]) -> io::Result<()> {
-        self.run_hooked(fd, ops, None, None)
+        self.run_hooked(fd, ops, None)
     }
 
-    /// As [`run`](Self::run), with two hooks: `prepare(op)` runs just before
-    /// an op is submitted for the first time, and each op is then submitted
-    /// on its own (so `prepare` of the next overlaps the I/O of this one);
-    /// `finished(op)` runs as soon as an op has its outcome, while the later
-    /// ops may still be in flight. A `prepare` error becomes that op's
-    /// outcome (it is not submitted).
+    /// As [`run`](Self::run), with a hook: `prepare(op)` runs just before an
+    /// op is submitted for the first time, and each op is then submitted on
+    /// its own (so `prepare` of the next overlaps the I/O of this one). A
+    /// `prepare` error becomes that op's outcome (it is not submitted).
     pub(crate) fn run_hooked(
         &mut self,
         fd: BorrowedFd<'_>,
         ops: &mut [Op<'_>],
         mut prepare: Option<&mut dyn FnMut(&mut Op<'_>) -> io::Result<()>>,
-        mut finished: Option<&mut dyn FnMut(&Op<'_>)>,
     ) -> io::Result<()> {
         let mut in_flight = InFlight {
             ring: &mut self.ring,
@@ -347,9 +332,6 @@ impl Ring {
                     if let Some(p) = prepare.as_mut() {
                         if let Err(e) = p(op) {
                             op.result = Some(Err(e));
-                            if let Some(f) = finished.as_mut() {
-                                f(op);
-                            }
                             continue;
                         }
                     }
@@ -399,8 +381,6 @@ impl Ring {
                 let i = i as usize;
                 if !ops[i].complete(res) {
                     retry.push(i);
-                } else if let Some(f) = finished.as_mut() {
-                    f(&ops[i]);
                 }
             }
         }
