@@ -9,7 +9,7 @@
 //! and the memory bound is exact: `capacity` nodes.
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Hashes block numbers for the cache maps: one multiply-xorshift round
@@ -76,8 +76,11 @@ pub struct BlockCache<V> {
 }
 
 /// Admission of blocks that were just missed (see [`BlockCache::admit`]).
-#[derive(Default)]
 struct Admission {
+    /// The cache's capacity, and how many of its slots are still unused
+    /// (kept by the inserts; only a hint under concurrent `clear`).
+    capacity: usize,
+    free: AtomicUsize,
     /// (lookups, hits) at the last review.
     seen: Mutex<(u64, u64)>,
     /// Admit only one miss in `SAMPLE`.
@@ -107,7 +110,12 @@ impl<V: Clone> BlockCache<V> {
             shards: (0..n)
                 .map(|i| Shard::new(capacity / n + usize::from(i < capacity % n)))
                 .collect(),
-            admission: Admission::default(),
+            admission: Admission {
+                capacity,
+                free: AtomicUsize::new(capacity),
+                seen: Mutex::new((0, 0)),
+                sampling: AtomicBool::new(false),
+            },
         }
     }
 
@@ -132,6 +140,12 @@ impl<V: Clone> BlockCache<V> {
             n
         });
         let a = &self.admission;
+        // While there is room, an insert evicts nothing: take every block
+        // (the memory is allocated once either way; sampling would only
+        // spread the cost of filling over more reads).
+        if a.free.load(Ordering::Relaxed) > 0 {
+            return true;
+        }
         if n % REVIEW_EVERY == REVIEW_EVERY - 1 {
             let (hits, misses) = self.stats();
             let lookups = hits + misses;
@@ -159,7 +173,20 @@ impl<V: Clone> BlockCache<V> {
 
     /// Remember `data` (verified to have checksum `crc`) for `block`.
     pub fn put(&self, block: u64, crc: u32, data: V) {
-        self.shard(block).put_with(block, crc, |_| false, || data)
+        let grew = self.shard(block).put_with(block, crc, |_| false, || data);
+        self.note_growth(grew);
+    }
+
+    /// Count a slot taken into use.
+    fn note_growth(&self, grew: bool) {
+        if grew {
+            let _ = self
+                .admission
+                .free
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                    Some(f.saturating_sub(1))
+                });
+        }
     }
 
     /// (hits, misses) since creation.
@@ -175,6 +202,9 @@ impl<V: Clone> BlockCache<V> {
         for s in &self.shards {
             s.clear();
         }
+        self.admission
+            .free
+            .store(self.admission.capacity, Ordering::Relaxed);
     }
 
     /// Entries held now (at most the capacity).
@@ -197,7 +227,7 @@ impl BlockCache<Arc<[u8]>> {
     /// is overwritten in place when no reader still holds it: a stream of
     /// misses then costs a copy per block, not an allocation and a free.
     pub fn put_copy(&self, block: u64, crc: u32, bytes: &[u8]) {
-        self.shard(block).put_with(
+        let grew = self.shard(block).put_with(
             block,
             crc,
             |old| match Arc::get_mut(old) {
@@ -208,7 +238,8 @@ impl BlockCache<Arc<[u8]>> {
                 _ => false,
             },
             || Arc::from(bytes),
-        )
+        );
+        self.note_growth(grew);
     }
 }
 
@@ -263,13 +294,14 @@ impl<V: Clone> Shard<V> {
     /// Store a value for `block` under `crc`: `reuse` may overwrite the
     /// value of the slot it goes to (the same block's old value, or the one
     /// it evicts) and return true; otherwise `make` builds a new one.
+    /// Returns whether an unused slot was taken.
     fn put_with(
         &self,
         block: u64,
         crc: u32,
         reuse: impl FnOnce(&mut V) -> bool,
         make: impl FnOnce() -> V,
-    ) {
+    ) -> bool {
         let mut g = self.write();
         let i = match g.map.get(&block) {
             Some(&i) => i,
@@ -282,7 +314,7 @@ impl<V: Clone> Shard<V> {
                     referenced: AtomicBool::new(false),
                 });
                 g.map.insert(block, i);
-                return;
+                return true;
             }
             None => {
                 // CLOCK: the first slot not referenced since the hand last
@@ -315,6 +347,7 @@ impl<V: Clone> Shard<V> {
             // around as if it had been hit.
             *slot.referenced.get_mut() = true;
         }
+        false
     }
 
     fn stats(&self) -> (u64, u64) {
@@ -465,5 +498,27 @@ mod tests {
         }
         assert!(!c.admission.sampling.load(Ordering::Relaxed));
         assert!(c.admit());
+    }
+
+    #[test]
+    fn misses_are_all_admitted_while_there_is_room() {
+        let c: BlockCache<u64> = BlockCache::new(4096);
+        // Nothing is ever hit, but nothing needs evicting either.
+        for b in 0..4000u64 {
+            assert_eq!(c.get(b, 0), None);
+            assert!(c.admit(), "miss {b} refused with free slots");
+            c.put(b, 0, b);
+        }
+        assert_eq!(c.len(), 4000);
+        for b in 4000..6000u64 {
+            if c.admit() {
+                c.put(b, 0, b);
+            }
+        }
+        assert_eq!(c.len(), 4096);
+        // Full and never hit: sampled.
+        assert!((0..64).filter(|_| c.admit()).count() < 32);
+        c.clear();
+        assert!((0..64).all(|_| c.admit()), "a cleared cache has room");
     }
 }
