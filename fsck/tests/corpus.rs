@@ -538,11 +538,10 @@ fn cases() -> Vec<Case> {
             Mount::GenReadErr(5),
         );
 
-        // A pointer into free space: the first free extent of the list.
+        // A pointer into free space: the last block of the data area (the
+        // good image fills a fraction of the device, from the start).
         let mut i = Img::new(good.clone());
-        let s = i.slot(ns);
-        let head = le64(s, 56);
-        let free_start = le64(i.block(head), 48);
+        let free_start = i.blocks() - 2;
         i.edit_extents("a", |v| v[0].pblock = free_start);
         add(
             "pointer into free space",

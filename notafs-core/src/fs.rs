@@ -337,10 +337,18 @@ impl Fs {
         let l = &self.inner.io.layout;
         // Buffered partial blocks get their device blocks at commit.
         let buffered = (t.buffered_bytes / l.block_size as usize) as u64;
+        // Buffered blocks are mapped at the commit: each may dirty an
+        // extent leaf (and its path) then, at most one per leaf the file
+        // can have (an extent entry takes at most ~32 bytes of a leaf).
+        let per_leaf = (l.payload() / 32).max(1) as u64;
         let dirty: usize = t.files.dirty_nodes
             + t.inodes
                 .values()
-                .map(|s| s.ext.dirty_nodes + 2)
+                .map(|s| {
+                    let leaves = (s.inode.size / l.block_size as u64) / per_leaf + 1;
+                    let buffered = (s.buf.len() as u64).min(leaves) as usize;
+                    s.ext.dirty_nodes + 2 + buffered * (s.ext.height as usize).max(1)
+                })
                 .sum::<usize>();
         let per = allocator::entries_per_node(l) as u64;
         let list_entries = t.alloc.free.extents() as u64
@@ -362,17 +370,30 @@ impl Fs {
     pub(crate) fn reserve_check_pub(&self, t: &mut Txn, extra_blocks: u64) -> Result<()> {
         let r = self.commit_reserve(t, 0) + extra_blocks;
         t.alloc.reserve = r;
-        if t.alloc.free.total() < r && !(self.reclaim(t)? && t.alloc.free.total() >= r) {
+        if self.usable_free(t) < r && !(self.reclaim(t)? && self.usable_free(t) >= r) {
             return Err(Error::NoSpace);
         }
         Ok(())
+    }
+
+    /// Free blocks the commit reserve can count on: all of them when a node
+    /// is one block; else only those in free extents that can hold whole
+    /// nodes (a one-block hole holds no two-block node, and a reserve
+    /// counted in blocks would let a fragmented, nearly full device accept
+    /// writes whose commit then finds no place for its nodes).
+    fn usable_free(&self, t: &Txn) -> u64 {
+        let nb = self.inner.io.layout.node_blocks;
+        if nb <= 1 {
+            return t.alloc.free.total();
+        }
+        t.alloc.free.iter().map(|(_, l)| l / nb * nb).sum()
     }
 
     /// Refuse an operation that would eat into what the commit needs.
     pub(crate) fn reserve_check(&self, t: &mut Txn, extra_nodes: u64) -> Result<()> {
         let r = self.commit_reserve(t, extra_nodes);
         t.alloc.reserve = r;
-        if t.alloc.free.total() < r && !(self.reclaim(t)? && t.alloc.free.total() >= r) {
+        if self.usable_free(t) < r && !(self.reclaim(t)? && self.usable_free(t) >= r) {
             return Err(Error::NoSpace);
         }
         Ok(())
