@@ -235,8 +235,12 @@ pub fn run(image: &str, out: &mut dyn Write) -> CliResult<()> {
             Err(CliError::op(format!("demo verification failed: {what}")))
         }
     };
+    // Closing seals a last commit made by the one-flush protocol with a
+    // log-free slot naming the same trees (FORMAT.md, "Root ring"): one
+    // generation more, same content (the digest check below).
+    let sealed = u64::from(snap.generation() == newest + 1);
     check(
-        snap.generation() == newest,
+        snap.generation() == newest + sealed,
         "newest generation after reopen",
     )?;
     check(
@@ -273,15 +277,23 @@ pub fn run(image: &str, out: &mut dyn Write) -> CliResult<()> {
         !fs.exists("store.control.tmp").unwrap_or(true),
         "no leftover temporary",
     )?;
+    let seal = if sealed == 1 {
+        format!(
+            " (sealed on close as generation {}: same trees, no commit log)",
+            newest + 1
+        )
+    } else {
+        String::new()
+    };
     say(format!(
-        "Reopened {image} read-only: generation {newest}, digest matches, every byte of \
+        "Reopened {image} read-only: generation {newest}{seal}, digest matches, every byte of \
          store.0.suffix ({}) reads back as written.",
         human_bytes(suffix_len)
     ))?;
     say("Retained generations after reopening (newest first):".into())?;
     let gens = fs.generations();
     check(
-        gens.len() as u64 == ROUNDS + 1 && gens[0].generation == newest,
+        gens.len() as u64 == ROUNDS + 1 + sealed && gens[0].generation == newest + sealed,
         "every generation retained",
     )?;
     for g in gens {

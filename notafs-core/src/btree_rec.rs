@@ -300,7 +300,12 @@ pub(crate) fn write_rec<T: Kind>(
     };
     io.cache.put(block, p.crc, Arc::from(buf.clone()));
     out.push((block, buf));
-    *c = Child::Disk(p);
+    // The next transaction that changes this node starts from it decoded
+    // (scattered overwrites touch the same leaves commit after commit):
+    // keep it in the decoded cache under its new address, as a read would.
+    if let Child::Mem(n) = std::mem::replace(c, Child::Disk(p)) {
+        io.decoded.put(block, p.crc, Arc::new((h, *n)));
+    }
     Ok(p)
 }
 

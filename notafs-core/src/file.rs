@@ -226,17 +226,20 @@ impl File {
                 // A long run of whole blocks: straight to the device.
                 let nblocks = (end - pos) / bs;
                 let src = &data[(pos - off) as usize..(pos - off + nblocks * bs) as usize];
+                let mut done = 0;
+                let r = write_blocks(&self.fs, t, self.ino, lb, src, &mut done, false);
+                // Buffered blocks of the range are superseded only where
+                // the write landed: a write that fails part way leaves the
+                // rest of the file as earlier accepted writes made it.
                 let removed = {
                     let st = state(t, &io, self.ino)?;
-                    let keys: Vec<u64> = st.buf.range(lb..lb + nblocks).map(|(k, _)| *k).collect();
+                    let keys: Vec<u64> = st.buf.range(lb..lb + done).map(|(k, _)| *k).collect();
                     for k in &keys {
                         st.buf.remove(k);
                     }
                     keys.len()
                 };
                 t.buffered_bytes = t.buffered_bytes.saturating_sub(removed * bs as usize);
-                let mut done = 0;
-                let r = write_blocks(&self.fs, t, self.ino, lb, src, &mut done, false);
                 *progress = pos + done * bs;
                 r?;
                 pos += nblocks * bs;

@@ -338,16 +338,18 @@ impl Fs {
         // Buffered partial blocks get their device blocks at commit.
         let buffered = (t.buffered_bytes / l.block_size as usize) as u64;
         // Buffered blocks are mapped at the commit: each may dirty an
-        // extent leaf (and its path) then, at most one per leaf the file
-        // can have (an extent entry takes at most ~32 bytes of a leaf).
-        let per_leaf = (l.payload() / 32).max(1) as u64;
+        // extent leaf then, at most one per leaf the file can have (an
+        // extent entry takes at most ~32 bytes, leaves may be half full),
+        // plus the branches above them (a fraction of that: fan-out > 32)
+        // and one path.
+        let per_leaf = (l.payload() / 64).max(1) as u64;
         let dirty: usize = t.files.dirty_nodes
             + t.inodes
                 .values()
                 .map(|s| {
                     let leaves = (s.inode.size / l.block_size as u64) / per_leaf + 1;
                     let buffered = (s.buf.len() as u64).min(leaves) as usize;
-                    s.ext.dirty_nodes + 2 + buffered * (s.ext.height as usize).max(1)
+                    s.ext.dirty_nodes + 2 + buffered + buffered / 32 + s.ext.height as usize
                 })
                 .sum::<usize>();
         let per = allocator::entries_per_node(l) as u64;

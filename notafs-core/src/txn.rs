@@ -235,7 +235,7 @@ pub(crate) fn write_blocks<E: TxnEnv>(
     committing: bool,
 ) -> Result<()> {
     let r = write_runs(env, t, ino, &[(lb, data)], committing);
-    *done = r.1;
+    *done = r.1.first().copied().unwrap_or(0);
     r.0
 }
 
@@ -246,15 +246,16 @@ pub(crate) fn write_blocks<E: TxnEnv>(
 /// `allocator::DATA_RUN_PREF`, so 256 scattered 4 KiB blocks are one 1 MiB
 /// write), then mapped. A failure to allocate writes and maps what was
 /// allocated before it and returns the error; the old mapping of what was
-/// not written stays. Returns the blocks of the first run written (for a
-/// short write) with the result.
+/// not written stays. Returns, with the result, the blocks mapped from the
+/// start of each run (a prefix: the rest of a run keeps its old mapping).
 fn write_runs<E: TxnEnv>(
     env: &E,
     t: &mut Txn,
     ino: u64,
     runs: &[(u64, &[u8])],
     committing: bool,
-) -> (Result<()>, u64) {
+) -> (Result<()>, Vec<u64>) {
+    let mut mapped = vec![0u64; runs.len()];
     let io = env.io().clone();
     let bs = io.layout.block_size as usize;
     // (run index, file block, device block, blocks, offset in the run)
@@ -285,6 +286,9 @@ fn write_runs<E: TxnEnv>(
                     t.alloc.reserve = 0;
                 } else {
                     env.reserve_for_data(t)?;
+                    // Each chunk planned but not yet mapped may dirty an
+                    // extent leaf at the commit: keep room for it too.
+                    t.alloc.reserve += (plan.len() as u64 + 1) * io.layout.node_blocks;
                 }
                 match t.alloc.alloc(n - done, hint, committing) {
                     Err(Error::NoSpace) if !committing && env.reclaim(t)? => {
@@ -311,11 +315,10 @@ fn write_runs<E: TxnEnv>(
         .map(|&(ri, _, pb, got, o)| (pb, &runs[ri].1[o..o + got as usize * bs]))
         .collect();
     if let Err(e) = write_chunks(io.dev.as_ref(), chunks) {
-        return (env.fail_write(e), 0);
+        return (env.fail_write(e), mapped);
     }
     env.note_written(plan.iter().map(|p| p.3 * bs as u64).sum());
-    let mut first = 0;
-    for &(ri, flb, pb, got, o) in &plan {
+    for (j, &(ri, flb, pb, got, o)) in plan.iter().enumerate() {
         let chunk = &runs[ri].1[o..o + got as usize * bs];
         let crcs: Vec<u32> = chunk.chunks(bs).map(crate::checksum::crc).collect();
         // Small writes are read back soon (a pack store reads what it just
@@ -330,21 +333,25 @@ fn write_runs<E: TxnEnv>(
         t.note_data(pb, &crcs);
         if let Err(e) = unmap(t, &io, ino, flb, got).and_then(|_| map(t, &io, ino, flb, pb, &crcs))
         {
-            return (Err(e), first);
+            // The chunks after this one were written but will not be
+            // mapped: give their fresh blocks back (never referenced).
+            for &(_, _, pb, got, _) in &plan[j + 1..] {
+                let _ = t.alloc.free(pb, got);
+            }
+            return (Err(e), mapped);
         }
-        if ri == 0 {
-            first += got;
-        }
+        // Chunks of a run are planned in order: mapped is a prefix.
+        mapped[ri] += got;
     }
     if let Some(e) = failed {
-        return (Err(e), first);
+        return (Err(e), mapped);
     }
     if !committing {
         if let Err(e) = spill_metadata(env, t, ino) {
-            return (Err(e), first);
+            return (Err(e), mapped);
         }
     }
-    (Ok(()), first)
+    (Ok(()), mapped)
 }
 
 /// Write `(device block, bytes)` chunks as batches in device order, runs
@@ -481,8 +488,23 @@ pub(crate) fn flush_buffer<E: TxnEnv>(
     if forget_last {
         runs.pop();
     }
-    let runs: Vec<(u64, &[u8])> = runs.iter().map(|(lb, d)| (*lb, d.as_slice())).collect();
-    write_runs(env, t, ino, &runs, committing).0
+    let refs: Vec<(u64, &[u8])> = runs.iter().map(|(lb, d)| (*lb, d.as_slice())).collect();
+    let (res, mapped) = write_runs(env, t, ino, &refs, committing);
+    if res.is_err() {
+        // What was not written stays buffered: those writes were accepted.
+        if let Some(st) = t.inodes.get_mut(&ino) {
+            let mut back = 0;
+            for ((lb, data), m) in runs.iter().zip(&mapped) {
+                for (i, b) in data.chunks(bs).enumerate().skip(*m as usize) {
+                    if st.buf.insert(lb + i as u64, b.to_vec()).is_none() {
+                        back += bs;
+                    }
+                }
+            }
+            t.buffered_bytes += back;
+        }
+    }
+    res
 }
 
 /// Current content of file block `lb` (for a read-modify-write).
