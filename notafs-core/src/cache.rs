@@ -119,6 +119,11 @@ impl<V: Clone> BlockCache<V> {
         }
     }
 
+    /// The most values the cache holds.
+    pub fn capacity(&self) -> usize {
+        self.admission.capacity
+    }
+
     /// Whether a block just missed should be inserted. Normally yes. When
     /// the cache has been hit less than once in [`LOW_HIT_RATE`] lookups
     /// since the last review (random reads over far more data than it

@@ -15,6 +15,10 @@ const MAX_READ: u64 = 8 << 20;
 /// Reads of at most this many bytes go through the data cache.
 pub(crate) const CACHED_READ_MAX: u64 = 128 << 10;
 
+/// A data cache at least this large (`cache_bytes` of 4x that) is filled
+/// by every write, not only by small ones (txn.rs `write_runs`).
+pub(crate) const WRITE_FILL_MIN: u64 = 64 << 20;
+
 /// The part of one extent that a read covers: file blocks
 /// `blk..blk + len` at device blocks `pblock..`, their CRCs at
 /// `crc..crc + len` of the read's CRC list.

@@ -323,11 +323,14 @@ fn write_runs<E: TxnEnv>(
         let crcs: Vec<u32> = chunk.chunks(bs).map(crate::checksum::crc).collect();
         // Small writes are read back soon (a pack store reads what it just
         // appended): keep them in the data cache, as data.rs would after
-        // reading them (same key: block and CRC).
-        if chunk.len() as u64 <= crate::data::CACHED_READ_MAX {
+        // reading them (same key: block and CRC). A data cache of at least
+        // WRITE_FILL_MIN bytes (cache_bytes of 4x that) keeps every write:
+        // whoever sized it so wants recent data served from memory (a pack
+        // store reads records it wrote anywhere in the store).
+        let fill_all = io.data_cache.capacity() as u64 * bs as u64 >= crate::data::WRITE_FILL_MIN;
+        if fill_all || chunk.len() as u64 <= crate::data::CACHED_READ_MAX {
             for (i, (b, crc)) in chunk.chunks(bs).zip(&crcs).enumerate() {
-                io.data_cache
-                    .put(pb + i as u64, *crc, std::sync::Arc::from(b));
+                io.data_cache.put_copy(pb + i as u64, *crc, b);
             }
         }
         t.note_data(pb, &crcs);

@@ -209,3 +209,43 @@ fn large_read_finds_damage_in_either_half() {
         }
     }
 }
+
+/// With a data cache of at least 64 MiB (`cache_bytes` 256 MiB and up),
+/// every write fills it, large ones too: reading back any block just
+/// written reads nothing from the device. With the default cache a large
+/// write does not (it would evict the readers' working set).
+#[test]
+fn a_large_cache_is_filled_by_every_write() {
+    for (cache, expect_hit) in [(512usize << 20, true), (32 << 20, false)] {
+        let dev = Arc::new(Counting {
+            inner: MemoryDevice::new(4096, 4096).unwrap(),
+            reads: AtomicU64::new(0),
+        });
+        drop(Fs::format(dev.clone(), &FormatOptions::default()).unwrap());
+        let fs = Fs::open(
+            dev.clone(),
+            &OpenOptions {
+                cache_bytes: cache,
+                write_behind: None,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        let f = fs.create("/pack").unwrap();
+        let data = pattern(9, 2 << 20);
+        f.write_at(0, &data).unwrap();
+        fs.commit().unwrap();
+        let before = dev.reads.load(Ordering::SeqCst);
+        let mut b = vec![0u8; 4096];
+        for blk in [3u64, 200, 511] {
+            f.read_at(blk * 4096, &mut b).unwrap();
+            assert!(b[..] == data[(blk * 4096) as usize..][..4096]);
+        }
+        let reads = dev.reads.load(Ordering::SeqCst) - before;
+        if expect_hit {
+            assert_eq!(reads, 0, "cache {cache}: {reads} device reads");
+        } else {
+            assert!(reads >= 3, "cache {cache}: {reads} device reads");
+        }
+    }
+}
