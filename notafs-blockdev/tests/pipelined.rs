@@ -1,9 +1,10 @@
 //! Single large O_DIRECT transfers from unaligned caller buffers: on io_uring
-//! they go through the bounce buffer in pieces in flight together (the copy
-//! overlapping the device). Every size around the piece boundaries, on an
-//! image file and on a loop device, must move exactly the caller's bytes,
-//! the same as the one-request-at-a-time engine, and a piece that fails
-//! must fail the call.
+//! writes go through the bounce buffer in 256 KiB pieces in flight together
+//! (each copied in just before it is submitted), reads through it one
+//! 1 MiB `pread` at a time. Every size around the piece and chunk
+//! boundaries, on an image file and on a loop device, must move exactly the
+//! caller's bytes on every engine, and a read that comes up short must fail
+//! the call.
 mod common;
 
 use common::*;
@@ -161,11 +162,11 @@ fn raw_loop_512_direct_unaligned_large_transfers() {
 }
 
 #[test]
-fn a_failing_piece_fails_the_read() {
+fn a_read_across_a_shrunk_end_fails() {
     // The image shrinks under the open device: a 1 MiB read that starts
-    // before the new end gets its first pieces and then end-of-file for the
-    // others. The call must fail (not return with part of the buffer left
-    // as it was), whichever engine runs it.
+    // before the new end gets part of its bytes and then end-of-file. The
+    // call must fail (not return with part of the buffer left as it was),
+    // whichever engine is set.
     for engine in [IoEngine::Uring, IoEngine::Sequential] {
         let dir = disk_tempdir();
         let img = make_image(dir.path(), "img", 4 << 20);
