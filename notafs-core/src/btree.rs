@@ -133,6 +133,20 @@ impl<T: Kind> Tree<T> {
         Ok(kv)
     }
 
+    /// Read ahead the `n` leaves from the one holding `start` (those not
+    /// cached yet, in one batch): for large sequential reads, so that
+    /// extent leaves do not cost one synchronous device read each. Best
+    /// effort: a leaf that cannot be read ahead is read, and its error
+    /// reported, by the lookup that needs it.
+    pub fn prefetch_leaves(&self, io: &NodeIo, start: &T::K, n: usize) -> Result<()> {
+        match &self.root {
+            Some(root) if self.height >= 2 => {
+                prefetch_rec(io, root, self.height - 1, self.owner, start, n)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Visit entries with key `>= start` in order until `f` returns false.
     pub fn scan(
         &self,

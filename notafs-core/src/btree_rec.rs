@@ -353,6 +353,37 @@ impl<T: Kind> std::ops::Deref for NodeRef<'_, T> {
     }
 }
 
+/// Read ahead: the children of the level-1 branch on the path to `start`,
+/// from the one holding `start`, `n` of them, that are on disk and not
+/// cached, in one batch (verified and cached by `NodeIo::prefetch`).
+pub(crate) fn prefetch_rec<T: Kind>(
+    io: &NodeIo,
+    c: &Child<T>,
+    level: u8,
+    owner: u64,
+    start: &T::K,
+    n: usize,
+) -> Result<()> {
+    let node = get_node(io, c, level, owner)?;
+    let Node::Branch(e) = &*node else {
+        return Ok(());
+    };
+    let i = child_index(e, start);
+    if level > 1 {
+        return prefetch_rec(io, &e[i].1, level - 1, owner, start, n);
+    }
+    let ptrs: Vec<Ptr> = e[i..]
+        .iter()
+        .take(n)
+        .filter_map(|(_, ch)| match ch {
+            Child::Disk(p) => Some(*p),
+            Child::Mem(_) => None,
+        })
+        .collect();
+    io.prefetch(&ptrs, T::KIND, 0, owner);
+    Ok(())
+}
+
 pub(crate) fn get_node<'a, T: Kind>(
     io: &NodeIo,
     c: &'a Child<T>,

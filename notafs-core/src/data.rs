@@ -12,6 +12,10 @@ use crate::{Error, Result};
 /// buffer whatever the caller asks for).
 const MAX_READ: u64 = 8 << 20;
 
+/// Reads of at least this many bytes read extent leaves ahead, this many.
+const PREFETCH_READ_MIN: u64 = 512 << 10;
+const PREFETCH_LEAVES: usize = 16;
+
 /// Reads of at most this many bytes go through the data cache.
 pub(crate) const CACHED_READ_MAX: u64 = 128 << 10;
 
@@ -152,6 +156,13 @@ pub(crate) fn read_at(
     let end = off + n as u64;
     let first = off / bs;
     let last = (end - 1) / bs; // inclusive
+    if n as u64 >= PREFETCH_READ_MIN {
+        // A large read is likely one of a sequence: fetch the extent
+        // leaves ahead in one batch rather than one synchronous read each
+        // (measured on a loop device: 175 leaf reads of ~2.5 ms were 17 %
+        // of a 512 MiB sequential read).
+        ext.prefetch_leaves(io, &first, PREFETCH_LEAVES)?;
+    }
     let mut pieces: Vec<Piece> = Vec::new();
     let mut all_crcs: Vec<u32> = Vec::new();
     covering(io, ext, first, last, &mut pieces, &mut all_crcs)?;

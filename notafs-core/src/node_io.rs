@@ -77,6 +77,42 @@ impl NodeIo {
         Ok((h, data))
     }
 
+    /// Read the nodes at `ptrs` that are not cached in one batch, and cache
+    /// those that verify (as `read_raw` would). Best effort for read-ahead:
+    /// nothing is reported; a node that failed here is read again, and its
+    /// error reported, by whoever needs it.
+    pub fn prefetch(&self, ptrs: &[Ptr], kind: u8, level: u8, owner: u64) {
+        if crate::faults::current_faults().skip_verify {
+            return;
+        }
+        let ptrs: Vec<Ptr> = ptrs
+            .iter()
+            .filter(|p| self.layout.node_in_range(p.block))
+            .filter(|p| self.cache.get(p.block, p.crc).is_none())
+            .copied()
+            .collect();
+        if ptrs.is_empty() {
+            return;
+        }
+        let ns = self.layout.node_size as usize;
+        let mut bufs = vec![0u8; ns * ptrs.len()];
+        {
+            let mut reqs: Vec<(u64, &mut [u8])> = ptrs
+                .iter()
+                .zip(bufs.chunks_mut(ns))
+                .map(|(p, b)| (p.block, b))
+                .collect();
+            if self.dev.read_batch(&mut reqs).is_err() {
+                return;
+            }
+        }
+        for (p, buf) in ptrs.iter().zip(bufs.chunks(ns)) {
+            if node::verify(buf, *p, kind, Some(level), owner).is_ok() {
+                self.cache.put(p.block, p.crc, Arc::from(buf));
+            }
+        }
+    }
+
     /// The decoded node at `ptr`, shared: from the decoded cache when it
     /// was read before (the bytes behind it were verified then, and the
     /// header is checked again against this pointer's expectations), else
