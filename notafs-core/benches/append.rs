@@ -372,32 +372,25 @@ fn raw_round(mb: u64, target: &Target) -> (f64, f64, bool) {
 }
 
 fn round(mb: u64, target: &Target, notafs_first: bool) -> Round {
-    if notafs_first {
-        let (nf_w, nf_r, cpu_w, cpu_r, written) = notafs_round(mb, target);
-        let (raw_w, raw_r, cold) = raw_round(mb, target);
-        Round {
-            raw_w,
-            raw_r,
-            nf_w,
-            nf_r,
-            cpu_w,
-            cpu_r,
-            written,
-            cold,
-        }
+    // The order alternates between rounds; the figures do not depend on it.
+    let (notafs, raw) = if notafs_first {
+        let n = notafs_round(mb, target);
+        (n, raw_round(mb, target))
     } else {
-        let (raw_w, raw_r, cold) = raw_round(mb, target);
-        let (nf_w, nf_r, cpu_w, cpu_r, written) = notafs_round(mb, target);
-        Round {
-            raw_w,
-            raw_r,
-            nf_w,
-            nf_r,
-            cpu_w,
-            cpu_r,
-            written,
-            cold,
-        }
+        let r = raw_round(mb, target);
+        (notafs_round(mb, target), r)
+    };
+    let (nf_w, nf_r, cpu_w, cpu_r, written) = notafs;
+    let (raw_w, raw_r, cold) = raw;
+    Round {
+        raw_w,
+        raw_r,
+        nf_w,
+        nf_r,
+        cpu_w,
+        cpu_r,
+        written,
+        cold,
     }
 }
 

@@ -358,9 +358,10 @@ fn write_runs<E: TxnEnv>(
 }
 
 /// Write `(device block, bytes)` chunks as batches in device order, runs
-/// of adjacent small chunks merged into one request (copied, at most
-/// `MERGE_MAX` bytes per batch so memory stays bounded); a large chunk goes
-/// out as it is.
+/// of adjacent chunks merged into one request of at most `MERGE_MAX` bytes
+/// (copied; a batch stops copying once `MERGE_MAX` bytes were, so one batch
+/// copies less than 2 x `MERGE_MAX`); a chunk with no neighbour goes out as
+/// it is.
 fn write_chunks(
     dev: &dyn notafs_blockdev::BlockDevice,
     mut chunks: Vec<(u64, &[u8])>,
