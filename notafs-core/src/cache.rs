@@ -167,8 +167,10 @@ impl<V: Clone> BlockCache<V> {
 
     fn shard(&self, block: u64) -> &Shard<V> {
         // Neighbouring blocks go to different shards.
+        // Scaled by a multiply, not a division (a `div` on every lookup):
+        // `h < 2^32` and at most `MAX_SHARDS` shards, so this is in range.
         let h = block.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-        &self.shards[(h % self.shards.len() as u64) as usize]
+        &self.shards[((h * self.shards.len() as u64) >> 32) as usize]
     }
 
     /// The cached value of `block` if it was stored with checksum `crc`.
