@@ -4,7 +4,8 @@
 # flight, and --requests=1 for reference), in the same run, over
 #   rbd:   qemu-nbd (rbd driver, --cache=none) + a one-node Ceph cluster (ceph-cluster.sh)
 #   local: the same qemu-nbd serving a local sparse file (--cache=none, so O_DIRECT)
-# Best of ROUNDS rounds (the measures interleave within a round, so drift hits all alike).
+# Best of ROUNDS rounds (the measures interleave within a round, who goes first alternating
+# between rounds, so drift hits all alike), and each round's ratio with their median.
 # Then the requests in flight: an nbdkit proxy with the log filter (nbdkit -t 256
 # --filter=log nbd socket=...) in front of each qemu-nbd, its log parsed for the most
 # requests outstanding at once, for notafs and for nbdcopy (which shows the method works).
@@ -107,6 +108,7 @@ record() { # record KEY SECONDS
   if [ -z "${BEST[$k]:-}" ] || awk -v a="$s" -v b="${BEST[$k]}" 'BEGIN { exit !(a < b) }'; then
     BEST[$k]="$s"
   fi
+  LAST[$k]="$s"
   printf '  %-28s %6.2f s  %5s MiB/s\n' "$k" "$s" "$(mibs "$s")"
 }
 timed() { # timed KEY CMD...
@@ -116,23 +118,42 @@ timed() { # timed KEY CMD...
   record "$k" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
 }
 
+# LAST[KEY]: this round's seconds; RATIOS["WHERE OP"]: per-round notafs / nbdcopy
+# (default) ratios, each from two measures taken minutes apart at most.
+declare -A LAST RATIOS
+run_notafs() { # run_notafs WHERE FS-URI
+  # A fresh filesystem each round (mkfs discards the whole export first).
+  "$BIN/mkfs-notafs" -F "$2" >/dev/null
+  timed "$1 notafs write" "$BIN/notafs" put "$2" "$SRC" /f
+  timed "$1 notafs read" sh -c "'$BIN/notafs' get '$2' /f - >/dev/null"
+  got="$("$BIN/notafs" hash "$2" /f | cut -d' ' -f1)"
+  [ "$got" = "$SRC_HASH" ] || die "notafs read back other bytes over $1"
+}
+run_nbdcopy() { # run_nbdcopy WHERE RAW-URI
+  local req opt
+  for req in default 1; do
+    opt=(); [ $req = 1 ] && opt=(--requests=1)
+    # Discard the raw export first too (mkfs.notafs -F discards the whole export),
+    # so both write into unallocated space.
+    "$BIN/mkfs-notafs" -F "$2" >/dev/null
+    timed "$1 nbdcopy-$req write" nbdcopy "${opt[@]}" --flush "$SRC" "$2"
+    timed "$1 nbdcopy-$req read" nbdcopy "${opt[@]}" "$2" null:
+  done
+}
+
 for ((r = 1; r <= ROUNDS; r++)); do
   for where in $WHERE; do
     fs="$(uri $where-fs)"; raw="$(uri $where-raw)"
-    echo "round $r, $where:"
-    # A fresh filesystem each round (mkfs discards the whole export first).
-    "$BIN/mkfs-notafs" -F "$fs" >/dev/null
-    timed "$where notafs write" "$BIN/notafs" put "$fs" "$SRC" /f
-    timed "$where notafs read" sh -c "'$BIN/notafs' get '$fs' /f - >/dev/null"
-    got="$("$BIN/notafs" hash "$fs" /f | cut -d' ' -f1)"
-    [ "$got" = "$SRC_HASH" ] || die "notafs read back other bytes over $where"
-    for req in default 1; do
-      opt=(); [ $req = 1 ] && opt=(--requests=1)
-      # Discard the raw export first too (mkfs.notafs -F discards the whole export),
-      # so both write into unallocated space.
-      "$BIN/mkfs-notafs" -F "$raw" >/dev/null
-      timed "$where nbdcopy-$req write" nbdcopy "${opt[@]}" --flush "$SRC" "$raw"
-      timed "$where nbdcopy-$req read" nbdcopy "${opt[@]}" "$raw" null:
+    echo "round $r, $where (load average $(cut -d' ' -f1-3 /proc/loadavg)):"
+    # Alternate who goes first: load that comes and goes hits both alike.
+    if ((r % 2)); then
+      run_notafs "$where" "$fs"; run_nbdcopy "$where" "$raw"
+    else
+      run_nbdcopy "$where" "$raw"; run_notafs "$where" "$fs"
+    fi
+    for op in write read; do
+      RATIOS["$where $op"]+=" $(awk -v a="${LAST[$where nbdcopy-default $op]}" -v b="${LAST[$where notafs $op]}" \
+        'BEGIN { printf "%.2f", a / b }')"
     done
   done
 done
@@ -150,6 +171,16 @@ for where in $WHERE; do
       "$(awk -v a="$n" -v b="$d" 'BEGIN { printf "%.2fx", a / b }')"
   done
 done
+echo
+echo "Per-round ratios (notafs / nbdcopy default, the same round), median:"
+for where in $WHERE; do
+  for op in write read; do
+    # shellcheck disable=SC2086
+    printf '  %-6s %-5s %s   median %s\n' "$where" "$op" "${RATIOS[$where $op]}" \
+      "$(printf '%s\n' ${RATIOS[$where $op]} | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
+  done
+done
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Requests in flight: an nbdkit proxy (nbd plugin, 256 threads, so it never caps
 # the count) with the log filter in front of each qemu-nbd socket. The log filter
