@@ -96,11 +96,18 @@ fn plenty_of_space_keeps_every_generation() {
 /// grows until the device is full. A write may be refused with NoSpace; a
 /// commit after writes that were accepted never is (it was, at round ~73:
 /// the reserve did not count the extent leaves that blocks buffered until
-/// the commit dirty there), and the image stays clean.
-#[test]
-fn aging_to_full_never_fails_a_commit() {
+/// the commit dirty there), and the image stays clean. Run with nodes of
+/// one, two and four blocks: with nodes larger than a block, data
+/// allocation used to take the last free extents a node fits in after the
+/// reserve check had passed, and the commit then found no place for its
+/// nodes.
+fn aging_to_full(node_blocks: u32) {
     let dev = Arc::new(MemoryDevice::new(BS as u32, 8192).unwrap()); // 32 MiB
-    let fs = Fs::format(dev.clone(), &FormatOptions::default()).unwrap();
+    let opts = FormatOptions {
+        node_size: Some(node_blocks * BS as u32),
+        ..FormatOptions::default()
+    };
+    let fs = Fs::format(dev.clone(), &opts).unwrap();
     fill(&fs, "a", 12 << 20, 3).unwrap();
     fs.commit().unwrap();
     let a = fs.open_file("a").unwrap();
@@ -116,24 +123,42 @@ fn aging_to_full_never_fails_a_commit() {
             match a.write_at((s % 3072) * BS as u64, &[round as u8; BS]) {
                 Ok(()) => {}
                 Err(Error::NoSpace) => refused += 1,
-                Err(e) => panic!("round {round}: overwrite: {e}"),
+                Err(e) => panic!("nodes of {node_blocks} blocks, round {round}: overwrite: {e}"),
             }
         }
         match b.append(&vec![round as u8; 256 << 10]) {
             Ok(_) => grew += 256 << 10,
             Err(Error::NoSpace) => refused += 1,
-            Err(e) => panic!("round {round}: append: {e}"),
+            Err(e) => panic!("nodes of {node_blocks} blocks, round {round}: append: {e}"),
         }
         if let Err(e) = fs.commit() {
-            panic!("round {round}: commit after accepted writes failed: {e}");
+            panic!(
+                "nodes of {node_blocks} blocks, round {round}: commit after accepted writes \
+                 failed: {e}"
+            );
         }
     }
     assert!(
         refused > 0,
-        "the device never filled up ({grew} bytes appended)"
+        "nodes of {node_blocks} blocks: the device never filled up ({grew} bytes appended)"
     );
     drop((a, b));
     drop(fs);
     let r = check(dev.clone(), &CheckOptions::default()).unwrap();
-    assert!(r.is_clean(), "{:?}", r.problems);
+    assert!(r.is_clean(), "nodes of {node_blocks} blocks: {:?}", r.problems);
+}
+
+#[test]
+fn aging_to_full_never_fails_a_commit() {
+    aging_to_full(1);
+}
+
+#[test]
+fn aging_to_full_never_fails_a_commit_with_2_block_nodes() {
+    aging_to_full(2);
+}
+
+#[test]
+fn aging_to_full_never_fails_a_commit_with_4_block_nodes() {
+    aging_to_full(4);
 }
