@@ -28,11 +28,19 @@ use std::collections::BTreeMap;
 use crate::node::{self, Header, Layout, Ptr, KIND_FREELIST, NODE_HEADER};
 use crate::{Error, Result};
 
-/// A set of block ranges, merged on insert.
+/// A set of block ranges, merged on insert. It also counts its *units*:
+/// how many disjoint runs of `unit` contiguous blocks its extents hold
+/// (sum of `len / unit`), kept up to date by every insert and remove, so
+/// that the allocator knows in O(1) how many tree nodes of `unit` blocks
+/// the free space can still take (see [`Allocator::alloc`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExtentSet {
     map: BTreeMap<u64, u64>,
     total: u64,
+    /// Blocks per unit (0 counts as 1).
+    unit: u64,
+    /// Sum over the extents of `len / unit`.
+    units: u64,
 }
 
 impl ExtentSet {
@@ -48,6 +56,27 @@ impl ExtentSet {
     /// Number of extents.
     pub fn extents(&self) -> usize {
         self.map.len()
+    }
+
+    /// Blocks per unit counted by [`ExtentSet::units`] (1 unless set).
+    pub fn unit(&self) -> u64 {
+        self.unit.max(1)
+    }
+
+    /// Count units of `unit` blocks from now on (O(extents) when it
+    /// changes, nothing otherwise).
+    pub fn set_unit(&mut self, unit: u64) {
+        let unit = unit.max(1);
+        if unit != self.unit() || self.unit == 0 {
+            self.unit = unit;
+            self.units = self.map.values().map(|l| l / unit).sum();
+        }
+    }
+
+    /// Disjoint runs of `unit` contiguous blocks the set holds: the sum
+    /// over its extents of `len / unit`.
+    pub fn units(&self) -> u64 {
+        self.units
     }
 
     pub fn is_empty(&self) -> bool {
@@ -83,20 +112,24 @@ impl ExtentSet {
         if self.overlaps(start, len) {
             return Err(Error::corrupt(format!("blocks {start}+{len} freed twice")));
         }
+        let u = self.unit();
         let mut s = start;
         let mut l = len;
         if let Some((&ps, &pl)) = self.map.range(..start).next_back() {
             if ps + pl == start {
                 self.map.remove(&ps);
+                self.units -= pl / u;
                 s = ps;
                 l += pl;
             }
         }
         if let Some(&nl) = self.map.get(&(start + len)) {
             self.map.remove(&(start + len));
+            self.units -= nl / u;
             l += nl;
         }
         self.map.insert(s, l);
+        self.units += l / u;
         self.total += len;
         Ok(())
     }
@@ -110,12 +143,16 @@ impl ExtentSet {
             Some((s, l)) if s + l >= start + len => (*s, *l),
             _ => return Err(Error::corrupt(format!("blocks {start}+{len} are not free"))),
         };
+        let u = self.unit();
         self.map.remove(&s);
+        self.units -= l / u;
         if s < start {
             self.map.insert(s, start - s);
+            self.units += (start - s) / u;
         }
         if s + l > start + len {
             self.map.insert(start + len, s + l - start - len);
+            self.units += (s + l - start - len) / u;
         }
         self.total -= len;
         Ok(())
@@ -182,7 +219,22 @@ pub struct Allocator {
     pub fresh: ExtentSet,
     /// Committed blocks freed by this transaction.
     pub freed: ExtentSet,
-    /// Blocks only a commit's metadata may use.
+    /// Blocks only a commit may use: what it may still need, in whole
+    /// tree nodes of `free.unit()` blocks (the filesystem sets the unit to
+    /// its node size; fs.rs `commit_reserve`).
+    ///
+    /// **Invariant** (what makes an accepted write's commit succeed): an
+    /// allocation with `metadata` false (data, or nodes written early)
+    /// never leaves fewer than `reserve` free blocks, nor lowers
+    /// `free.units()` (the places a node fits in) below
+    /// `reserve.div_ceil(unit)`: it is shortened to what keeps them, or
+    /// refused with NoSpace (`reserve_cap`). Freeing never removes a
+    /// place, and a node allocation (`alloc_exact(unit, true)`, first fit)
+    /// takes exactly one. So once a check has found the places the commit
+    /// needs, they stay free whatever data is allocated before the commit,
+    /// and the commit's nodes all find one. Counting blocks alone is not
+    /// enough with nodes of several blocks: data split the last extents a
+    /// node fits in, and commits failed after the writes were accepted.
     pub reserve: u64,
     /// Where the last data allocation without a usable hint ended: the
     /// next one continues there (in memory only; 0 = none yet).
@@ -276,6 +328,7 @@ impl Allocator {
                 (s, got)
             }
         };
+        let len = self.reserve_cap(start, len, metadata)?;
         self.free.remove(start, len)?;
         self.fresh.insert(start, len)?;
         Ok((start, len))
@@ -298,9 +351,47 @@ impl Allocator {
             .find(|(_, l)| **l >= n)
             .map(|(s, _)| *s)
             .ok_or(Error::NoSpace)?;
+        if self.reserve_cap(start, n, metadata)? < n {
+            return Err(Error::NoSpace);
+        }
         self.free.remove(start, n)?;
         self.fresh.insert(start, n)?;
         Ok(start)
+    }
+
+    /// How many blocks of the free range `[start, start+len)` an allocation
+    /// may take from `start` and keep the commit reserve's node places
+    /// (the invariant at `reserve`): all of them for `metadata`; else the
+    /// longest prefix that leaves `free.units() >= reserve.div_ceil(unit)`
+    /// (or, if the places are already short, that removes none), NoSpace
+    /// if that is nothing.
+    fn reserve_cap(&self, start: u64, len: u64, metadata: bool) -> Result<u64> {
+        if metadata {
+            return Ok(len);
+        }
+        let u = self.free.unit();
+        let Some((s, l)) = self
+            .free
+            .map
+            .range(..=start)
+            .next_back()
+            .map(|(s, l)| (*s, *l))
+            .filter(|(s, l)| s + l >= start + len)
+        else {
+            // Not free: `remove` reports it.
+            return Ok(len);
+        };
+        // Taking k blocks at offset a of the extent leaves it a/u + (l-a-k)/u
+        // places of its l/u: it may lose `spare`, so the part after the
+        // allocation must keep `keep` places, i.e. l-a-k >= keep*u.
+        let a = start - s;
+        let spare = self.free.units().saturating_sub(self.reserve.div_ceil(u));
+        let keep = (l / u - a / u).saturating_sub(spare);
+        let got = len.min((l - a).saturating_sub(keep * u));
+        if got == 0 {
+            return Err(Error::NoSpace);
+        }
+        Ok(got)
     }
 
     /// Free `[start, start+len)`: fresh blocks become free at once, committed
@@ -688,6 +779,81 @@ mod tests {
         }
         assert_eq!(b.free.total(), before - 100);
         assert_eq!(b.fresh.total(), 100);
+    }
+
+    /// The commit reserve's invariant (`Allocator::reserve`) under random
+    /// data allocations (with and without hints, nodes written early) and
+    /// frees, with nodes of 1, 2 and 4 blocks: the unit count matches the
+    /// extents, data never lowers the places for nodes below the reserve
+    /// nor the free blocks below it, and afterwards the commit can
+    /// allocate every node the reserve counted. With no reserve, data
+    /// allocation is never refused while anything is free.
+    #[test]
+    fn data_allocation_keeps_the_reserved_node_places() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut r = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..300 {
+            let u = [1u64, 2, 4][round % 3];
+            let mut a = Allocator::empty();
+            let mut at = 0;
+            while at < 3000 {
+                let len = 1 + r() % 13;
+                a.free.insert(at, len).unwrap();
+                at += len + r() % 4;
+            }
+            a.free.set_unit(u);
+            let places = |a: &Allocator| a.free.iter().map(|(_, l)| l / u).sum::<u64>();
+            assert_eq!(a.free.units(), places(&a));
+            let need = r() % (places(&a) * 3 / 4 + 1);
+            // Not always whole nodes: counted up.
+            a.reserve = (need * u).saturating_sub(r() % u);
+            let mut taken: Vec<(u64, u64)> = Vec::new();
+            for step in 0..1000 {
+                let (units, total) = (a.free.units(), a.free.total());
+                let res = match r() % 12 {
+                    0..=3 => a.alloc(1 + r() % 9, None, false),
+                    4..=8 => a.alloc(1 + r() % 9, Some(r() % 3100), false),
+                    9 | 10 => a.alloc_exact(u, false).map(|s| (s, u)),
+                    _ => {
+                        if !taken.is_empty() {
+                            let (s, l) = taken.swap_remove((r() % taken.len() as u64) as usize);
+                            a.free(s, l).unwrap();
+                        }
+                        continue;
+                    }
+                };
+                match res {
+                    Ok(x) => taken.push(x),
+                    Err(crate::Error::NoSpace) => {
+                        assert_eq!((a.free.units(), a.free.total()), (units, total));
+                    }
+                    Err(e) => panic!("round {round} step {step}: {e}"),
+                }
+                assert_eq!(a.free.units(), places(&a), "round {round} step {step}");
+                assert!(
+                    a.free.units() >= need.min(units),
+                    "round {round} step {step}: nodes of {u}: {} places left, reserve {need}",
+                    a.free.units()
+                );
+                assert!(a.free.total() >= a.reserve.min(total));
+            }
+            // The commit: every node the reserve counted finds a place.
+            a.reserve = 0;
+            for i in 0..need {
+                a.alloc_exact(u, true)
+                    .unwrap_or_else(|e| panic!("round {round}: node {i} of {need}: {e}"));
+            }
+            // Without a reserve, data takes whatever is free.
+            while a.free.total() > 0 {
+                a.alloc(1 + r() % 9, Some(r() % 3100), false).unwrap();
+                assert_eq!(a.free.units(), places(&a));
+            }
+        }
     }
 
     /// Per-block tags (None = in use) as list entries: maximal runs.

@@ -182,7 +182,8 @@ impl Fs {
 
     /// Set the commit reserve before allocating data blocks.
     pub(crate) fn reserve_for_data(&self, t: &mut Txn) -> Result<()> {
-        t.alloc.reserve = self.commit_reserve(t, 0);
+        let r = self.commit_reserve(t, 0);
+        self.set_reserve(t, r);
         Ok(())
     }
 
@@ -336,7 +337,7 @@ impl Fs {
     pub(crate) fn commit_reserve(&self, t: &Txn, extra: u64) -> u64 {
         let l = &self.inner.io.layout;
         // Buffered partial blocks get their device blocks at commit.
-        let buffered = (t.buffered_bytes / l.block_size as usize) as u64;
+        let buffered = self.buffered_cost((t.buffered_bytes / l.block_size as usize) as u64);
         // Buffered blocks are mapped at the commit: each may dirty an
         // extent leaf then, at most one per leaf the file can have (an
         // extent entry takes at most ~32 bytes, leaves may be half full),
@@ -369,24 +370,44 @@ impl Fs {
         (dirty as u64 + list_nodes + 2 * height + patched + 8 + extra) * l.node_blocks + buffered
     }
 
-    pub(crate) fn reserve_check_pub(&self, t: &mut Txn, extra_blocks: u64) -> Result<()> {
-        let r = self.commit_reserve(t, 0) + extra_blocks;
-        t.alloc.reserve = r;
-        if self.usable_free(t) < r && !(self.reclaim(t)? && self.usable_free(t) >= r) {
-            return Err(Error::NoSpace);
-        }
-        Ok(())
-    }
-
-    /// Free blocks the commit reserve can count on: all of them when a node
-    /// is one block; else only those in free extents that can hold whole
-    /// nodes (a one-block hole holds no two-block node, and a reserve
-    /// counted in blocks would let a fragmented, nearly full device accept
-    /// writes whose commit then finds no place for its nodes).
-    fn usable_free(&self, t: &Txn) -> u64 {
+    /// Blocks of the reserve for `blocks` data blocks the commit allocates
+    /// (buffered ones) before its nodes. With nodes of one block, one
+    /// each. With nodes of `nb` > 1 blocks, taking k blocks at offset a of
+    /// a free extent of l blocks can cost it l/nb - a/nb - (l-a-k)/nb <=
+    /// ceil(k/nb) + 1 <= 2k node places, which the nodes allocated after
+    /// would miss: two nodes' worth each.
+    fn buffered_cost(&self, blocks: u64) -> u64 {
         let nb = self.inner.io.layout.node_blocks;
         if nb <= 1 {
-            return t.alloc.free.total();
+            blocks
+        } else {
+            blocks * 2 * nb
+        }
+    }
+
+    /// Make `r` blocks the commit reserve, counted in places for whole
+    /// nodes (the allocator's invariant at `Allocator::reserve`).
+    fn set_reserve(&self, t: &mut Txn, r: u64) {
+        t.alloc.free.set_unit(self.inner.io.layout.node_blocks);
+        t.alloc.reserve = r;
+    }
+
+    /// Refuse to buffer `extra_buffered` more blocks (written at the
+    /// commit) if the commit could then not allocate everything it needs.
+    pub(crate) fn reserve_check_pub(&self, t: &mut Txn, extra_buffered: u64) -> Result<()> {
+        let r = self.commit_reserve(t, 0) + self.buffered_cost(extra_buffered);
+        self.reserve_check_blocks(t, r)
+    }
+
+    /// Free blocks the commit reserve can count on: those in places for
+    /// whole nodes (all of them when a node is one block; a one-block hole
+    /// holds no two-block node, and a reserve counted in blocks would let
+    /// a fragmented, nearly full device accept writes whose commit then
+    /// finds no place for its nodes).
+    fn usable_free(&self, t: &Txn) -> u64 {
+        let nb = self.inner.io.layout.node_blocks;
+        if t.alloc.free.unit() == nb {
+            return t.alloc.free.units() * nb;
         }
         t.alloc.free.iter().map(|(_, l)| l / nb * nb).sum()
     }
@@ -394,7 +415,14 @@ impl Fs {
     /// Refuse an operation that would eat into what the commit needs.
     pub(crate) fn reserve_check(&self, t: &mut Txn, extra_nodes: u64) -> Result<()> {
         let r = self.commit_reserve(t, extra_nodes);
-        t.alloc.reserve = r;
+        self.reserve_check_blocks(t, r)
+    }
+
+    /// Make `r` blocks the reserve; NoSpace if the free places for nodes
+    /// (after reclaiming space held for old generations) are fewer. From
+    /// then on data allocation keeps them (`Allocator::reserve`).
+    fn reserve_check_blocks(&self, t: &mut Txn, r: u64) -> Result<()> {
+        self.set_reserve(t, r);
         if self.usable_free(t) < r && !(self.reclaim(t)? && self.usable_free(t) >= r) {
             return Err(Error::NoSpace);
         }

@@ -101,7 +101,7 @@ fn plenty_of_space_keeps_every_generation() {
 /// allocation used to take the last free extents a node fits in after the
 /// reserve check had passed, and the commit then found no place for its
 /// nodes.
-fn aging_to_full(node_blocks: u32) {
+fn aging_to_full(node_blocks: u32, write: usize) {
     let dev = Arc::new(MemoryDevice::new(BS as u32, 8192).unwrap()); // 32 MiB
     let opts = FormatOptions {
         node_size: Some(node_blocks * BS as u32),
@@ -120,7 +120,7 @@ fn aging_to_full(node_blocks: u32) {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
-            match a.write_at((s % 3072) * BS as u64, &[round as u8; BS]) {
+            match a.write_at((s % 3072) * BS as u64, &vec![round as u8; write]) {
                 Ok(()) => {}
                 Err(Error::NoSpace) => refused += 1,
                 Err(e) => panic!("nodes of {node_blocks} blocks, round {round}: overwrite: {e}"),
@@ -145,20 +145,31 @@ fn aging_to_full(node_blocks: u32) {
     drop((a, b));
     drop(fs);
     let r = check(dev.clone(), &CheckOptions::default()).unwrap();
-    assert!(r.is_clean(), "nodes of {node_blocks} blocks: {:?}", r.problems);
+    assert!(
+        r.is_clean(),
+        "nodes of {node_blocks} blocks: {:?}",
+        r.problems
+    );
 }
 
 #[test]
 fn aging_to_full_never_fails_a_commit() {
-    aging_to_full(1);
+    aging_to_full(1, BS);
 }
 
 #[test]
 fn aging_to_full_never_fails_a_commit_with_2_block_nodes() {
-    aging_to_full(2);
+    aging_to_full(2, BS);
 }
 
 #[test]
 fn aging_to_full_never_fails_a_commit_with_4_block_nodes() {
-    aging_to_full(4);
+    aging_to_full(4, BS);
+}
+
+#[test]
+fn aging_to_full_with_partial_blocks() {
+    for nb in [1, 2, 4] {
+        aging_to_full(nb, 512);
+    }
 }
