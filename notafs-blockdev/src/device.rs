@@ -90,6 +90,22 @@ pub trait BlockDevice: Send + Sync {
         false
     }
 
+    /// Whether a completed write may wait in a cache on this host (the
+    /// page cache of a buffered image file, or of the backing file of a
+    /// loop device without direct I/O) that only a flush or the kernel's
+    /// own write-back sends on to storage. Starting that write-back early,
+    /// in the background, then overlaps it with further writes (notafs's
+    /// write-behind). False when a completed write has already been handed
+    /// to the storage device (O_DIRECT image files, raw block devices): a
+    /// flush then only waits for the device's own volatile cache, which
+    /// drains without being asked, and the writes issued meanwhile wait
+    /// behind it. It says nothing about durability: [`flush`](Self::flush)
+    /// is needed either way. The default, true, is the safe guess for
+    /// performance (an early flush is never wrong).
+    fn host_cached_writes(&self) -> bool {
+        true
+    }
+
     /// Order: writes completed before the barrier persist before any write
     /// issued after it. The default is a full flush.
     fn barrier(&self) -> Result<()> {
@@ -191,6 +207,9 @@ macro_rules! forward_block_device {
             }
             fn has_fua(&self) -> bool {
                 (**self).has_fua()
+            }
+            fn host_cached_writes(&self) -> bool {
+                (**self).host_cached_writes()
             }
             fn write_batch(&self, writes: &[WriteReq<'_>]) -> Result<()> {
                 (**self).write_batch(writes)

@@ -341,6 +341,10 @@ impl<D: BlockDevice> BlockDevice for FaultDevice<D> {
         self.inner.has_fua()
     }
 
+    fn host_cached_writes(&self) -> bool {
+        self.inner.host_cached_writes()
+    }
+
     fn write_batch(&self, writes: &[WriteReq<'_>]) -> Result<()> {
         // Each write of the batch is its own fault opportunity.
         for w in writes {

@@ -1025,6 +1025,12 @@ impl BlockDevice for FileDevice {
         self.flush()
     }
 
+    fn host_cached_writes(&self) -> bool {
+        // Buffered: writes wait in the page cache. O_DIRECT: they are in
+        // the host filesystem's device (or its cache) at completion.
+        !self.direct
+    }
+
     fn write_batch(&self, writes: &[WriteReq<'_>]) -> Result<()> {
         batch_write(&self.io, &self.geo, || self.check_writable(), writes)
     }

@@ -13,6 +13,9 @@
 //!   the caller asks for a larger power of two.
 //! * flush: `fdatasync` (the kernel sends a cache flush, REQ_PREFLUSH).
 //!   barrier: a flush — Linux has no ordering-only request since 2.6.37.
+//! * `host_cached_writes`: false (O_DIRECT) except for a loop device
+//!   without direct I/O (`loop/dio` 0), which writes into the page cache
+//!   of its backing file.
 //! * discard: `BLKDISCARD`; `EOPNOTSUPP` is success (it is a hint).
 //! * write_zeroes: `BLKZEROOUT` (the kernel offloads it or writes zeros).
 //! * write_batch / read_batch: many requests in flight on io_uring, adjacent
@@ -56,6 +59,9 @@ pub struct RawDevice {
     read_only: bool,
     physical_sector: u32,
     discard_ok: AtomicBool,
+    /// A loop device without direct I/O: what is written to it waits in
+    /// the page cache of its backing file (see `host_cached_writes`).
+    host_cached: bool,
 }
 
 impl RawDevice {
@@ -123,6 +129,7 @@ impl RawDevice {
             read_only: opts.read_only,
             physical_sector: physical,
             discard_ok: AtomicBool::new(true),
+            host_cached: queue.buffered_loop,
         })
     }
 
@@ -190,6 +197,9 @@ struct QueueLimits {
     discard: bool,
     write_zeroes: bool,
     optimal_io: u32,
+    /// A loop device whose `loop/dio` is not 1: it writes into the page
+    /// cache of its backing file.
+    buffered_loop: bool,
 }
 
 impl QueueLimits {
@@ -200,8 +210,16 @@ impl QueueLimits {
         let queue = [base.join("queue"), base.join("../queue")]
             .into_iter()
             .find(|q| q.is_dir());
+        // Only loop devices have loop/ (a partition of one: its parent's).
+        let buffered_loop = [base.join("loop/dio"), base.join("../loop/dio")]
+            .into_iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .is_some_and(|d| d.trim() != "1");
         let Some(q) = queue else {
-            return QueueLimits::default();
+            return QueueLimits {
+                buffered_loop,
+                ..QueueLimits::default()
+            };
         };
         let num = |name: &str| -> u64 {
             std::fs::read_to_string(q.join(name))
@@ -213,6 +231,7 @@ impl QueueLimits {
             discard: num("discard_max_bytes") > 0,
             write_zeroes: num("write_zeroes_max_bytes") > 0,
             optimal_io: u32::try_from(num("optimal_io_size")).unwrap_or(0),
+            buffered_loop,
         }
     }
 }
@@ -283,6 +302,13 @@ impl BlockDevice for RawDevice {
     fn barrier(&self) -> Result<()> {
         // Linux offers no ordering-only request: a barrier is a cache flush.
         self.flush()
+    }
+
+    fn host_cached_writes(&self) -> bool {
+        // O_DIRECT skips the device's page cache; only a loop device
+        // without direct I/O puts the writes in a page cache (its backing
+        // file's) behind that.
+        self.host_cached
     }
 
     fn write_batch(&self, writes: &[WriteReq<'_>]) -> Result<()> {

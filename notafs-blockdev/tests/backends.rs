@@ -550,6 +550,52 @@ fn model_raw_loop_512_with_4k_blocks() {
     model_raw(None, Some(4096));
 }
 
+/// Which backends declare that written data may wait in a host page cache
+/// (what write-behind flushes early): buffered image files and loop
+/// devices without direct I/O; not O_DIRECT image files nor a loop device
+/// with direct I/O opened raw.
+#[test]
+fn host_cached_writes_per_backend() {
+    let dir = disk_tempdir();
+    let img = make_image(dir.path(), "img", 64 * 4096);
+    let buffered = FileDevice::open(&img, &FileOptions::default()).unwrap();
+    assert!(buffered.host_cached_writes(), "buffered image file");
+    drop(buffered);
+    match FileDevice::open(
+        &img,
+        &FileOptions {
+            direct: true,
+            ..Default::default()
+        },
+    ) {
+        Ok(d) => assert!(!d.host_cached_writes(), "O_DIRECT image file"),
+        Err(BlockError::Unsupported { .. }) => println!("SKIPPED O_DIRECT: refused here"),
+        Err(e) => panic!("O_DIRECT open: {e}"),
+    }
+    let _g = loop_lock();
+    let raw = |lo: &LoopDev| {
+        let d = RawDevice::open(&lo.dev, &RawOptions::default()).unwrap();
+        // Through the Arc forwarding too, as the filesystem holds it.
+        let d: Arc<dyn BlockDevice> = Arc::new(d);
+        d.host_cached_writes()
+    };
+    let Some(lo) = attach_or_skip(&img, None) else {
+        return;
+    };
+    assert!(raw(&lo), "loop device without direct I/O");
+    drop(lo);
+    let Some(lo) = attach_or_skip(&img, Some(4096)) else {
+        return;
+    };
+    let name = lo.dev.file_name().unwrap().to_string_lossy().to_string();
+    let dio = std::fs::read_to_string(format!("/sys/block/{name}/loop/dio")).unwrap_or_default();
+    if dio.trim() == "1" {
+        assert!(!raw(&lo), "loop device with direct I/O");
+    } else {
+        println!("SKIPPED: the host filesystem refused direct I/O for {name}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Bad requests
 
